@@ -1,0 +1,332 @@
+//! The TOML contract (see DESIGN.md "Config"): `config.toml -> RawConfig -> validate -> Config`.
+//!
+//! `check`, `serve` and `reload` all go through [`load`], which returns either a checked [`Config`]
+//! or *every* problem found, each with file:line and a hint. Relative paths in the file are taken
+//! relative to the directory of the config file.
+
+mod raw;
+pub mod units;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+pub use validate::parse_config;
+
+/// One of the two environments of a site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Color {
+    Blue,
+    Green,
+}
+
+impl Color {
+    pub const ALL: [Color; 2] = [Color::Blue, Color::Green];
+
+    pub fn idx(self) -> usize {
+        self as usize
+    }
+
+    pub fn other(self) -> Color {
+        match self {
+            Color::Blue => Color::Green,
+            Color::Green => Color::Blue,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Color::Blue => "blue",
+            Color::Green => "green",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Color> {
+        match s {
+            "blue" => Some(Color::Blue),
+            "green" => Some(Color::Green),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Color {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Every problem of a config file, ready to print one per line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}. Check the path given to --config.")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ConfigError::Read { .. } => vec![self.to_string()],
+            ConfigError::Invalid(p) => p.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+}
+
+/// One problem: where it is, what is wrong, what to do.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.file, self.line, self.message)
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub proxy: ProxyConfig,
+    pub sites: Vec<SiteConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    pub certs: Option<PathBuf>,
+    pub control: PathBuf,
+    pub control_allow: Vec<(Principal, Role)>,
+    pub state: PathBuf,
+    pub metrics: Option<SocketAddr>,
+    pub access_log: LogTarget,
+    pub audit_log: PathBuf,
+    pub limits: Limits,
+}
+
+/// Where the access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    Stdout,
+    Off,
+    File(PathBuf),
+}
+
+/// Who may talk to the control socket, besides root and the socket's owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    Uid(u32),
+    Gid(u32),
+}
+
+/// What a control peer may do: `read` sees status, `operate` may change things.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Read,
+    Operate,
+}
+
+/// Timeouts and limits of the edge. Every one has a safe default.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub read_only_drain_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            upstream_connect_timeout: Duration::from_secs(5),
+            upstream_timeout: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(30),
+            read_only_drain_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            max_body_bytes: 100 * 1024 * 1024,
+            max_connections: 20_000,
+        }
+    }
+}
+
+/// A host name pattern: exact (`wiki.example.org`) or wildcard (`*.wiki.example.org`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Exact(String),
+    /// Stored as the suffix including the dot: `.wiki.example.org`.
+    Wildcard(String),
+}
+
+impl HostPattern {
+    pub fn parse(s: &str) -> Result<HostPattern, String> {
+        let lower = s.trim().to_ascii_lowercase();
+        if lower.is_empty() {
+            return Err("empty host name".into());
+        }
+        if let Some(rest) = lower.strip_prefix("*.") {
+            check_host_chars(rest)?;
+            return Ok(HostPattern::Wildcard(format!(".{rest}")));
+        }
+        check_host_chars(&lower)?;
+        Ok(HostPattern::Exact(lower))
+    }
+
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+        }
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Wildcard(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+fn check_host_chars(h: &str) -> Result<(), String> {
+    if h.contains(':') && h.parse::<std::net::Ipv6Addr>().is_err() {
+        return Err(format!(
+            "`{h}` contains a port or a colon; list host names without ports"
+        ));
+    }
+    if let Some(c) = h
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':')))
+    {
+        return Err(format!("`{h}` contains `{c}`, which is not allowed in a host name"));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct SiteConfig {
+    pub name: String,
+    pub hosts: Vec<HostPattern>,
+    pub active: Color,
+    pub redirect_http: bool,
+    pub preview_hosts: Vec<HostPattern>,
+    /// Backends per color, from the config (the state file may override them).
+    pub pools: [Vec<SocketAddr>; 2],
+    pub health: Option<HealthConfig>,
+    pub read_only: ReadOnlyPolicy,
+    pub release: Option<ReleaseConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// `None` accepts any 2xx or 3xx.
+    pub expect_status: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ReadOnlyPolicy {
+    pub allow_paths: Vec<String>,
+    pub allow_clients: Vec<IpNet>,
+}
+
+impl ReadOnlyPolicy {
+    /// A path is allowed when it equals an entry or starts with an entry that ends in `/` or `*`.
+    pub fn path_allowed(&self, path: &str) -> bool {
+        self.allow_paths.iter().any(|p| {
+            if let Some(prefix) = p.strip_suffix('*') {
+                path.starts_with(prefix)
+            } else {
+                path == p
+            }
+        })
+    }
+
+    pub fn client_allowed(&self, ip: std::net::IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.allow_clients.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (from a dual-stack listener) compare as IPv4.
+pub fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => ip,
+        },
+        v4 => v4,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ReleaseConfig {
+    pub prefix: String,
+    pub backups: PathBuf,
+    pub keep_backups: usize,
+    pub web: String,
+    pub web_port: u16,
+    /// The service whose `backup`/`restore` commands take the dump.
+    pub db: Option<String>,
+    pub app_read_only: Option<(Vec<String>, Vec<String>)>,
+    pub verify_restore: Option<Vec<String>>,
+    pub health_timeout: Duration,
+    pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub image: String,
+    pub env: Vec<(String, String)>,
+    /// (volume name, mount path)
+    pub volumes: Vec<(String, String)>,
+    pub command: Option<Vec<String>>,
+    pub backup: Option<Vec<String>>,
+    pub restore: Option<Vec<String>>,
+    pub migrate: Option<Vec<String>>,
+}
+
+impl Config {
+    pub fn site(&self, name: &str) -> Option<&SiteConfig> {
+        self.sites.iter().find(|s| s.name == name)
+    }
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_config(path, &text)
+}

@@ -1,0 +1,124 @@
+//! The TOML file as written: strict serde structs (unknown keys are errors), with spans kept where a
+//! later check must point at a line. Nothing here is trusted; `validate.rs` turns it into `Config`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub proxy: S<RawProxy>,
+    #[serde(default)]
+    pub site: Vec<S<RawSite>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    pub http: Option<S<String>>,
+    pub https: Option<S<String>>,
+    pub certs: Option<S<String>>,
+    pub control: Option<S<String>>,
+    pub control_allow: Option<S<BTreeMap<String, S<String>>>>,
+    pub state: Option<S<String>>,
+    pub metrics: Option<S<String>>,
+    pub access_log: Option<S<String>>,
+    pub audit_log: Option<S<String>>,
+    pub header_timeout: Option<S<String>>,
+    pub idle_timeout: Option<S<String>>,
+    pub handshake_timeout: Option<S<String>>,
+    pub upstream_connect_timeout: Option<S<String>>,
+    pub upstream_timeout: Option<S<String>>,
+    pub shutdown_timeout: Option<S<String>>,
+    pub read_only_drain_timeout: Option<S<String>>,
+    pub max_header_bytes: Option<S<String>>,
+    pub max_body_bytes: Option<S<String>>,
+    pub max_connections: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSite {
+    pub name: S<String>,
+    #[serde(default)]
+    pub hosts: Vec<S<String>>,
+    pub active: Option<S<String>>,
+    pub redirect_http: Option<bool>,
+    #[serde(default)]
+    pub preview_hosts: Vec<S<String>>,
+    pub pools: Option<S<RawPools>>,
+    pub health: Option<S<RawHealth>>,
+    pub read_only: Option<S<RawReadOnly>>,
+    pub release: Option<S<RawRelease>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPools {
+    #[serde(default)]
+    pub blue: Vec<S<String>>,
+    #[serde(default)]
+    pub green: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub path: Option<S<String>>,
+    pub interval: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub rise: Option<S<i64>>,
+    pub fall: Option<S<i64>>,
+    pub expect_status: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReadOnly {
+    #[serde(default)]
+    pub allow_paths: Vec<S<String>>,
+    #[serde(default)]
+    pub allow_clients: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRelease {
+    pub prefix: Option<S<String>>,
+    pub backups: Option<S<String>>,
+    pub keep_backups: Option<S<i64>>,
+    pub web: Option<S<String>>,
+    pub web_port: Option<S<i64>>,
+    pub db: Option<S<String>>,
+    pub app_read_only: Option<S<RawAppReadOnly>>,
+    pub verify_restore: Option<Vec<String>>,
+    pub health_timeout: Option<S<String>>,
+    #[serde(default)]
+    pub services: Vec<S<RawService>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAppReadOnly {
+    pub on: Vec<String>,
+    pub off: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: S<String>,
+    pub image: S<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub volumes: Vec<S<String>>,
+    pub command: Option<Vec<String>>,
+    pub backup: Option<Vec<String>>,
+    pub restore: Option<Vec<String>>,
+    pub migrate: Option<Vec<String>>,
+}

@@ -1,0 +1,493 @@
+//! raw -> checked. Gathers every problem (file:line + what to do) instead of stopping at the first.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use super::raw::{RawConfig, RawHealth, RawRelease, RawSite, S};
+use super::units::{parse_duration, parse_size};
+use super::*;
+
+struct Ctx<'a> {
+    file: String,
+    text: &'a str,
+    base: PathBuf,
+    problems: Vec<Problem>,
+}
+
+impl Ctx<'_> {
+    fn line(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    }
+
+    fn err<T>(&mut self, span: &S<T>, message: impl Into<String>) {
+        let line = self.line(span.span().start);
+        self.problems.push(Problem {
+            file: self.file.clone(),
+            line,
+            message: message.into(),
+        });
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn addr(&mut self, v: &S<String>, what: &str) -> Option<SocketAddr> {
+        match v.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    v,
+                    format!(
+                        "{what} `{}` is not an address; write IP:PORT, e.g. \"127.0.0.1:8081\" or \"[::1]:8081\"",
+                        v.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, v: &Option<S<String>>, key: &str, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match parse_duration(s.get_ref()) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    self.err(s, format!("`{key}` must be more than zero"));
+                    default
+                }
+                Err(e) => {
+                    self.err(s, format!("`{key}`: {e}"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn count(&mut self, v: &Option<S<i64>>, key: &str, min: i64, max: i64, default: i64) -> i64 {
+        match v {
+            None => default,
+            Some(n) if (min..=max).contains(n.get_ref()) => *n.get_ref(),
+            Some(n) => {
+                self.err(n, format!("`{key}` must be between {min} and {max}, not {}", n.get_ref()));
+                default
+            }
+        }
+    }
+}
+
+/// Parses and validates config text; `path` is used for messages and to resolve relative paths.
+pub fn parse_config(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let mut cx = Ctx {
+        file: path.display().to_string(),
+        text,
+        base: path
+            .parent()
+            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .unwrap_or(Path::new("."))
+            .to_path_buf(),
+        problems: Vec::new(),
+    };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            let line = e.span().map(|s| cx.line(s.start)).unwrap_or(1);
+            let msg = e.message().to_string();
+            let hint = if msg.contains("unknown field") {
+                " (check the spelling against DESIGN.md's config section; unknown keys are refused so a typo never goes unnoticed)"
+            } else if msg.contains("missing field") {
+                " (add it)"
+            } else {
+                ""
+            };
+            return Err(ConfigError::Invalid(vec![Problem {
+                file: cx.file,
+                line,
+                message: format!("{msg}{hint}"),
+            }]));
+        }
+    };
+    let proxy = proxy(&mut cx, &raw.proxy);
+    let mut sites = Vec::new();
+    let mut seen_hosts: HashMap<String, (String, usize)> = HashMap::new();
+    let mut seen_names: HashMap<String, usize> = HashMap::new();
+    if raw.site.is_empty() {
+        cx.err(&raw.proxy, "no [[site]] is defined; add at least one with a name, hosts and pools");
+    }
+    for rs in &raw.site {
+        let line = cx.line(rs.span().start);
+        let name = rs.get_ref().name.get_ref().clone();
+        if let Some(prev) = seen_names.insert(name.clone(), line) {
+            cx.err(&rs.get_ref().name, format!("site `{name}` is defined twice (first at line {prev}); site names must be unique"));
+        }
+        if let Some(site) = site(&mut cx, rs.get_ref(), proxy.https.is_some()) {
+            for (h, span) in site.hosts.iter().zip(rs.get_ref().hosts.iter()).chain(
+                site.preview_hosts.iter().zip(rs.get_ref().preview_hosts.iter()),
+            ) {
+                let key = h.to_string();
+                if let Some((other, l)) = seen_hosts.get(&key) {
+                    let msg = format!("host `{key}` is already used by site `{other}` (line {l}); a host can route to one site only");
+                    cx.err(span, msg);
+                } else {
+                    let l = cx.line(span.span().start);
+                    seen_hosts.insert(key, (site.name.clone(), l));
+                }
+            }
+            sites.push(site);
+        }
+    }
+    if cx.problems.is_empty() {
+        Ok(Config {
+            path: path.to_path_buf(),
+            proxy,
+            sites,
+        })
+    } else {
+        cx.problems.sort_by_key(|p| p.line);
+        Err(ConfigError::Invalid(cx.problems))
+    }
+}
+
+fn proxy(cx: &mut Ctx, rp: &S<raw::RawProxy>) -> ProxyConfig {
+    let p = rp.get_ref();
+    let http = p.http.as_ref().and_then(|a| cx.addr(a, "`http`"));
+    let https = p.https.as_ref().and_then(|a| cx.addr(a, "`https`"));
+    if p.http.is_none() && p.https.is_none() {
+        cx.err(rp, "[proxy] has neither `http` nor `https`; add at least one listener, e.g. https = \"0.0.0.0:443\"");
+    }
+    let certs = p.certs.as_ref().map(|c| cx.path(c.get_ref()));
+    if https.is_some() && certs.is_none() {
+        cx.err(rp, "`https` is set but `certs` is not; point `certs` at a folder of NAME.crt + NAME.key pairs");
+    }
+    if let (Some(c), Some(span)) = (&certs, &p.certs) {
+        if !c.is_dir() {
+            cx.err(span, format!("certs folder {} does not exist; create it and put NAME.crt + NAME.key pairs in it", c.display()));
+        }
+    }
+    let state = match &p.state {
+        Some(s) => cx.path(s.get_ref()),
+        None => {
+            cx.err(rp, "`state` is missing; set it to the file where switchyard keeps active colors, e.g. state = \"/var/lib/switchyard/state.json\"");
+            PathBuf::new()
+        }
+    };
+    let control = match &p.control {
+        Some(s) => cx.path(s.get_ref()),
+        None => state.with_file_name("control.sock"),
+    };
+    let audit_log = match &p.audit_log {
+        Some(s) => cx.path(s.get_ref()),
+        None => state.with_file_name("audit.log"),
+    };
+    let metrics = p.metrics.as_ref().and_then(|a| cx.addr(a, "`metrics`"));
+    let access_log = match p.access_log.as_ref().map(|s| s.get_ref().as_str()) {
+        None | Some("stdout") => LogTarget::Stdout,
+        Some("off") => LogTarget::Off,
+        Some(path) => LogTarget::File(cx.path(path)),
+    };
+    let mut control_allow = Vec::new();
+    if let Some(map) = &p.control_allow {
+        for (k, v) in map.get_ref() {
+            let principal = k
+                .strip_prefix("uid:")
+                .and_then(|n| n.parse().ok())
+                .map(Principal::Uid)
+                .or_else(|| k.strip_prefix("gid:").and_then(|n| n.parse().ok()).map(Principal::Gid));
+            let role = match v.get_ref().as_str() {
+                "read" => Some(Role::Read),
+                "operate" => Some(Role::Operate),
+                _ => None,
+            };
+            match (principal, role) {
+                (Some(p), Some(r)) => control_allow.push((p, r)),
+                (None, _) => cx.err(v, format!("control_allow key `{k}` must be \"uid:N\" or \"gid:N\"")),
+                (_, None) => cx.err(v, format!("control_allow role `{}` must be \"read\" or \"operate\"", v.get_ref())),
+            }
+        }
+    }
+    let d = Limits::default();
+    let size = |cx: &mut Ctx, v: &Option<S<String>>, key: &str, default: u64| match v {
+        None => default,
+        Some(s) => match parse_size(s.get_ref()) {
+            Ok(n) if n > 0 => n,
+            Ok(_) => {
+                cx.err(s, format!("`{key}` must be more than zero"));
+                default
+            }
+            Err(e) => {
+                cx.err(s, format!("`{key}`: {e}"));
+                default
+            }
+        },
+    };
+    let max_header_bytes = size(cx, &p.max_header_bytes, "max_header_bytes", d.max_header_bytes as u64);
+    if max_header_bytes < 8192 {
+        if let Some(s) = &p.max_header_bytes {
+            cx.err(s, "`max_header_bytes` must be at least 8KiB");
+        }
+    }
+    let limits = Limits {
+        header_timeout: cx.duration(&p.header_timeout, "header_timeout", d.header_timeout),
+        idle_timeout: cx.duration(&p.idle_timeout, "idle_timeout", d.idle_timeout),
+        handshake_timeout: cx.duration(&p.handshake_timeout, "handshake_timeout", d.handshake_timeout),
+        upstream_connect_timeout: cx.duration(&p.upstream_connect_timeout, "upstream_connect_timeout", d.upstream_connect_timeout),
+        upstream_timeout: cx.duration(&p.upstream_timeout, "upstream_timeout", d.upstream_timeout),
+        shutdown_timeout: cx.duration(&p.shutdown_timeout, "shutdown_timeout", d.shutdown_timeout),
+        read_only_drain_timeout: cx.duration(&p.read_only_drain_timeout, "read_only_drain_timeout", d.read_only_drain_timeout),
+        max_header_bytes: max_header_bytes.max(8192) as usize,
+        max_body_bytes: size(cx, &p.max_body_bytes, "max_body_bytes", d.max_body_bytes),
+        max_connections: cx.count(&p.max_connections, "max_connections", 1, 10_000_000, d.max_connections as i64) as usize,
+    };
+    ProxyConfig {
+        http,
+        https,
+        certs,
+        control,
+        control_allow,
+        state,
+        metrics,
+        access_log,
+        audit_log,
+        limits,
+    }
+}
+
+fn hosts(cx: &mut Ctx, list: &[S<String>]) -> Vec<HostPattern> {
+    let mut out = Vec::new();
+    for h in list {
+        match HostPattern::parse(h.get_ref()) {
+            Ok(p) => out.push(p),
+            Err(e) => cx.err(h, format!("bad host: {e}")),
+        }
+    }
+    out
+}
+
+fn site(cx: &mut Ctx, rs: &RawSite, https: bool) -> Option<SiteConfig> {
+    let name = rs.name.get_ref().clone();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        cx.err(&rs.name, format!("site name `{name}` must be letters, digits, - or _ (it is used in URLs and file names)"));
+    }
+    if rs.hosts.is_empty() {
+        cx.err(&rs.name, format!("site `{name}` has no `hosts`; add e.g. hosts = [\"wiki.example.org\"]"));
+    }
+    let hosts = hosts(cx, &rs.hosts);
+    let preview_hosts = hosts_checked(cx, &rs.preview_hosts);
+    let active = match &rs.active {
+        None => Color::Blue,
+        Some(a) => match Color::parse(a.get_ref()) {
+            Some(c) => c,
+            None => {
+                cx.err(a, format!("`active` must be \"blue\" or \"green\", not `{}`", a.get_ref()));
+                Color::Blue
+            }
+        },
+    };
+    let mut pools: [Vec<SocketAddr>; 2] = [Vec::new(), Vec::new()];
+    if let Some(p) = &rs.pools {
+        for (color, list) in [(Color::Blue, &p.get_ref().blue), (Color::Green, &p.get_ref().green)] {
+            for a in list {
+                if let Some(addr) = cx.addr(a, "backend") {
+                    pools[color.idx()].push(addr);
+                }
+            }
+        }
+    }
+    if rs.pools.is_none() && rs.release.is_none() {
+        cx.err(&rs.name, format!("site `{name}` has neither [site.pools] nor [site.release]; give it backends, e.g. [site.pools] blue = [\"127.0.0.1:8081\"]"));
+    } else if rs.release.is_none() && pools[active.idx()].is_empty() {
+        let span_line = rs.pools.as_ref().map(|p| p.span().start).unwrap_or(rs.name.span().start);
+        let line = cx.line(span_line);
+        cx.problems.push(Problem {
+            file: cx.file.clone(),
+            line,
+            message: format!("site `{name}`: the active color `{active}` has no backends; list at least one address in [site.pools] {active}"),
+        });
+    }
+    let health = rs.health.as_ref().map(|h| health(cx, h.get_ref()));
+    let read_only = match &rs.read_only {
+        None => ReadOnlyPolicy::default(),
+        Some(r) => {
+            let r = r.get_ref();
+            let mut allow_clients = Vec::new();
+            for c in &r.allow_clients {
+                let s = c.get_ref();
+                let parsed = s.parse::<IpNet>().or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from));
+                match parsed {
+                    Ok(n) => allow_clients.push(n),
+                    Err(_) => cx.err(c, format!("allow_clients entry `{s}` is not an address or a CIDR network like \"10.0.0.0/8\"")),
+                }
+            }
+            let mut allow_paths = Vec::new();
+            for p in &r.allow_paths {
+                if !p.get_ref().starts_with('/') {
+                    cx.err(p, format!("allow_paths entry `{}` must start with /", p.get_ref()));
+                }
+                allow_paths.push(p.get_ref().clone());
+            }
+            ReadOnlyPolicy { allow_paths, allow_clients }
+        }
+    };
+    let release = rs.release.as_ref().map(|r| release(cx, r, &name));
+    Some(SiteConfig {
+        name,
+        hosts,
+        active,
+        redirect_http: rs.redirect_http.unwrap_or(https),
+        preview_hosts,
+        pools,
+        health,
+        read_only,
+        release,
+    })
+}
+
+fn hosts_checked(cx: &mut Ctx, list: &[S<String>]) -> Vec<HostPattern> {
+    hosts(cx, list)
+}
+
+fn health(cx: &mut Ctx, h: &RawHealth) -> HealthConfig {
+    let path = h.path.as_ref().map(|p| p.get_ref().clone()).unwrap_or_else(|| "/".into());
+    if let Some(p) = &h.path {
+        if !p.get_ref().starts_with('/') {
+            cx.err(p, "health `path` must start with /");
+        }
+    }
+    let expect_status = h.expect_status.as_ref().map(|_| cx.count(&h.expect_status, "expect_status", 100, 599, 200) as u16);
+    HealthConfig {
+        path,
+        interval: cx.duration(&h.interval, "interval", Duration::from_secs(2)),
+        timeout: cx.duration(&h.timeout, "timeout", Duration::from_secs(2)),
+        rise: cx.count(&h.rise, "rise", 1, 100, 2) as u32,
+        fall: cx.count(&h.fall, "fall", 1, 100, 3) as u32,
+        expect_status,
+    }
+}
+
+fn release(cx: &mut Ctx, rr: &S<RawRelease>, site: &str) -> ReleaseConfig {
+    let r = rr.get_ref();
+    let prefix = r.prefix.as_ref().map(|p| p.get_ref().clone()).unwrap_or_else(|| "w2l-dev".into());
+    if let Some(p) = &r.prefix {
+        if !valid_docker_name(&prefix) {
+            cx.err(p, format!("prefix `{prefix}` must be letters, digits, -, _ or . (it becomes part of container names)"));
+        }
+    }
+    let mut services = Vec::new();
+    let mut names = Vec::new();
+    for s in &r.services {
+        let s_ref = s.get_ref();
+        let name = s_ref.name.get_ref().clone();
+        if !valid_docker_name(&name) {
+            cx.err(&s_ref.name, format!("service name `{name}` must be letters, digits, -, _ or ."));
+        }
+        if names.contains(&name) {
+            cx.err(&s_ref.name, format!("service `{name}` is listed twice"));
+        }
+        names.push(name.clone());
+        let mut volumes = Vec::new();
+        for v in &s_ref.volumes {
+            match v.get_ref().split_once(':') {
+                Some((vol, mount)) if valid_docker_name(vol) && mount.starts_with('/') => {
+                    volumes.push((vol.to_string(), mount.to_string()))
+                }
+                _ => cx.err(v, format!("volume `{}` must be NAME:/path (a named volume, one per environment)", v.get_ref())),
+            }
+        }
+        services.push(ServiceConfig {
+            name,
+            image: s_ref.image.get_ref().clone(),
+            env: s_ref.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            volumes,
+            command: s_ref.command.clone(),
+            backup: s_ref.backup.clone(),
+            restore: s_ref.restore.clone(),
+            migrate: s_ref.migrate.clone(),
+        });
+    }
+    if services.is_empty() {
+        cx.err(rr, format!("site `{site}`: [site.release] has no [[site.release.services]]; list at least the web service"));
+    }
+    let web = r.web.as_ref().map(|w| w.get_ref().clone()).unwrap_or_else(|| "web".into());
+    if !services.is_empty() && !names.contains(&web) {
+        let span = r.web.as_ref().map(|w| w.span().start).unwrap_or(rr.span().start);
+        let line = cx.line(span);
+        cx.problems.push(Problem {
+            file: cx.file.clone(),
+            line,
+            message: format!("site `{site}`: web service `{web}` is not among the services ({}); set `web` to the one that takes traffic", names.join(", ")),
+        });
+    }
+    let db = match &r.db {
+        Some(d) => Some(d.get_ref().clone()),
+        None => services.iter().find(|s| s.backup.is_some()).map(|s| s.name.clone()),
+    };
+    if let Some(d) = &db {
+        match services.iter().find(|s| &s.name == d) {
+            Some(s) if s.backup.is_none() || s.restore.is_none() => cx.err(rr, format!("site `{site}`: service `{d}` needs both `backup` and `restore` commands")),
+            None if !services.is_empty() => cx.err(rr, format!("site `{site}`: db service `{d}` is not among the services")),
+            _ => {}
+        }
+    }
+    let web_port = cx.count(&r.web_port, "web_port", 1, 65535, 80) as u16;
+    ReleaseConfig {
+        prefix,
+        backups: cx.path(r.backups.as_ref().map(|b| b.get_ref().as_str()).unwrap_or("backups")),
+        keep_backups: cx.count(&r.keep_backups, "keep_backups", 1, 10_000, 10) as usize,
+        web,
+        web_port,
+        db,
+        app_read_only: r.app_read_only.as_ref().map(|a| (a.get_ref().on.clone(), a.get_ref().off.clone())),
+        verify_restore: r.verify_restore.clone(),
+        health_timeout: cx.duration(&r.health_timeout, "health_timeout", Duration::from_secs(120)),
+        services,
+    }
+}
+
+pub(crate) fn valid_docker_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        match parse_config(Path::new("t.toml"), text) {
+            Ok(_) => vec![],
+            Err(e) => e.problems(),
+        }
+    }
+
+    const BASE: &str = "[proxy]\nhttp = \"127.0.0.1:0\"\nstate = \"s.json\"\n";
+
+    #[test]
+    fn minimal_ok() {
+        let t = format!("{BASE}[[site]]\nname = \"a\"\nhosts = [\"a.test\"]\n[site.pools]\nblue = [\"127.0.0.1:1\"]\n");
+        assert!(problems(&t).is_empty(), "{:?}", problems(&t));
+    }
+
+    #[test]
+    fn unknown_key_has_line() {
+        let t = format!("{BASE}colour = 1\n");
+        let p = problems(&t);
+        assert!(p[0].starts_with("t.toml:4:"), "{p:?}");
+        assert!(p[0].contains("colour"), "{p:?}");
+    }
+
+    #[test]
+    fn gathers_every_problem() {
+        let t = format!("{BASE}[[site]]\nname = \"a\"\nhosts = [\"a.test\"]\n[site.pools]\nblue = [\"nope\"]\n[[site]]\nname = \"b\"\nhosts = [\"a.test\"]\n");
+        let p = problems(&t);
+        assert!(p.iter().any(|m| m.contains("t.toml:8:") && m.contains("not an address")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("t.toml:11:") && m.contains("already used")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("neither")), "{p:?}");
+    }
+}

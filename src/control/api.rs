@@ -1,0 +1,124 @@
+//! Request and response types of the control API, shared by the server and the client.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Color;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchRequest {
+    pub to: Color,
+    #[serde(default)]
+    pub drain_s: Option<u64>,
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwitchResponse {
+    pub site: String,
+    pub from: Color,
+    pub to: Color,
+    pub changed: bool,
+    pub switched_at: Option<String>,
+    pub message: String,
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadOnlyRequest {
+    pub on: bool,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub retry_after_s: Option<u64>,
+    #[serde(default)]
+    pub sites: Option<Vec<String>>,
+    /// How long to wait for writes in flight to finish (default: proxy.read_only_drain_timeout).
+    #[serde(default)]
+    pub wait_s: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadOnlyResponse {
+    pub on: bool,
+    pub reason: Option<String>,
+    pub retry_after_s: Option<u64>,
+    pub sites: Vec<String>,
+    /// Milliseconds spent waiting for writes in flight.
+    pub drained_ms: u64,
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolRequest {
+    pub backends: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolResponse {
+    pub site: String,
+    pub color: Color,
+    pub backends: Vec<String>,
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadResponse {
+    pub sites: Vec<String>,
+    pub certificates: Vec<String>,
+    pub notes: Vec<String>,
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub version: u64,
+    pub uptime_s: u64,
+    pub read_only: Option<ReadOnlyInfo>,
+    pub sites: Vec<SiteStatus>,
+    pub connections_open: u64,
+    pub requests_total: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadOnlyInfo {
+    pub reason: String,
+    pub retry_after_s: u64,
+    pub sites: Option<Vec<String>>,
+    pub since: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SiteStatus {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub active: Color,
+    pub previous: Option<Color>,
+    pub switched_at: Option<String>,
+    pub read_only: bool,
+    pub writes_since_switch: BTreeMap<Color, u64>,
+    /// True once any write reached the active color since the last switch (survives restarts).
+    pub written_since_switch: bool,
+    pub writes_in_flight: u64,
+    pub pools: BTreeMap<Color, Vec<BackendStatus>>,
+    pub has_release: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub addr: String,
+    pub healthy: bool,
+    pub ejected: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}

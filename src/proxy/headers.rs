@@ -1,0 +1,120 @@
+//! Header rewriting on the way in and out: hop-by-hop headers (and those named in Connection)
+//! stripped, X-Forwarded-For appended, X-Forwarded-Proto and X-Forwarded-Host set.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_READ_ONLY: HeaderName = HeaderName::from_static("x-read-only");
+
+/// Removes hop-by-hop headers. When `keep_upgrade`, `Connection: upgrade` and `Upgrade` are kept
+/// (a WebSocket handshake must reach the backend intact).
+pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1). Rare, so the allocation
+    // only happens when Connection lists something other than keep-alive/close/upgrade.
+    if let Some(conn) = h.get(header::CONNECTION) {
+        if let Ok(s) = conn.to_str() {
+            let named: Vec<HeaderName> = s
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("upgrade"))
+                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+                .collect();
+            for n in named {
+                h.remove(n);
+            }
+        }
+    }
+    let te_trailers = h
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    for n in &HOP_BY_HOP {
+        if keep_upgrade && n == header::CONNECTION {
+            continue;
+        }
+        h.remove(n);
+    }
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::UPGRADE);
+    }
+}
+
+/// Adds the X-Forwarded-* headers for a request that came from `client` over `proto`.
+pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, https: bool, host: Option<&HeaderValue>) {
+    let ip = crate::config::canonical_ip(client);
+    let value = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => HeaderValue::try_from(format!("{prev}, {ip}")),
+        _ => HeaderValue::try_from(ip.to_string()),
+    };
+    if let Ok(v) = value {
+        h.insert(&X_FORWARDED_FOR, v);
+    }
+    h.insert(
+        &X_FORWARDED_PROTO,
+        HeaderValue::from_static(if https { "https" } else { "http" }),
+    );
+    if let Some(host) = host {
+        h.insert(&X_FORWARDED_HOST, host.clone());
+    }
+}
+
+/// True when the request asks for a protocol upgrade (WebSocket over HTTP/1.1).
+pub fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get(header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers, gzip"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert!(h.get(header::UPGRADE).is_none());
+        assert_eq!(h[header::TE], "trailers");
+        assert_eq!(h["x-keep"], "1");
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        add_forwarded(&mut h, "::ffff:192.0.2.7".parse().unwrap(), true, Some(&HeaderValue::from_static("w.test")));
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 192.0.2.7");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert_eq!(h[&X_FORWARDED_HOST], "w.test");
+    }
+}

@@ -1,0 +1,30 @@
+//! The request path: accept → TLS → route → gate → forward. Reaches the control plane only through
+//! the `ArcSwap`s of the routing table and the certificate store. No Mutex or RwLock is taken here.
+
+pub mod body;
+pub mod error_page;
+pub mod gate;
+pub mod headers;
+pub mod listener;
+pub mod service;
+pub mod tls;
+mod tunnel;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+
+pub use error_page::ProxyError;
+pub use service::Edge;
+
+/// One client connection, shared by the requests on it.
+#[derive(Debug)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub https: bool,
+    /// The TLS server name the client asked for, if any.
+    pub sni: Option<Box<str>>,
+    /// Requests on this connection whose response has not ended yet.
+    pub inflight: AtomicUsize,
+    /// Bumped on every read and write; the idle watchdog looks for movement.
+    pub activity: AtomicU64,
+}

@@ -1,0 +1,3 @@
+//! The Docker release coordinator (bollard). Never on the request path.
+
+pub mod cli;

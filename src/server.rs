@@ -1,0 +1,119 @@
+//! `switchyard serve`: wires the pieces together and runs until SIGTERM/SIGINT. Startup order:
+//! certificates → state (refuse if unreadable) → listeners → control socket → ready line.
+//! SIGHUP reloads like `switchyard reload`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::accesslog::AccessLog;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::ops::{Ops, Peer};
+use crate::proxy::listener::{accept_loop, Tracker};
+use crate::proxy::{tls, Edge};
+
+/// Addresses actually bound (port 0 in the config becomes a real port here).
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    let sock = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr).with_context(|| format!("cannot listen on {addr} ({what}); is another server using it?"))?;
+    Ok(sock.listen(4096)?)
+}
+
+pub async fn serve(cfg: Config, on_ready: impl FnOnce(&Bound, &Config)) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let certs = match (&cfg.proxy.https, &cfg.proxy.certs) {
+        (Some(_), Some(dir)) => Some(Arc::new(ArcSwap::from_pointee(tls::load_dir(dir)?))),
+        _ => None,
+    };
+    let ops = Arc::new(Ops::new(cfg.clone(), certs.clone(), metrics.clone())?);
+    let log = AccessLog::start(&cfg.proxy.access_log).context("cannot open the access log")?;
+    let edge = Arc::new(Edge::new(ops.table.clone(), cfg.proxy.limits.clone(), log, metrics.clone()));
+    let tracker = Arc::new(Tracker::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let mut bound = Bound { http: None, https: None, metrics: None };
+    let mut accepts = Vec::new();
+    if let Some(addr) = cfg.proxy.http {
+        let l = bind(addr, "http").await?;
+        bound.http = Some(l.local_addr()?);
+        accepts.push(tokio::spawn(accept_loop(l, None, edge.clone(), tracker.clone(), stop_rx.clone())));
+    }
+    if let (Some(addr), Some(store)) = (cfg.proxy.https, &certs) {
+        let l = bind(addr, "https").await?;
+        bound.https = Some(l.local_addr()?);
+        let acceptor = TlsAcceptor::from(tls::server_config(store.clone()));
+        accepts.push(tokio::spawn(accept_loop(l, Some(acceptor), edge.clone(), tracker.clone(), stop_rx.clone())));
+    }
+    if let Some(addr) = cfg.proxy.metrics {
+        let l = bind(addr, "metrics").await?;
+        bound.metrics = Some(l.local_addr()?);
+        tokio::spawn(crate::statuspage::run(l, ops.clone()));
+    }
+    let control = crate::control::server::bind(&cfg.proxy.control)?;
+    tokio::spawn(crate::control::server::run(control, ops.clone()));
+    tokio::spawn(crate::health::run(ops.table.clone()));
+    let marks = ops.clone();
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            t.tick().await;
+            marks.persist_write_marks().await;
+        }
+    });
+    on_ready(&bound, &cfg);
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match ops.reload(Peer::default()).await {
+                Ok(r) => tracing::info!(sites = r.sites.len(), "SIGHUP: config and certificates reloaded"),
+                Err(e) => tracing::error!(error = %e, problems = ?match &e { crate::ops::OpError::Config(p) => p.clone(), _ => vec![] }, "SIGHUP: reload refused, the old config keeps serving"),
+            },
+        }
+    }
+    let deadline = cfg.proxy.limits.shutdown_timeout;
+    tracing::info!(open = tracker.open(), deadline_s = deadline.as_secs(), "shutting down: no new connections, finishing requests in flight");
+    let _ = stop_tx.send(true);
+    for a in accepts {
+        let _ = a.await;
+    }
+    let left = tracker.drained(deadline).await;
+    if left > 0 {
+        tracing::warn!(left, "shutdown deadline reached; closing the remaining connections");
+    }
+    ops.persist_write_marks().await;
+    let _ = std::fs::remove_file(&cfg.proxy.control);
+    Ok(())
+}
+
+/// The line tests and scripts wait for (on stderr): the addresses actually bound.
+pub fn ready_line(b: &Bound, cfg: &Config) -> String {
+    let f = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
+    format!(
+        "switchyard ready: http={} https={} metrics={} control={}",
+        f(b.http),
+        f(b.https),
+        f(b.metrics),
+        cfg.proxy.control.display()
+    )
+}
