@@ -1,0 +1,18 @@
+//! One integration crate: every test runs the real binary over real sockets (ripgrep style).
+//! Themes live in tests/e2e/*.rs.
+mod support;
+
+#[path = "e2e/edge.rs"]
+mod edge;
+
+#[path = "e2e/config.rs"]
+mod config;
+
+#[path = "e2e/control.rs"]
+mod control;
+
+#[path = "e2e/switching.rs"]
+mod switching;
+
+#[path = "e2e/release.rs"]
+mod release;
