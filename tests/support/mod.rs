@@ -395,3 +395,19 @@ pub fn site(name: &str, hosts: &[&str], blue: &[SocketAddr], green: &[SocketAddr
     let h = hosts.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ");
     format!("\n[[site]]\nname = \"{name}\"\nhosts = [{h}]\nredirect_http = false\n{extra}\n[site.pools]\nblue = [{}]\ngreen = [{}]\n", q(blue), q(green))
 }
+
+/// One raw call on the control socket: (status, JSON body). For tests that flip a lot or send bad input.
+pub async fn control(p: &Path, method: &str, uri: &str, body: Option<&str>, if_match: Option<u64>) -> (u16, serde_json::Value) {
+    let s = tokio::net::UnixStream::connect(p).await.expect("connect control socket");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder().method(method).uri(uri).header("host", "switchyard");
+    if let Some(v) = if_match {
+        req = req.header("if-match", v.to_string());
+    }
+    let req = req.body(Full::new(Bytes::from(body.unwrap_or("").to_string()))).unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let b = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null))
+}
