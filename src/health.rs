@@ -18,10 +18,16 @@ use crate::routing::{Backend, RoutingTable};
 
 /// One probe: an HTTP GET of `path` when `health` is set (2xx/3xx or the expected status pass),
 /// otherwise a TCP connect.
-pub async fn probe(addr: SocketAddr, host: &str, health: Option<&HealthConfig>) -> Result<(), String> {
+pub async fn probe(
+    addr: SocketAddr,
+    host: &str,
+    health: Option<&HealthConfig>,
+) -> Result<(), String> {
     let timeout = health.map(|h| h.timeout).unwrap_or(Duration::from_secs(2));
     let fut = async {
-        let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         let Some(h) = health else { return Ok(()) };
         let io = hyper_util::rt::TokioIo::new(stream);
         let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
@@ -33,7 +39,10 @@ pub async fn probe(addr: SocketAddr, host: &str, health: Option<&HealthConfig>) 
             .header(http::header::USER_AGENT, "switchyard-health")
             .body(Empty::new())
             .map_err(|e| e.to_string())?;
-        let resp = send.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
         let s = resp.status();
         let ok = match h.expect_status {
             Some(want) => s.as_u16() == want,
@@ -47,7 +56,10 @@ pub async fn probe(addr: SocketAddr, host: &str, health: Option<&HealthConfig>) 
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no answer within {}", crate::config::units::fmt_duration(timeout))),
+        Err(_) => Err(format!(
+            "no answer within {}",
+            crate::config::units::fmt_duration(timeout)
+        )),
     }
 }
 
@@ -76,7 +88,12 @@ pub async fn run(table: Arc<ArcSwap<RoutingTable>>) {
                     let tr = tracks.entry(key).or_default();
                     if tr.next.is_none_or(|n| n <= now) {
                         tr.next = Some(now + h.interval);
-                        due.push((site.name.clone(), b.clone(), h.clone(), site.name.to_string()));
+                        due.push((
+                            site.name.clone(),
+                            b.clone(),
+                            h.clone(),
+                            site.name.to_string(),
+                        ));
                     }
                 }
             }
@@ -84,17 +101,22 @@ pub async fn run(table: Arc<ArcSwap<RoutingTable>>) {
         if due.is_empty() {
             continue;
         }
-        let results = futures_util::future::join_all(due.into_iter().map(|(site, b, h, _)| async move {
-            let r = probe(b.addr, "localhost", Some(&h)).await;
-            (site, b, h, r)
-        }))
-        .await;
+        let results =
+            futures_util::future::join_all(due.into_iter().map(|(site, b, h, _)| async move {
+                let r = probe(b.addr, "localhost", Some(&h)).await;
+                (site, b, h, r)
+            }))
+            .await;
         for (site, b, h, r) in results {
-            let tr = tracks.entry((site.clone(), Arc::as_ptr(&b) as usize)).or_default();
+            let tr = tracks
+                .entry((site.clone(), Arc::as_ptr(&b) as usize))
+                .or_default();
             match r {
                 Ok(()) => {
                     tr.ok += 1;
                     tr.fail = 0;
+                    // A good active check ends a passive ejection early.
+                    b.clear_ejection();
                     if !b.is_up() && tr.ok >= h.rise && b.set_up(true) {
                         tracing::info!(site = %site, backend = %b.addr, "backend is healthy again");
                     }

@@ -1,48 +1,246 @@
-//! Counters of the edge, as atomics the request path bumps without locks. Rendered for status and
-//! for the Prometheus endpoint by the control plane (never on the request path).
+//! Metrics of the edge on the `prometheus` crate, whose counters and histograms are atomics.
+//! Labelled series are resolved once per site (when the site first appears in a table) into plain
+//! handles, so the request path only bumps atomics: no lock, no label hashing per request. The
+//! per-site handles are found through an `ArcSwap` map that the control plane replaces on change.
+//! Gauges that describe state (backend health, read-only) are computed at scrape time.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 use crate::config::Color;
 use crate::proxy::ProxyError;
 
-#[derive(Debug, Default)]
+/// Handles for one color of one site.
+pub struct ColorMetrics {
+    /// Responses by status class 1xx..5xx.
+    pub class: [IntCounter; 5],
+    pub duration: Histogram,
+}
+
+/// Handles for one site.
+pub struct SiteMetrics {
+    pub colors: [ColorMetrics; 2],
+    pub rejected_writes: IntCounter,
+    pub switches: IntCounter,
+    pub bytes_out: IntCounter,
+}
+
 pub struct Metrics {
-    pub requests: AtomicU64,
-    pub status_class: [AtomicU64; 6],
-    pub rejected_writes: AtomicU64,
-    pub backend_failures: AtomicU64,
-    pub proxy_errors: AtomicU64,
-    pub connections_open: AtomicU64,
-    pub connections_total: AtomicU64,
-    pub connections_refused: AtomicU64,
-    pub tls_handshakes: AtomicU64,
-    pub tls_failures: AtomicU64,
-    pub switches: AtomicU64,
-    pub reloads: AtomicU64,
+    pub registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    rejected: IntCounterVec,
+    switches_vec: IntCounterVec,
+    bytes_vec: IntCounterVec,
+    sites: ArcSwap<HashMap<Arc<str>, Arc<SiteMetrics>>>,
+    pub unrouted: IntCounter,
+    pub connections_open: IntGauge,
+    pub connections_total: IntCounter,
+    pub connections_refused: IntCounter,
+    pub tls_handshakes: IntCounter,
+    pub tls_failures: IntCounter,
+    pub backend_failures: IntCounter,
+    pub reloads: IntCounter,
+    pub proxy_errors: IntCounter,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let r = Registry::new();
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_request_duration_seconds",
+                "Time from request to response headers.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["site", "color"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(duration.clone()))
+            .expect("registered once");
+        let open = IntGauge::new("switchyard_connections_open", "Client connections open.")
+            .expect("valid metric");
+        r.register(Box::new(open.clone())).expect("registered once");
+        Metrics {
+            requests: counter_vec(
+                &r,
+                "switchyard_requests_total",
+                "Responses by site, color and status class.",
+                &["site", "color", "class"],
+            ),
+            duration,
+            rejected: counter_vec(
+                &r,
+                "switchyard_read_only_rejected_writes_total",
+                "Writes refused by read-only mode.",
+                &["site"],
+            ),
+            switches_vec: counter_vec(
+                &r,
+                "switchyard_switches_total",
+                "Switches of the active color.",
+                &["site"],
+            ),
+            bytes_vec: counter_vec(
+                &r,
+                "switchyard_response_bytes_total",
+                "Response body bytes sent to clients.",
+                &["site"],
+            ),
+            sites: ArcSwap::default(),
+            unrouted: counter(
+                &r,
+                "switchyard_unrouted_requests_total",
+                "Requests that matched no site or failed before routing.",
+            ),
+            connections_open: open,
+            connections_total: counter(
+                &r,
+                "switchyard_connections_total",
+                "Client connections accepted.",
+            ),
+            connections_refused: counter(
+                &r,
+                "switchyard_connections_refused_total",
+                "Connections refused at max_connections.",
+            ),
+            tls_handshakes: counter(
+                &r,
+                "switchyard_tls_handshakes_total",
+                "TLS handshakes completed.",
+            ),
+            tls_failures: counter(
+                &r,
+                "switchyard_tls_handshake_failures_total",
+                "TLS handshakes failed or timed out.",
+            ),
+            backend_failures: counter(
+                &r,
+                "switchyard_backend_failures_total",
+                "Upstream connections refused or timed out.",
+            ),
+            reloads: counter(
+                &r,
+                "switchyard_config_reloads_total",
+                "Config reloads accepted.",
+            ),
+            proxy_errors: counter(
+                &r,
+                "switchyard_proxy_errors_total",
+                "Responses made by the proxy itself (4xx/5xx pages).",
+            ),
+            registry: r,
+        }
+    }
 }
 
 impl Metrics {
+    /// The handles of `site`, made on first use (cold: control plane, or a request's first sight).
+    pub fn site(&self, site: &str) -> Arc<SiteMetrics> {
+        if let Some(m) = self.sites.load().get(site) {
+            return m.clone();
+        }
+        let color = |c: Color| ColorMetrics {
+            class: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(|k| self.requests.with_label_values(&[site, c.as_str(), k])),
+            duration: self.duration.with_label_values(&[site, c.as_str()]),
+        };
+        let m = Arc::new(SiteMetrics {
+            colors: [color(Color::Blue), color(Color::Green)],
+            rejected_writes: self.rejected.with_label_values(&[site]),
+            switches: self.switches_vec.with_label_values(&[site]),
+            bytes_out: self.bytes_vec.with_label_values(&[site]),
+        });
+        self.sites.rcu(|map| {
+            let mut next = HashMap::clone(map);
+            next.entry(site.into()).or_insert_with(|| m.clone());
+            next
+        });
+        m
+    }
+
+    /// One response. Lock-free once the site's handles exist.
     #[inline]
-    pub fn response(&self, _site: Option<&str>, _color: Option<Color>, status: u16, _took: Duration) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        let class = (status / 100).min(5) as usize;
-        self.status_class[class].fetch_add(1, Ordering::Relaxed);
+    pub fn response(&self, site: Option<&str>, color: Option<Color>, status: u16, took: Duration) {
+        let (Some(site), Some(color)) = (site, color) else {
+            self.unrouted.inc();
+            return;
+        };
+        let guard = self.sites.load();
+        let m = match guard.get(site) {
+            Some(m) => m,
+            None => {
+                drop(guard);
+                self.site(site);
+                return self.response(Some(site), Some(color), status, took);
+            }
+        };
+        let cm = &m.colors[color.idx()];
+        let k = (status / 100).clamp(1, 5) as usize - 1;
+        cm.class[k].inc();
+        cm.duration.observe(took.as_secs_f64());
     }
 
     #[inline]
-    pub fn rejected_write(&self) {
-        self.rejected_writes.fetch_add(1, Ordering::Relaxed);
+    pub fn rejected_write(&self, site: &str) {
+        if let Some(m) = self.sites.load().get(site) {
+            m.rejected_writes.inc();
+        } else {
+            self.site(site).rejected_writes.inc();
+        }
     }
 
     #[inline]
     pub fn backend_failure(&self) {
-        self.backend_failures.fetch_add(1, Ordering::Relaxed);
+        self.backend_failures.inc();
     }
 
     #[inline]
     pub fn proxy_error(&self, _e: &ProxyError) {
-        self.proxy_errors.fetch_add(1, Ordering::Relaxed);
+        self.proxy_errors.inc();
+    }
+
+    pub fn switched(&self, site: &str) {
+        self.site(site).switches.inc();
+    }
+
+    /// Total responses (for status).
+    pub fn requests_total(&self) -> u64 {
+        use prometheus::core::Collector;
+        let fams = self.requests.collect();
+        fams.iter()
+            .flat_map(|f| f.get_metric())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum::<u64>()
+            + self.unrouted.get()
+    }
+
+    /// The Prometheus text of every registered metric.
+    pub fn encode(&self) -> String {
+        use prometheus::Encoder;
+        let mut buf = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
     }
 }

@@ -80,7 +80,11 @@ pub struct Ops {
 
 impl Ops {
     /// Loads the state file (refusing an unreadable one) and builds the first table.
-    pub fn new(cfg: Config, certs: Option<Arc<ArcSwap<CertStore>>>, metrics: Arc<Metrics>) -> Result<Ops, StateError> {
+    pub fn new(
+        cfg: Config,
+        certs: Option<Arc<ArcSwap<CertStore>>>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Ops, StateError> {
         let state = state::load(&cfg.proxy.state)?.unwrap_or_default();
         let mut shared = HashMap::new();
         let table = RoutingTable::build(&cfg, &state, &mut shared, None);
@@ -116,12 +120,17 @@ impl Ops {
                 let ss = inner.state.sites.get(&*s.name);
                 SiteStatus {
                     name: s.name.to_string(),
-                    hosts: cfg.map(|c| c.hosts.iter().map(|h| h.to_string()).collect()).unwrap_or_default(),
+                    hosts: cfg
+                        .map(|c| c.hosts.iter().map(|h| h.to_string()).collect())
+                        .unwrap_or_default(),
                     active: s.active,
                     previous: ss.and_then(|x| x.previous),
                     switched_at: ss.and_then(|x| x.switched_at.clone()),
                     read_only: s.shared.read_only.load(Ordering::SeqCst),
-                    writes_since_switch: Color::ALL.iter().map(|c| (*c, s.shared.writes(*c))).collect(),
+                    writes_since_switch: Color::ALL
+                        .iter()
+                        .map(|c| (*c, s.shared.writes(*c)))
+                        .collect(),
                     written_since_switch: s.shared.write_seen.load(Ordering::Relaxed),
                     writes_in_flight: s.shared.inflight_writes.load(Ordering::SeqCst) as u64,
                     pools: Color::ALL
@@ -131,7 +140,11 @@ impl Ops {
                                 .pool(*c)
                                 .backends
                                 .iter()
-                                .map(|b| BackendStatus { addr: b.addr.to_string(), healthy: b.is_up(), ejected: b.is_ejected() })
+                                .map(|b| BackendStatus {
+                                    addr: b.addr.to_string(),
+                                    healthy: b.is_up(),
+                                    ejected: b.is_ejected(),
+                                })
                                 .collect();
                             (*c, list)
                         })
@@ -150,14 +163,17 @@ impl Ops {
                 since: r.since.clone(),
             }),
             sites,
-            connections_open: self.metrics.connections_open.load(Ordering::Relaxed),
-            requests_total: self.metrics.requests.load(Ordering::Relaxed),
+            connections_open: self.metrics.connections_open.get().max(0) as u64,
+            requests_total: self.metrics.requests_total(),
         }
     }
 
     fn check_version(inner: &Inner, if_match: Option<u64>) -> Result<(), OpError> {
         match if_match {
-            Some(v) if v != inner.state.version => Err(OpError::Precondition { sent: v, current: inner.state.version }),
+            Some(v) if v != inner.state.version => Err(OpError::Precondition {
+                sent: v,
+                current: inner.state.version,
+            }),
             _ => Ok(()),
         }
     }
@@ -167,13 +183,24 @@ impl Ops {
         next.version = inner.state.version + 1;
         state::save(&inner.cfg.proxy.state, &next)?;
         let prev = self.table.load_full();
-        let table = Arc::new(RoutingTable::build(&inner.cfg, &next, &mut inner.shared, Some(&prev)));
+        let table = Arc::new(RoutingTable::build(
+            &inner.cfg,
+            &next,
+            &mut inner.shared,
+            Some(&prev),
+        ));
         inner.state = next;
         self.table.store(table.clone());
         Ok(table)
     }
 
-    pub async fn switch(&self, site: &str, req: SwitchRequest, if_match: Option<u64>, peer: Peer) -> Result<SwitchResponse, OpError> {
+    pub async fn switch(
+        &self,
+        site: &str,
+        req: SwitchRequest,
+        if_match: Option<u64>,
+        peer: Peer,
+    ) -> Result<SwitchResponse, OpError> {
         let mut inner = self.inner.lock().await;
         Self::check_version(&inner, if_match)?;
         let t = self.table.load_full();
@@ -185,7 +212,11 @@ impl Ops {
                 from,
                 to: from,
                 changed: false,
-                switched_at: inner.state.sites.get(site).and_then(|s| s.switched_at.clone()),
+                switched_at: inner
+                    .state
+                    .sites
+                    .get(site)
+                    .and_then(|s| s.switched_at.clone()),
                 message: format!("{site} is already on {from}; nothing changed"),
                 version: inner.state.version,
             });
@@ -198,7 +229,12 @@ impl Ops {
             )));
         }
         // The slow check happens before the swap: probe every backend of the target now.
-        let host = inner.cfg.site(site).and_then(|c| c.hosts.first()).map(|h| h.to_string().replace("*.", "x.")).unwrap_or_default();
+        let host = inner
+            .cfg
+            .site(site)
+            .and_then(|c| c.hosts.first())
+            .map(|h| h.to_string().replace("*.", "x."))
+            .unwrap_or_default();
         let mut failures = Vec::new();
         for b in pool.backends.iter() {
             if let Err(e) = crate::health::probe(b.addr, &host, route.health.as_ref()).await {
@@ -217,28 +253,38 @@ impl Ops {
         let mut next = inner.state.clone();
         let now = state::now_rfc3339();
         let before = serde_json::to_value(next.sites.get(site)).unwrap_or_default();
-        let entry = next.sites.entry(site.to_string()).or_insert_with(|| SiteState {
-            active: from,
-            previous: None,
-            switched_at: None,
-            pools: Default::default(),
-            written_since_switch: false,
-        });
+        let entry = next
+            .sites
+            .entry(site.to_string())
+            .or_insert_with(|| SiteState {
+                active: from,
+                previous: None,
+                switched_at: None,
+                pools: Default::default(),
+                written_since_switch: false,
+            });
         entry.active = req.to;
         entry.previous = Some(from);
         entry.switched_at = Some(now.clone());
         entry.written_since_switch = false;
         let after = serde_json::to_value(&*entry).unwrap_or_default();
         let sh = route.shared.clone();
-        sh.drain_ms.store(req.drain_s.unwrap_or(30) * 1000, Ordering::Relaxed);
+        sh.drain_ms
+            .store(req.drain_s.unwrap_or(30) * 1000, Ordering::Relaxed);
         self.commit(&mut inner, next)?;
         for c in Color::ALL {
             sh.writes_since_switch[c.idx()].store(0, Ordering::Relaxed);
         }
         sh.write_seen.store(false, Ordering::Relaxed);
         sh.active_tx.send_replace(req.to);
-        self.metrics.switches.fetch_add(1, Ordering::Relaxed);
-        audit(&inner.cfg, peer, &format!("switch {site} {from}->{}", req.to), before, after);
+        self.metrics.switched(site);
+        audit(
+            &inner.cfg,
+            peer,
+            &format!("switch {site} {from}->{}", req.to),
+            before,
+            after,
+        );
         tracing::info!(site, %from, to = %req.to, forced = req.force, "switched");
         Ok(SwitchResponse {
             site: site.into(),
@@ -249,19 +295,30 @@ impl Ops {
             message: if failures.is_empty() {
                 format!("{site} now serves {}", req.to)
             } else {
-                format!("{site} now serves {} (forced; failing: {})", req.to, failures.join("; "))
+                format!(
+                    "{site} now serves {} (forced; failing: {})",
+                    req.to,
+                    failures.join("; ")
+                )
             },
             version: inner.state.version,
         })
     }
 
-    pub async fn read_only(&self, req: ReadOnlyRequest, if_match: Option<u64>, peer: Peer) -> Result<ReadOnlyResponse, OpError> {
+    pub async fn read_only(
+        &self,
+        req: ReadOnlyRequest,
+        if_match: Option<u64>,
+        peer: Peer,
+    ) -> Result<ReadOnlyResponse, OpError> {
         let mut inner = self.inner.lock().await;
         Self::check_version(&inner, if_match)?;
         let t = self.table.load_full();
         if let Some(list) = &req.sites {
             if list.is_empty() {
-                return Err(OpError::BadRequest("`sites` is empty; leave it out to mean every site".into()));
+                return Err(OpError::BadRequest(
+                    "`sites` is empty; leave it out to mean every site".into(),
+                ));
             }
             for s in list {
                 if t.site(s).is_none() {
@@ -277,7 +334,9 @@ impl Ops {
                 return Err(OpError::BadRequest("read-only needs a reason that users will see, e.g. --reason \"upgrading to 1.43\"".into()));
             }
             if reason.len() > 1000 {
-                return Err(OpError::BadRequest("the reason is longer than 1000 characters".into()));
+                return Err(OpError::BadRequest(
+                    "the reason is longer than 1000 characters".into(),
+                ));
             }
             next.read_only = Some(ReadOnlyState {
                 reason,
@@ -297,7 +356,17 @@ impl Ops {
         }
         let table = self.commit(&mut inner, next)?;
         apply_flags(&table, &inner.state);
-        audit(&inner.cfg, peer, if req.on { "read-only on" } else { "read-only off" }, before, after);
+        audit(
+            &inner.cfg,
+            peer,
+            if req.on {
+                "read-only on"
+            } else {
+                "read-only off"
+            },
+            before,
+            after,
+        );
         let covered: Vec<Arc<SiteShared>> = table
             .sites
             .iter()
@@ -305,13 +374,19 @@ impl Ops {
             .map(|s| s.shared.clone())
             .collect();
         let started = Instant::now();
-        let wait = req.wait_s.map(Duration::from_secs).unwrap_or(inner.cfg.proxy.limits.read_only_drain_timeout);
+        let wait = req
+            .wait_s
+            .map(Duration::from_secs)
+            .unwrap_or(inner.cfg.proxy.limits.read_only_drain_timeout);
         let version = inner.state.version;
         let ro = inner.state.read_only.clone();
         drop(inner);
         if req.on {
             loop {
-                let left: usize = covered.iter().map(|s| s.inflight_writes.load(Ordering::SeqCst)).sum();
+                let left: usize = covered
+                    .iter()
+                    .map(|s| s.inflight_writes.load(Ordering::SeqCst))
+                    .sum();
                 if left == 0 {
                     break;
                 }
@@ -335,34 +410,65 @@ impl Ops {
         })
     }
 
-    pub async fn set_pool(&self, site: &str, color: Color, req: PoolRequest, if_match: Option<u64>, peer: Peer) -> Result<PoolResponse, OpError> {
+    pub async fn set_pool(
+        &self,
+        site: &str,
+        color: Color,
+        req: PoolRequest,
+        if_match: Option<u64>,
+        peer: Peer,
+    ) -> Result<PoolResponse, OpError> {
         let mut inner = self.inner.lock().await;
         Self::check_version(&inner, if_match)?;
         let t = self.table.load_full();
         let route = t.site(site).ok_or_else(|| unknown_site(site, &t))?;
         let mut addrs = Vec::new();
         for a in &req.backends {
-            let parsed: std::net::SocketAddr = a
-                .parse()
-                .map_err(|_| OpError::BadRequest(format!("backend `{a}` is not an address; write IP:PORT, e.g. 127.0.0.1:8081")))?;
+            let parsed: std::net::SocketAddr = a.parse().map_err(|_| {
+                OpError::BadRequest(format!(
+                    "backend `{a}` is not an address; write IP:PORT, e.g. 127.0.0.1:8081"
+                ))
+            })?;
             addrs.push(parsed.to_string());
         }
         if addrs.is_empty() && route.active == color {
             return Err(OpError::Conflict(format!("{site}: {color} is the active color; emptying its pool would take the site down. Switch first.")));
         }
         let mut next = inner.state.clone();
-        let entry = next.sites.entry(site.to_string()).or_insert_with(|| SiteState {
-            active: route.active,
-            previous: None,
-            switched_at: None,
-            pools: Default::default(),
-            written_since_switch: false,
-        });
-        let before = serde_json::to_value(route.pool(color).backends.iter().map(|b| b.addr.to_string()).collect::<Vec<_>>()).unwrap_or_default();
+        let entry = next
+            .sites
+            .entry(site.to_string())
+            .or_insert_with(|| SiteState {
+                active: route.active,
+                previous: None,
+                switched_at: None,
+                pools: Default::default(),
+                written_since_switch: false,
+            });
+        let before = serde_json::to_value(
+            route
+                .pool(color)
+                .backends
+                .iter()
+                .map(|b| b.addr.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_or_default();
         entry.pools.insert(color, addrs.clone());
         self.commit(&mut inner, next)?;
-        audit(&inner.cfg, peer, &format!("pool set {site} {color}"), before, serde_json::to_value(&addrs).unwrap_or_default());
-        Ok(PoolResponse { site: site.into(), color, backends: addrs, version: inner.state.version })
+        audit(
+            &inner.cfg,
+            peer,
+            &format!("pool set {site} {color}"),
+            before,
+            serde_json::to_value(&addrs).unwrap_or_default(),
+        );
+        Ok(PoolResponse {
+            site: site.into(),
+            color,
+            backends: addrs,
+            version: inner.state.version,
+        })
     }
 
     pub async fn reload(&self, peer: Peer) -> Result<ReloadResponse, OpError> {
@@ -370,13 +476,25 @@ impl Ops {
         let path = inner.cfg.path.clone();
         let cfg = crate::config::load(&path).map_err(|e| OpError::Config(e.problems()))?;
         let mut notes = Vec::new();
-        if cfg.proxy.http != inner.cfg.proxy.http || cfg.proxy.https != inner.cfg.proxy.https || cfg.proxy.control != inner.cfg.proxy.control || cfg.proxy.state != inner.cfg.proxy.state {
-            notes.push("listener, control or state paths changed: they take effect at the next restart".into());
+        if cfg.proxy.http != inner.cfg.proxy.http
+            || cfg.proxy.https != inner.cfg.proxy.https
+            || cfg.proxy.control != inner.cfg.proxy.control
+            || cfg.proxy.state != inner.cfg.proxy.state
+        {
+            notes.push(
+                "listener, control or state paths changed: they take effect at the next restart"
+                    .into(),
+            );
         }
         let mut certificates = Vec::new();
         if let (Some(store), Some(dir)) = (&self.certs, &cfg.proxy.certs) {
-            let loaded = crate::proxy::tls::load_dir(dir).map_err(|e| OpError::Config(vec![e.to_string()]))?;
-            certificates = loaded.loaded.iter().map(|(stem, names)| format!("{stem}: {}", names.join(", "))).collect();
+            let loaded = crate::proxy::tls::load_dir(dir)
+                .map_err(|e| OpError::Config(vec![e.to_string()]))?;
+            certificates = loaded
+                .loaded
+                .iter()
+                .map(|(stem, names)| format!("{stem}: {}", names.join(", ")))
+                .collect();
             store.store(Arc::new(loaded));
         }
         let before = serde_json::json!({"sites": inner.cfg.sites.iter().map(|s| s.name.clone()).collect::<Vec<_>>()});
@@ -387,11 +505,22 @@ impl Ops {
         let table = Arc::new(RoutingTable::build(cfg, &st, shared, Some(&prev)));
         apply_flags(&table, &st);
         self.table.store(table);
-        self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+        self.metrics.reloads.inc();
         let sites: Vec<String> = inner.cfg.sites.iter().map(|s| s.name.clone()).collect();
-        audit(&inner.cfg, peer, "reload", before, serde_json::json!({"sites": sites}));
+        audit(
+            &inner.cfg,
+            peer,
+            "reload",
+            before,
+            serde_json::json!({"sites": sites}),
+        );
         tracing::info!(sites = sites.len(), "config reloaded");
-        Ok(ReloadResponse { sites, certificates, notes, version: inner.state.version })
+        Ok(ReloadResponse {
+            sites,
+            certificates,
+            notes,
+            version: inner.state.version,
+        })
     }
 
     /// Persists "a write reached the active color since the switch" the first time it happens,
@@ -403,13 +532,16 @@ impl Ops {
         let mut changed = false;
         for s in &t.sites {
             if s.shared.write_seen.load(Ordering::Relaxed) {
-                let e = next.sites.entry(s.name.to_string()).or_insert_with(|| SiteState {
-                    active: s.active,
-                    previous: None,
-                    switched_at: None,
-                    pools: Default::default(),
-                    written_since_switch: false,
-                });
+                let e = next
+                    .sites
+                    .entry(s.name.to_string())
+                    .or_insert_with(|| SiteState {
+                        active: s.active,
+                        previous: None,
+                        switched_at: None,
+                        pools: Default::default(),
+                        written_since_switch: false,
+                    });
                 if !e.written_since_switch {
                     e.written_since_switch = true;
                     changed = true;
@@ -436,11 +568,20 @@ fn apply_flags(table: &RoutingTable, state: &State) {
 
 fn unknown_site(site: &str, t: &RoutingTable) -> OpError {
     let names: Vec<&str> = t.sites.iter().map(|s| &*s.name).collect();
-    OpError::NotFound(format!("no site named `{site}`; the sites are: {}", names.join(", ")))
+    OpError::NotFound(format!(
+        "no site named `{site}`; the sites are: {}",
+        names.join(", ")
+    ))
 }
 
 /// Appends one JSON line to the audit log. A failure is logged, not fatal: the change is done.
-fn audit(cfg: &Config, peer: Peer, action: &str, before: serde_json::Value, after: serde_json::Value) {
+fn audit(
+    cfg: &Config,
+    peer: Peer,
+    action: &str,
+    before: serde_json::Value,
+    after: serde_json::Value,
+) {
     let line = serde_json::json!({
         "time": state::now_rfc3339(),
         "peer_uid": peer.uid,
@@ -454,7 +595,10 @@ fn audit(cfg: &Config, peer: Peer, action: &str, before: serde_json::Value, afte
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d)?;
         }
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
         writeln!(f, "{line}")?;
         f.sync_data()
     })();

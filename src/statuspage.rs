@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -19,14 +18,18 @@ use crate::proxy::error_page::html_escape;
 
 pub async fn run(l: TcpListener, ops: Arc<Ops>) {
     loop {
-        let Ok((s, _)) = l.accept().await else { continue };
+        let Ok((s, _)) = l.accept().await else {
+            continue;
+        };
         let ops = ops.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let ops = ops.clone();
                 async move { Ok::<_, Infallible>(page(&ops, req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(s), svc)
+                .await;
         });
     }
 }
@@ -34,50 +37,79 @@ pub async fn run(l: TcpListener, ops: Arc<Ops>) {
 fn resp(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(ctype),
+    );
     r
 }
 
 async fn page(ops: &Ops, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => resp(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/metrics" => resp(StatusCode::OK, "text/plain; version=0.0.4", metrics_text(ops).await),
-        "/" | "/status" => resp(StatusCode::OK, "text/html; charset=utf-8", status_html(ops).await),
+        "/metrics" => resp(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics_text(ops).await,
+        ),
+        "/" | "/status" => resp(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            status_html(ops).await,
+        ),
         _ => resp(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }
 
 async fn metrics_text(ops: &Ops) -> String {
-    let m = &ops.metrics;
     let st = ops.status().await;
-    let mut o = String::new();
-    let c = |o: &mut String, name: &str, help: &str, kind: &str, v: u64| {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-    };
-    c(&mut o, "switchyard_requests_total", "Requests answered.", "counter", m.requests.load(Ordering::Relaxed));
-    let _ = writeln!(o, "# HELP switchyard_responses_total Responses by status class.\n# TYPE switchyard_responses_total counter");
-    for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
-        let _ = writeln!(o, "switchyard_responses_total{{class=\"{class}\"}} {}", m.status_class[i + 1].load(Ordering::Relaxed));
-    }
-    c(&mut o, "switchyard_connections_open", "Client connections open.", "gauge", m.connections_open.load(Ordering::Relaxed));
-    c(&mut o, "switchyard_connections_refused_total", "Connections refused at max_connections.", "counter", m.connections_refused.load(Ordering::Relaxed));
-    c(&mut o, "switchyard_tls_handshakes_total", "TLS handshakes completed.", "counter", m.tls_handshakes.load(Ordering::Relaxed));
-    c(&mut o, "switchyard_tls_handshake_failures_total", "TLS handshakes failed or timed out.", "counter", m.tls_failures.load(Ordering::Relaxed));
-    c(&mut o, "switchyard_read_only_rejected_writes_total", "Writes refused by read-only mode.", "counter", m.rejected_writes.load(Ordering::Relaxed));
-    c(&mut o, "switchyard_backend_failures_total", "Upstream connection failures.", "counter", m.backend_failures.load(Ordering::Relaxed));
-    c(&mut o, "switchyard_switches_total", "Switches of the active color.", "counter", m.switches.load(Ordering::Relaxed));
-    c(&mut o, "switchyard_config_reloads_total", "Config reloads accepted.", "counter", m.reloads.load(Ordering::Relaxed));
-    let _ = writeln!(o, "# HELP switchyard_backend_up Backend health (1 up, 0 down).\n# TYPE switchyard_backend_up gauge");
+    let mut o = ops.metrics.encode();
+    // State gauges, computed now from the live table.
+    let _ = writeln!(o, "# HELP switchyard_backend_up Backend health (1 up, 0 down or ejected).\n# TYPE switchyard_backend_up gauge");
     for s in &st.sites {
         for (color, list) in &s.pools {
             for b in list {
-                let _ = writeln!(o, "switchyard_backend_up{{site=\"{}\",color=\"{color}\",backend=\"{}\"}} {}", s.name, b.addr, u8::from(b.healthy && !b.ejected));
+                let _ = writeln!(
+                    o,
+                    "switchyard_backend_up{{site=\"{}\",color=\"{color}\",backend=\"{}\"}} {}",
+                    s.name,
+                    b.addr,
+                    u8::from(b.healthy && !b.ejected)
+                );
             }
         }
     }
-    let _ = writeln!(o, "# HELP switchyard_read_only Read-only mode per site.\n# TYPE switchyard_read_only gauge");
+    let _ = writeln!(
+        o,
+        "# HELP switchyard_read_only Read-only mode per site.\n# TYPE switchyard_read_only gauge"
+    );
     for s in &st.sites {
-        let _ = writeln!(o, "switchyard_read_only{{site=\"{}\"}} {}", s.name, u8::from(s.read_only));
+        let _ = writeln!(
+            o,
+            "switchyard_read_only{{site=\"{}\"}} {}",
+            s.name,
+            u8::from(s.read_only)
+        );
+    }
+    let _ = writeln!(o, "# HELP switchyard_active_color Active color per site (1 for the active one).\n# TYPE switchyard_active_color gauge");
+    for s in &st.sites {
+        for c in crate::config::Color::ALL {
+            let _ = writeln!(
+                o,
+                "switchyard_active_color{{site=\"{}\",color=\"{c}\"}} {}",
+                s.name,
+                u8::from(s.active == c)
+            );
+        }
+    }
+    let _ = writeln!(o, "# HELP switchyard_writes_since_switch Writes forwarded to the active color since the last switch.\n# TYPE switchyard_writes_since_switch gauge");
+    for s in &st.sites {
+        let _ = writeln!(
+            o,
+            "switchyard_writes_since_switch{{site=\"{}\"}} {}",
+            s.name,
+            s.writes_since_switch.get(&s.active).copied().unwrap_or(0)
+        );
     }
     o
 }
@@ -86,12 +118,31 @@ async fn status_html(ops: &Ops) -> String {
     let st = ops.status().await;
     let mut o = String::from("<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\"><title>switchyard status</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em}.blue{color:#1565c0}.green{color:#2e7d32}.down{color:#c62828}</style></head><body><h1>switchyard</h1>");
     if let Some(r) = &st.read_only {
-        let _ = write!(o, "<p><b>Read-only</b> since {}: {}</p>", html_escape(&r.since), html_escape(&r.reason));
+        let _ = write!(
+            o,
+            "<p><b>Read-only</b> since {}: {}</p>",
+            html_escape(&r.since),
+            html_escape(&r.reason)
+        );
     }
     o.push_str("<table><tr><th>site</th><th>active</th><th>read-only</th><th>writes since switch</th><th>switched at</th><th>blue pool</th><th>green pool</th></tr>");
     for s in &st.sites {
         let pool = |c: crate::config::Color| {
-            s.pools.get(&c).map(|l| l.iter().map(|b| if b.healthy && !b.ejected { html_escape(&b.addr) } else { format!("<span class=down>{} (down)</span>", html_escape(&b.addr)) }).collect::<Vec<_>>().join("<br>")).unwrap_or_default()
+            s.pools
+                .get(&c)
+                .map(|l| {
+                    l.iter()
+                        .map(|b| {
+                            if b.healthy && !b.ejected {
+                                html_escape(&b.addr)
+                            } else {
+                                format!("<span class=down>{} (down)</span>", html_escape(&b.addr))
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join("<br>")
+                })
+                .unwrap_or_default()
         };
         let _ = write!(
             o,
@@ -105,6 +156,10 @@ async fn status_html(ops: &Ops) -> String {
             a = s.active,
         );
     }
-    let _ = write!(o, "</table><p>state version {}, up {} s, {} connections open, {} requests</p></body></html>", st.version, st.uptime_s, st.connections_open, st.requests_total);
+    let _ = write!(
+        o,
+        "</table><p>state version {}, up {} s, {} connections open, {} requests</p></body></html>",
+        st.version, st.uptime_s, st.connections_open, st.requests_total
+    );
     o
 }

@@ -16,3 +16,6 @@ mod switching;
 
 #[path = "e2e/release.rs"]
 mod release;
+
+#[path = "e2e/health.rs"]
+mod health;

@@ -101,7 +101,7 @@ pub async fn accept_loop(
         };
         if tracker.open.fetch_add(1, Ordering::AcqRel) >= edge.limits.max_connections {
             tracker.open.fetch_sub(1, Ordering::AcqRel);
-            edge.metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
+            edge.metrics.connections_refused.inc();
             drop(stream);
             continue;
         }
@@ -113,10 +113,10 @@ pub async fn accept_loop(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            edge.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
-            edge.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+            edge.metrics.connections_total.inc();
+            edge.metrics.connections_open.inc();
             connection(stream, peer, tls, edge.clone(), builder, shutdown).await;
-            edge.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+            edge.metrics.connections_open.dec();
         });
     }
 }
@@ -131,37 +131,58 @@ async fn connection(
 ) {
     match tls {
         None => {
-            let conn = Arc::new(Conn { peer, https: false, sni: None, inflight: 0.into(), activity: 0.into() });
+            let conn = Arc::new(Conn {
+                peer,
+                https: false,
+                sni: None,
+                inflight: 0.into(),
+                activity: 0.into(),
+            });
             serve(stream, conn, edge, &builder, shutdown).await
         }
         Some(acceptor) => {
-            let hs = tokio::time::timeout(edge.limits.handshake_timeout, acceptor.accept(stream)).await;
+            let hs =
+                tokio::time::timeout(edge.limits.handshake_timeout, acceptor.accept(stream)).await;
             let tls = match hs {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    edge.metrics.tls_failures.fetch_add(1, Ordering::Relaxed);
+                    edge.metrics.tls_failures.inc();
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
-                    edge.metrics.tls_failures.fetch_add(1, Ordering::Relaxed);
+                    edge.metrics.tls_failures.inc();
                     tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
             };
-            edge.metrics.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+            edge.metrics.tls_handshakes.inc();
             let sni = tls.get_ref().1.server_name().map(Into::into);
-            let conn = Arc::new(Conn { peer, https: true, sni, inflight: 0.into(), activity: 0.into() });
+            let conn = Arc::new(Conn {
+                peer,
+                https: true,
+                sni,
+                inflight: 0.into(),
+                activity: 0.into(),
+            });
             serve(tls, conn, edge, &builder, shutdown).await
         }
     }
 }
 
-async fn serve<IO>(io: IO, conn: Arc<Conn>, edge: Arc<Edge>, builder: &auto::Builder<TokioExecutor>, mut shutdown: watch::Receiver<bool>)
-where
+async fn serve<IO>(
+    io: IO,
+    conn: Arc<Conn>,
+    edge: Arc<Edge>,
+    builder: &auto::Builder<TokioExecutor>,
+    mut shutdown: watch::Receiver<bool>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let io = Activity { inner: io, conn: conn.clone() };
+    let io = Activity {
+        inner: io,
+        conn: conn.clone(),
+    };
     let limits = edge.limits.clone();
     let c2 = conn.clone();
     let svc = service_fn(move |req| {
@@ -213,7 +234,11 @@ struct Activity<IO> {
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Activity<IO> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -224,7 +249,11 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Activity<IO> {
 }
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Activity<IO> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.conn.activity.fetch_add(1, Ordering::Relaxed);
@@ -232,7 +261,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Activity<IO> {
         r
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.conn.activity.fetch_add(1, Ordering::Relaxed);

@@ -40,7 +40,12 @@ pub struct Edge {
 }
 
 impl Edge {
-    pub fn new(table: Arc<arc_swap::ArcSwap<RoutingTable>>, limits: Limits, log: AccessLog, metrics: Arc<Metrics>) -> Edge {
+    pub fn new(
+        table: Arc<arc_swap::ArcSwap<RoutingTable>>,
+        limits: Limits,
+        log: AccessLog,
+        metrics: Arc<Metrics>,
+    ) -> Edge {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(limits.upstream_connect_timeout));
@@ -52,7 +57,14 @@ impl Edge {
             .set_host(false)
             .http1_max_buf_size(limits.max_header_bytes.max(8192) * 2)
             .build(conn);
-        Edge { table, client, limits, log, metrics, eject_backoff: Duration::from_secs(10) }
+        Edge {
+            table,
+            client,
+            limits,
+            log,
+            metrics,
+            eject_backoff: Duration::from_secs(10),
+        }
     }
 }
 
@@ -75,14 +87,26 @@ impl Finish for Done {
     }
 }
 
-pub async fn handle(edge: Arc<Edge>, conn: Arc<Conn>, req: Request<Incoming>) -> Response<RespBody> {
+pub async fn handle(
+    edge: Arc<Edge>,
+    conn: Arc<Conn>,
+    req: Request<Incoming>,
+) -> Response<RespBody> {
     conn.inflight.fetch_add(1, Ordering::Relaxed);
     let start = Instant::now();
-    let mut ctx = Ctx { site: None, color: None, backend: None, write: None };
+    let mut ctx = Ctx {
+        site: None,
+        color: None,
+        backend: None,
+        write: None,
+    };
     let (method, path, host) = if edge.log.enabled() {
         (
             req.method().clone(),
-            req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default(),
+            req.uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default(),
             req_host(&req).map(str::to_string).unwrap_or_default(),
         )
     } else {
@@ -100,7 +124,8 @@ pub async fn handle(edge: Arc<Edge>, conn: Arc<Conn>, req: Request<Incoming>) ->
         }
     };
     let status = resp.status().as_u16();
-    edge.metrics.response(ctx.site.as_deref(), ctx.color, status, start.elapsed());
+    edge.metrics
+        .response(ctx.site.as_deref(), ctx.color, status, start.elapsed());
     let record = edge.log.enabled().then(|| Record {
         start,
         client: conn.peer,
@@ -134,7 +159,12 @@ fn req_host<B>(req: &Request<B>) -> Option<&str> {
     }
 }
 
-async fn forward(edge: &Edge, conn: &Arc<Conn>, mut req: Request<Incoming>, ctx: &mut Ctx) -> Result<Response<RespBody>, ProxyError> {
+async fn forward(
+    edge: &Edge,
+    conn: &Arc<Conn>,
+    mut req: Request<Incoming>,
+    ctx: &mut Ctx,
+) -> Result<Response<RespBody>, ProxyError> {
     let host = req_host(&req).ok_or(ProxyError::BadRequest("the request has no Host header"))?;
     let (site, preview, https_port) = {
         let table = edge.table.load();
@@ -147,20 +177,27 @@ async fn forward(edge: &Edge, conn: &Arc<Conn>, mut req: Request<Incoming>, ctx:
                 }
             }
         }
-        (table.sites[route.site].clone(), route.preview, table.https_port)
+        (
+            table.sites[route.site].clone(),
+            route.preview,
+            table.https_port,
+        )
     };
     ctx.site = Some(site.name.clone());
+    ctx.color = Some(site.active);
     if !conn.https && site.redirect_http {
         if let Some(port) = https_port {
             return Ok(redirect(host, port, req.uri()));
         }
     }
     if let Some(len) = req.headers().get(CONTENT_LENGTH) {
-        let len: u64 = len
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or(ProxyError::BadRequest("the Content-Length header is not a number"))?;
+        let len: u64 =
+            len.to_str()
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(ProxyError::BadRequest(
+                    "the Content-Length header is not a number",
+                ))?;
         if len > edge.limits.max_body_bytes {
             return Err(ProxyError::BodyTooLarge(edge.limits.max_body_bytes));
         }
@@ -168,7 +205,7 @@ async fn forward(edge: &Edge, conn: &Arc<Conn>, mut req: Request<Incoming>, ctx:
     let client_ip = conn.peer.ip();
     let mark_read_only = match gate::check(&site, req.method(), req.uri().path(), client_ip) {
         Gate::Refuse(notice) => {
-            edge.metrics.rejected_write();
+            edge.metrics.rejected_write(&site.name);
             return Err(ProxyError::ReadOnly(notice));
         }
         Gate::Pass { read_only, write } => {
@@ -178,7 +215,9 @@ async fn forward(edge: &Edge, conn: &Arc<Conn>, mut req: Request<Incoming>, ctx:
     };
     let color = if preview {
         if !site.policy.client_allowed(client_ip) {
-            return Err(ProxyError::Forbidden("preview hosts are open to the site's read_only.allow_clients only"));
+            return Err(ProxyError::Forbidden(
+                "preview hosts are open to the site's read_only.allow_clients only",
+            ));
         }
         site.active.other()
     } else {
@@ -202,17 +241,24 @@ async fn forward(edge: &Edge, conn: &Arc<Conn>, mut req: Request<Incoming>, ctx:
     headers::add_forwarded(&mut parts.headers, client_ip, conn.https, Some(&host_value));
     parts.headers.insert(HOST, host_value);
     if mark_read_only {
-        parts.headers.insert(&headers::X_READ_ONLY, HeaderValue::from_static("1"));
+        parts
+            .headers
+            .insert(&headers::X_READ_ONLY, HeaderValue::from_static("1"));
     } else {
         parts.headers.remove(&headers::X_READ_ONLY);
     }
     parts.version = Version::HTTP_11;
-    let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let body = ReqBody::new(body, edge.limits.max_body_bytes);
     // A GET/HEAD without a body can be retried once on another backend if the first refuses the
     // connection; keep what is needed to rebuild it (only when a second backend exists).
-    let retry = (gate::is_safe(&parts.method) && matches!(body, ReqBody::Empty) && pool.backends.len() > 1)
-        .then(|| (parts.method.clone(), parts.headers.clone()));
+    let retry =
+        (gate::is_safe(&parts.method) && matches!(body, ReqBody::Empty) && pool.backends.len() > 1)
+            .then(|| (parts.method.clone(), parts.headers.clone()));
     let is_write = !gate::is_safe(&parts.method);
 
     let mut backend = pool.pick(None).ok_or(ProxyError::NoBackend)?.clone();
@@ -221,7 +267,8 @@ async fn forward(edge: &Edge, conn: &Arc<Conn>, mut req: Request<Incoming>, ctx:
     let mut tried_retry = false;
     let mut resp = loop {
         ctx.backend = Some(backend.addr);
-        let result = tokio::time::timeout(edge.limits.upstream_timeout, edge.client.request(attempt)).await;
+        let result =
+            tokio::time::timeout(edge.limits.upstream_timeout, edge.client.request(attempt)).await;
         match result {
             Ok(Ok(r)) => {
                 backend.clear_ejection();
@@ -268,7 +315,6 @@ async fn forward(edge: &Edge, conn: &Arc<Conn>, mut req: Request<Incoming>, ctx:
     Ok(resp.map(RespBody::upstream))
 }
 
-
 fn upstream_uri(b: &Backend, pq: PathAndQuery) -> Uri {
     let mut p = http::uri::Parts::default();
     p.scheme = Some(Scheme::HTTP);
@@ -305,9 +351,15 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
 fn redirect(host: &str, https_port: u16, uri: &Uri) -> Response<RespBody> {
     let bare = crate::routing::strip_port(host);
     let loc = if https_port == 443 {
-        format!("https://{bare}{}", uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+        format!(
+            "https://{bare}{}",
+            uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+        )
     } else {
-        format!("https://{bare}:{https_port}{}", uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+        format!(
+            "https://{bare}:{https_port}{}",
+            uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+        )
     };
     let mut r = Response::new(RespBody::full(Bytes::from_static(b"")));
     *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
