@@ -19,3 +19,6 @@ mod release;
 
 #[path = "e2e/health.rs"]
 mod health;
+
+#[path = "e2e/hardening.rs"]
+mod hardening;

@@ -35,7 +35,11 @@ pub fn wait_until<T>(deadline: Duration, what: &str, mut probe: impl FnMut() -> 
 }
 
 /// Async flavour of [`wait_until`].
-pub async fn wait_until_async<T, F: std::future::Future<Output = Option<T>>>(deadline: Duration, what: &str, mut probe: impl FnMut() -> F) -> T {
+pub async fn wait_until_async<T, F: std::future::Future<Output = Option<T>>>(
+    deadline: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> F,
+) -> T {
     let end = Instant::now() + deadline;
     loop {
         if let Some(v) = probe().await {
@@ -74,15 +78,24 @@ pub fn proxy_section(dir: &Path, extra: &str) -> String {
 pub fn make_cert(dir: &Path, stem: &str, names: &[&str]) {
     let certs = dir.join("certs");
     std::fs::create_dir_all(&certs).unwrap();
-    let ck = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
     std::fs::write(certs.join(format!("{stem}.crt")), ck.cert.pem()).unwrap();
-    std::fs::write(certs.join(format!("{stem}.key")), ck.key_pair.serialize_pem()).unwrap();
+    std::fs::write(
+        certs.join(format!("{stem}.key")),
+        ck.key_pair.serialize_pem(),
+    )
+    .unwrap();
 }
 
 impl Proxy {
     /// A temp dir with a localhost certificate, ready for a config.
     pub fn tempdir() -> tempfile::TempDir {
-        let t = tempfile::Builder::new().prefix("sy-test-").tempdir().unwrap();
+        let t = tempfile::Builder::new()
+            .prefix("sy-test-")
+            .tempdir()
+            .unwrap();
         make_cert(t.path(), "localhost", &["localhost", "127.0.0.1"]);
         t
     }
@@ -96,15 +109,29 @@ impl Proxy {
     }
 
     /// Starts with a full config text in `dir`; Err carries stderr when it exits instead.
-    pub fn start_in(tmp: Option<tempfile::TempDir>, dir: &Path, toml: &str) -> Result<Proxy, String> {
+    pub fn start_in(
+        tmp: Option<tempfile::TempDir>,
+        dir: &Path,
+        toml: &str,
+    ) -> Result<Proxy, String> {
         let config = dir.join("switchyard.toml");
         std::fs::write(&config, toml).unwrap();
         Self::spawn(tmp, dir, &config, &[])
     }
 
-    pub fn spawn(tmp: Option<tempfile::TempDir>, dir: &Path, config: &Path, env: &[(&str, &str)]) -> Result<Proxy, String> {
+    pub fn spawn(
+        tmp: Option<tempfile::TempDir>,
+        dir: &Path,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Proxy, String> {
         let mut cmd = Command::new(BIN);
-        cmd.arg("serve").arg("--config").arg(config).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         cmd.env("SWITCHYARD_LOG", "switchyard=debug");
         for (k, v) in env {
             cmd.env(k, v);
@@ -144,7 +171,10 @@ impl Proxy {
             }
         };
         let field = |k: &str| -> Option<String> {
-            ready.split_whitespace().find_map(|w| w.strip_prefix(&format!("{k}=")).map(str::to_string)).filter(|v| v != "-")
+            ready
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{k}=")).map(str::to_string))
+                .filter(|v| v != "-")
         };
         Ok(Proxy {
             child: Some(child),
@@ -160,15 +190,32 @@ impl Proxy {
         })
     }
 
+    /// Takes ownership of the temp dir, so the files outlive this process handle (restart tests).
+    pub fn take_tmp(&mut self) -> Option<tempfile::TempDir> {
+        self._tmp.take()
+    }
+
     /// Runs a CLI command against this proxy's control socket.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN).arg("--control").arg(&self.control).arg("--config").arg(&self.config).args(args).output().unwrap()
+        Command::new(BIN)
+            .arg("--control")
+            .arg(&self.control)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap()
     }
 
     /// Like `cli`, asserting success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.cli(args);
-        assert!(o.status.success(), "switchyard {args:?} failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "switchyard {args:?} failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
@@ -223,7 +270,10 @@ impl Drop for Proxy {
 
 /// An HTTP client that trusts the test certificates and resolves test host names to 127.0.0.1.
 pub fn client(p: &Proxy, hosts: &[&str]) -> reqwest::Client {
-    let mut b = reqwest::Client::builder().danger_accept_invalid_certs(true).redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(30));
+    let mut b = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30));
     for h in hosts {
         if let Some(a) = p.https {
             b = b.resolve(h, a);
@@ -277,7 +327,9 @@ impl Backend {
                         let seen = seen.clone();
                         async move { Ok::<_, Infallible>(backend_answer(&n, &seen, req).await) }
                     });
-                    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).with_upgrades();
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .with_upgrades();
                     tokio::pin!(conn);
                     tokio::select! {
                         _ = conn.as_mut() => {}
@@ -286,7 +338,12 @@ impl Backend {
                 });
             }
         });
-        Backend { addr, name: name.into(), seen, stop }
+        Backend {
+            addr,
+            name: name.into(),
+            seen,
+            stop,
+        }
     }
 
     /// Stops accepting and closes every connection (the port then refuses).
@@ -306,18 +363,26 @@ impl Drop for Backend {
 }
 
 fn query(req: &Request<Incoming>, key: &str) -> Option<u64> {
-    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(&format!("{key}=")).and_then(|v| v.parse().ok()))
+    req.uri().query()?.split('&').find_map(|kv| {
+        kv.strip_prefix(&format!("{key}="))
+            .and_then(|v| v.parse().ok())
+    })
 }
 
 type BoxBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
 fn full(b: impl Into<Bytes>) -> BoxBody {
-    Full::new(b.into()).map_err(|n: Infallible| match n {}).boxed()
+    Full::new(b.into())
+        .map_err(|n: Infallible| match n {})
+        .boxed()
 }
 
 async fn backend_answer(name: &str, seen: &Seen, mut req: Request<Incoming>) -> Response<BoxBody> {
     seen.requests.fetch_add(1, Ordering::SeqCst);
-    if !matches!(*req.method(), http::Method::GET | http::Method::HEAD | http::Method::OPTIONS) {
+    if !matches!(
+        *req.method(),
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    ) {
         seen.writes.fetch_add(1, Ordering::SeqCst);
     }
     *seen.last_headers.lock().unwrap() = Some(req.headers().clone());
@@ -331,7 +396,9 @@ async fn backend_answer(name: &str, seen: &Seen, mut req: Request<Incoming>) -> 
         "/big" => {
             let mib = query(&req, "mib").unwrap_or(1);
             let chunk = Bytes::from(vec![b'x'; 1 << 20]);
-            let stream = futures_util::stream::iter((0..mib).map(move |_| Ok::<_, hyper::Error>(http_body::Frame::data(chunk.clone()))));
+            let stream = futures_util::stream::iter(
+                (0..mib).map(move |_| Ok::<_, hyper::Error>(http_body::Frame::data(chunk.clone()))),
+            );
             Response::new(http_body_util::StreamBody::new(stream).boxed())
         }
         "/count" => {
@@ -346,8 +413,11 @@ async fn backend_answer(name: &str, seen: &Seen, mut req: Request<Incoming>) -> 
             Response::new(full(n.to_string()))
         }
         "/headers" => {
-            let map: serde_json::Map<String, serde_json::Value> =
-                req.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into())).collect();
+            let map: serde_json::Map<String, serde_json::Value> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+                .collect();
             Response::new(full(serde_json::Value::Object(map).to_string()))
         }
         "/health" => Response::new(full("ok")),
@@ -356,7 +426,12 @@ async fn backend_answer(name: &str, seen: &Seen, mut req: Request<Incoming>) -> 
             let on = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
                 if let Ok(up) = on.await {
-                    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(up), tokio_tungstenite::tungstenite::protocol::Role::Server, None).await;
+                    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                        TokioIo::new(up),
+                        tokio_tungstenite::tungstenite::protocol::Role::Server,
+                        None,
+                    )
+                    .await;
                     let (mut tx, mut rx) = futures_util::StreamExt::split(ws);
                     while let Some(Ok(m)) = futures_util::StreamExt::next(&mut rx).await {
                         if m.is_text() || m.is_binary() {
@@ -367,47 +442,99 @@ async fn backend_answer(name: &str, seen: &Seen, mut req: Request<Incoming>) -> 
                     }
                 }
             });
-            let accept = key.map(|k| tokio_tungstenite::tungstenite::handshake::derive_accept_key(k.as_bytes())).unwrap_or_default();
+            let accept = key
+                .map(|k| tokio_tungstenite::tungstenite::handshake::derive_accept_key(k.as_bytes()))
+                .unwrap_or_default();
             let mut r = Response::new(full(Bytes::new()));
             *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            r.headers_mut().insert("connection", "upgrade".parse().unwrap());
-            r.headers_mut().insert("upgrade", "websocket".parse().unwrap());
-            r.headers_mut().insert("sec-websocket-accept", accept.parse().unwrap());
+            r.headers_mut()
+                .insert("connection", "upgrade".parse().unwrap());
+            r.headers_mut()
+                .insert("upgrade", "websocket".parse().unwrap());
+            r.headers_mut()
+                .insert("sec-websocket-accept", accept.parse().unwrap());
             return r;
         }
         p if p.starts_with("/status/") => {
             let code = p[8..].parse().unwrap_or(500);
             let mut r = Response::new(full(name.to_string()));
-            *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            *r.status_mut() =
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             r
         }
         _ => Response::new(full(name.to_string())),
     };
-    resp.headers_mut().insert("x-backend", name.parse().unwrap());
-    resp.headers_mut().insert("connection", "keep-alive".parse().unwrap());
+    resp.headers_mut()
+        .insert("x-backend", name.parse().unwrap());
+    resp.headers_mut()
+        .insert("connection", "keep-alive".parse().unwrap());
     resp
 }
 
-
 /// A site named `name` routing `hosts` to the given blue/green pools.
-pub fn site(name: &str, hosts: &[&str], blue: &[SocketAddr], green: &[SocketAddr], extra: &str) -> String {
-    let q = |v: &[SocketAddr]| v.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
-    let h = hosts.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ");
+pub fn site(
+    name: &str,
+    hosts: &[&str],
+    blue: &[SocketAddr],
+    green: &[SocketAddr],
+    extra: &str,
+) -> String {
+    let q = |v: &[SocketAddr]| {
+        v.iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let h = hosts
+        .iter()
+        .map(|h| format!("\"{h}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!("\n[[site]]\nname = \"{name}\"\nhosts = [{h}]\nredirect_http = false\n{extra}\n[site.pools]\nblue = [{}]\ngreen = [{}]\n", q(blue), q(green))
 }
 
 /// One raw call on the control socket: (status, JSON body). For tests that flip a lot or send bad input.
-pub async fn control(p: &Path, method: &str, uri: &str, body: Option<&str>, if_match: Option<u64>) -> (u16, serde_json::Value) {
-    let s = tokio::net::UnixStream::connect(p).await.expect("connect control socket");
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
+pub async fn control(
+    p: &Path,
+    method: &str,
+    uri: &str,
+    body: Option<&str>,
+    if_match: Option<u64>,
+) -> (u16, serde_json::Value) {
+    let s = tokio::net::UnixStream::connect(p)
+        .await
+        .expect("connect control socket");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    let mut req = Request::builder().method(method).uri(uri).header("host", "switchyard");
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", "switchyard");
     if let Some(v) = if_match {
         req = req.header("if-match", v.to_string());
     }
-    let req = req.body(Full::new(Bytes::from(body.unwrap_or("").to_string()))).unwrap();
+    let req = req
+        .body(Full::new(Bytes::from(body.unwrap_or("").to_string())))
+        .unwrap();
     let resp = send.send_request(req).await.unwrap();
     let status = resp.status().as_u16();
     let b = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null))
+    (
+        status,
+        serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Like [`control`], but None instead of a panic when the daemon goes away mid-call.
+pub async fn try_control(p: &Path, method: &str, uri: &str, body: Option<&str>) -> Option<(u16, serde_json::Value)> {
+    let s = tokio::net::UnixStream::connect(p).await.ok()?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.ok()?;
+    tokio::spawn(conn);
+    let req = Request::builder().method(method).uri(uri).header("host", "switchyard").body(Full::new(Bytes::from(body.unwrap_or("").to_string()))).ok()?;
+    let resp = send.send_request(req).await.ok()?;
+    let status = resp.status().as_u16();
+    let b = resp.into_body().collect().await.ok()?.to_bytes();
+    Some((status, serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null)))
 }
