@@ -19,7 +19,10 @@ pub struct AccessLog {
 
 impl AccessLog {
     pub fn off() -> AccessLog {
-        AccessLog { tx: None, dropped: Arc::new(AtomicU64::new(0)) }
+        AccessLog {
+            tx: None,
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     pub fn start(target: &LogTarget) -> std::io::Result<AccessLog> {
@@ -30,29 +33,39 @@ impl AccessLog {
                 if let Some(d) = p.parent() {
                     std::fs::create_dir_all(d)?;
                 }
-                Box::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?)
+                Box::new(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(p)?,
+                )
             }
         };
         let (tx, rx) = sync_channel::<String>(16 * 1024);
-        std::thread::Builder::new().name("access-log".into()).spawn(move || {
-            let mut buf = Vec::with_capacity(64 * 1024);
-            while let Ok(line) = rx.recv() {
-                buf.extend_from_slice(line.as_bytes());
-                // Batch whatever else is already queued, then write once.
-                while buf.len() < 60 * 1024 {
-                    match rx.try_recv() {
-                        Ok(l) => buf.extend_from_slice(l.as_bytes()),
-                        Err(_) => break,
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                let mut buf = Vec::with_capacity(64 * 1024);
+                while let Ok(line) = rx.recv() {
+                    buf.extend_from_slice(line.as_bytes());
+                    // Batch whatever else is already queued, then write once.
+                    while buf.len() < 60 * 1024 {
+                        match rx.try_recv() {
+                            Ok(l) => buf.extend_from_slice(l.as_bytes()),
+                            Err(_) => break,
+                        }
                     }
+                    if out.write_all(&buf).and_then(|_| out.flush()).is_err() {
+                        // Nowhere to report it but stderr; keep serving.
+                        eprintln!("switchyard: cannot write the access log");
+                    }
+                    buf.clear();
                 }
-                if out.write_all(&buf).and_then(|_| out.flush()).is_err() {
-                    // Nowhere to report it but stderr; keep serving.
-                    eprintln!("switchyard: cannot write the access log");
-                }
-                buf.clear();
-            }
-        })?;
-        Ok(AccessLog { tx: Some(tx), dropped: Arc::new(AtomicU64::new(0)) })
+            })?;
+        Ok(AccessLog {
+            tx: Some(tx),
+            dropped: Arc::new(AtomicU64::new(0)),
+        })
     }
 
     pub fn enabled(&self) -> bool {
@@ -91,14 +104,21 @@ impl Record {
             "{} {} {} {} {} {} {} {:.4} {} {}",
             humantime::format_rfc3339_millis(now),
             self.client.ip(),
-            if self.host.is_empty() { "-" } else { &self.host },
+            if self.host.is_empty() {
+                "-"
+            } else {
+                &self.host
+            },
             self.method,
             self.path,
             self.status,
             bytes,
             self.start.elapsed().as_secs_f64(),
             self.color.unwrap_or("-"),
-            self.backend.map(|b| b.to_string()).as_deref().unwrap_or("-"),
+            self.backend
+                .map(|b| b.to_string())
+                .as_deref()
+                .unwrap_or("-"),
         );
         if !complete {
             s.push_str(" aborted");
@@ -126,7 +146,10 @@ mod tests {
         };
         let l = r.format(12, true);
         let f: Vec<&str> = l.split_whitespace().collect();
-        assert_eq!(&f[1..7], &["127.0.0.1", "w.test", "POST", "/a?b", "201", "12"]);
+        assert_eq!(
+            &f[1..7],
+            &["127.0.0.1", "w.test", "POST", "/a?b", "201", "12"]
+        );
         assert_eq!(&f[8..], &["green", "127.0.0.1:81"]);
     }
 }

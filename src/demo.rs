@@ -24,36 +24,63 @@ pub async fn backend(color: &'static str) -> anyhow::Result<SocketAddr> {
     let notes: Arc<Mutex<Vec<String>>> = Arc::default();
     tokio::spawn(async move {
         loop {
-            let Ok((s, _)) = l.accept().await else { continue };
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
             let notes = notes.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let notes = notes.clone();
                     async move { Ok::<_, Infallible>(page(color, &notes, req).await) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).with_upgrades().await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .with_upgrades()
+                    .await;
             });
         }
     });
     Ok(addr)
 }
 
-async fn page(color: &str, notes: &Mutex<Vec<String>>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn page(
+    color: &str,
+    notes: &Mutex<Vec<String>>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let read_only = req.headers().contains_key("x-read-only");
     let (status, body) = match (req.method().clone(), req.uri().path()) {
         (_, "/health") => (StatusCode::OK, "ok\n".to_string()),
         (Method::POST, "/notes") => {
-            let b = Limited::new(req.into_body(), 64 * 1024).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let b = Limited::new(req.into_body(), 64 * 1024)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             let text = String::from_utf8_lossy(&b);
-            let text = text.strip_prefix("note=").unwrap_or(&text).replace('+', " ");
+            let text = text
+                .strip_prefix("note=")
+                .unwrap_or(&text)
+                .replace('+', " ");
             if let Ok(mut n) = notes.lock() {
                 n.push(text.chars().take(200).collect());
             }
             (StatusCode::CREATED, format!("saved on {color}\n"))
         }
         _ => {
-            let list = notes.lock().map(|n| n.iter().map(|t| format!("<li>{}</li>", html_escape(t))).collect::<String>()).unwrap_or_default();
-            let banner = if read_only { "<p style=\"background:#fff3cd;padding:.5em\">The site is read-only for maintenance.</p>" } else { "" };
+            let list = notes
+                .lock()
+                .map(|n| {
+                    n.iter()
+                        .map(|t| format!("<li>{}</li>", html_escape(t)))
+                        .collect::<String>()
+                })
+                .unwrap_or_default();
+            let banner = if read_only {
+                "<p style=\"background:#fff3cd;padding:.5em\">The site is read-only for maintenance.</p>"
+            } else {
+                ""
+            };
             (
                 StatusCode::OK,
                 format!(
@@ -64,7 +91,10 @@ async fn page(color: &str, notes: &Mutex<Vec<String>>, req: Request<Incoming>) -
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert("x-demo-color", http::HeaderValue::from_str(color).unwrap_or(http::HeaderValue::from_static("?")));
+    r.headers_mut().insert(
+        "x-demo-color",
+        http::HeaderValue::from_str(color).unwrap_or(http::HeaderValue::from_static("?")),
+    );
     r
 }
 
@@ -72,8 +102,15 @@ async fn page(color: &str, notes: &Mutex<Vec<String>>, req: Request<Incoming>) -
 pub async fn prepare(dir: &Path, http: &str, https: &str) -> anyhow::Result<std::path::PathBuf> {
     let certs = dir.join("certs");
     if !certs.join("localhost.crt").exists() {
-        crate::proxy::tls::write_self_signed(&certs, "localhost", &["localhost", "demo.localhost", "127.0.0.1"])?;
-        eprintln!("demo: made a self-signed dev certificate in {}", certs.display());
+        crate::proxy::tls::write_self_signed(
+            &certs,
+            "localhost",
+            &["localhost", "demo.localhost", "127.0.0.1"],
+        )?;
+        eprintln!(
+            "demo: made a self-signed dev certificate in {}",
+            certs.display()
+        );
     }
     let blue = backend("blue").await?;
     let green = backend("green").await?;
@@ -115,7 +152,9 @@ pub fn banner(b: &crate::server::Bound, dir: &Path) -> String {
     let http = b.http.map(|a| a.to_string()).unwrap_or_default();
     let https = b.https.map(|a| a.to_string()).unwrap_or_default();
     let ctl = dir.join("control.sock");
-    let me = std::env::args().next().unwrap_or_else(|| "switchyard".into());
+    let me = std::env::args()
+        .next()
+        .unwrap_or_else(|| "switchyard".into());
     format!(
         "\nswitchyard demo is running (Ctrl-C to stop)\n\
          \n  open   http://{http}/   or   https://{https}/  (self-signed certificate)\n\

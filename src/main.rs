@@ -4,9 +4,16 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = switchyard::cli::Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| "switchyard=info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+        .unwrap_or_else(|_| "switchyard=info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("switchyard: cannot start the runtime: {e}");
@@ -17,7 +24,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("switchyard: {e:#}");
-            if let Some(switchyard::control::client::ControlError::Refused { problems, .. }) = e.downcast_ref() {
+            if let Some(switchyard::control::client::ControlError::Refused { problems, .. }) =
+                e.downcast_ref()
+            {
                 for p in problems {
                     eprintln!("  {p}");
                 }

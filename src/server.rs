@@ -29,9 +29,15 @@ pub struct Bound {
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    let sock = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
     sock.set_reuseaddr(true)?;
-    sock.bind(addr).with_context(|| format!("cannot listen on {addr} ({what}); is another server using it?"))?;
+    sock.bind(addr).with_context(|| {
+        format!("cannot listen on {addr} ({what}); is another server using it?")
+    })?;
     Ok(sock.listen(4096)?)
 }
 
@@ -43,22 +49,43 @@ pub async fn serve(cfg: Config, on_ready: impl FnOnce(&Bound, &Config)) -> anyho
     };
     let ops = Arc::new(Ops::new(cfg.clone(), certs.clone(), metrics.clone())?);
     let log = AccessLog::start(&cfg.proxy.access_log).context("cannot open the access log")?;
-    let edge = Arc::new(Edge::new(ops.table.clone(), cfg.proxy.limits.clone(), log, metrics.clone()));
+    let edge = Arc::new(Edge::new(
+        ops.table.clone(),
+        cfg.proxy.limits.clone(),
+        log,
+        metrics.clone(),
+    ));
     let tracker = Arc::new(Tracker::default());
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let mut bound = Bound { http: None, https: None, metrics: None };
+    let mut bound = Bound {
+        http: None,
+        https: None,
+        metrics: None,
+    };
     let mut accepts = Vec::new();
     if let Some(addr) = cfg.proxy.http {
         let l = bind(addr, "http").await?;
         bound.http = Some(l.local_addr()?);
-        accepts.push(tokio::spawn(accept_loop(l, None, edge.clone(), tracker.clone(), stop_rx.clone())));
+        accepts.push(tokio::spawn(accept_loop(
+            l,
+            None,
+            edge.clone(),
+            tracker.clone(),
+            stop_rx.clone(),
+        )));
     }
     if let (Some(addr), Some(store)) = (cfg.proxy.https, &certs) {
         let l = bind(addr, "https").await?;
         bound.https = Some(l.local_addr()?);
         let acceptor = TlsAcceptor::from(tls::server_config(store.clone()));
-        accepts.push(tokio::spawn(accept_loop(l, Some(acceptor), edge.clone(), tracker.clone(), stop_rx.clone())));
+        accepts.push(tokio::spawn(accept_loop(
+            l,
+            Some(acceptor),
+            edge.clone(),
+            tracker.clone(),
+            stop_rx.clone(),
+        )));
     }
     if let Some(addr) = cfg.proxy.metrics {
         let l = bind(addr, "metrics").await?;
@@ -92,14 +119,21 @@ pub async fn serve(cfg: Config, on_ready: impl FnOnce(&Bound, &Config)) -> anyho
         }
     }
     let deadline = cfg.proxy.limits.shutdown_timeout;
-    tracing::info!(open = tracker.open(), deadline_s = deadline.as_secs(), "shutting down: no new connections, finishing requests in flight");
+    tracing::info!(
+        open = tracker.open(),
+        deadline_s = deadline.as_secs(),
+        "shutting down: no new connections, finishing requests in flight"
+    );
     let _ = stop_tx.send(true);
     for a in accepts {
         let _ = a.await;
     }
     let left = tracker.drained(deadline).await;
     if left > 0 {
-        tracing::warn!(left, "shutdown deadline reached; closing the remaining connections");
+        tracing::warn!(
+            left,
+            "shutdown deadline reached; closing the remaining connections"
+        );
     }
     ops.persist_write_marks().await;
     let _ = std::fs::remove_file(&cfg.proxy.control);

@@ -14,11 +14,20 @@ use crate::config::Color;
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot read state file {path}: {source}. Fix its permissions or restore it from a backup; switchyard will not start without it because it records which environment is live.")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("state file {path} is corrupt ({source}). Restore it (a copy is kept at {path}.bak after each change) or, if you know which colors are live, remove it to start from the config's `active`.")]
-    Corrupt { path: PathBuf, source: serde_json::Error },
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("cannot write state file {path}: {source}. The change was not made.")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -59,7 +68,9 @@ pub struct ReadOnlyState {
 
 impl ReadOnlyState {
     pub fn covers(&self, site: &str) -> bool {
-        self.sites.as_ref().is_none_or(|s| s.iter().any(|n| n == site))
+        self.sites
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|n| n == site))
     }
 }
 
@@ -68,18 +79,29 @@ pub fn load(path: &Path) -> Result<Option<State>, StateError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(StateError::Read { path: path.into(), source }),
+        Err(source) => {
+            return Err(StateError::Read {
+                path: path.into(),
+                source,
+            })
+        }
     };
     serde_json::from_slice(&bytes)
         .map(Some)
-        .map_err(|source| StateError::Corrupt { path: path.into(), source })
+        .map_err(|source| StateError::Corrupt {
+            path: path.into(),
+            source,
+        })
 }
 
 /// Writes the state atomically: a temp file beside it, fsync, rename over, fsync the directory.
 pub fn save(path: &Path, state: &State) -> Result<(), StateError> {
     let mut bytes = serde_json::to_vec_pretty(state).expect("state serializes");
     bytes.push(b'\n');
-    write_atomic(path, &bytes).map_err(|source| StateError::Write { path: path.into(), source })
+    write_atomic(path, &bytes).map_err(|source| StateError::Write {
+        path: path.into(),
+        source,
+    })
 }
 
 /// tmp + fsync + rename + fsync(dir). Also keeps the previous version as `FILE.bak`.
@@ -121,10 +143,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("state.json");
         assert!(load(&p).unwrap().is_none());
-        let mut s = State { version: 3, ..Default::default() };
+        let mut s = State {
+            version: 3,
+            ..Default::default()
+        };
         s.sites.insert(
             "wiki".into(),
-            SiteState { active: Color::Green, previous: Some(Color::Blue), switched_at: None, pools: BTreeMap::new(), written_since_switch: false },
+            SiteState {
+                active: Color::Green,
+                previous: Some(Color::Blue),
+                switched_at: None,
+                pools: BTreeMap::new(),
+                written_since_switch: false,
+            },
         );
         save(&p, &s).unwrap();
         assert_eq!(load(&p).unwrap().unwrap(), s);

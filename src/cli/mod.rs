@@ -15,7 +15,11 @@ use crate::control::api::*;
 use crate::control::client::Client;
 
 #[derive(Parser, Debug)]
-#[command(name = "switchyard", version, about = "A reverse proxy with built-in blue/green releases for stateful apps on Docker")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "A reverse proxy with built-in blue/green releases for stateful apps on Docker"
+)]
 pub struct Cli {
     /// Control socket of the running daemon (else SWITCHYARD_CONTROL, else the config's proxy.control).
     #[arg(long, global = true, env = "SWITCHYARD_CONTROL")]
@@ -140,7 +144,11 @@ pub enum ReadOnlyCmd {
 #[derive(Subcommand, Debug)]
 pub enum PoolCmd {
     /// Replace a color's backends.
-    Set { site: String, color: String, addrs: Vec<String> },
+    Set {
+        site: String,
+        color: String,
+        addrs: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -220,7 +228,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Check => {
             let p = cli.config_path()?;
-            match config::load(&p) {
+            match config::check(&p) {
                 Ok(cfg) => {
                     println!("{}: ok ({} site(s))", p.display(), cfg.sites.len());
                     Ok(())
@@ -238,51 +246,121 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Switch { site, color, drain, force, if_match } => {
+        Cmd::Switch {
+            site,
+            color,
+            drain,
+            force,
+            if_match,
+        } => {
             let to = parse_color(color)?;
-            let req = SwitchRequest { to, drain_s: Some(drain.as_secs()), force: *force };
-            let r: SwitchResponse = cli.client()?.call(Method::POST, &format!("/v1/sites/{site}/switch"), Some(&req), *if_match).await?;
+            let req = SwitchRequest {
+                to,
+                drain_s: Some(drain.as_secs()),
+                force: *force,
+            };
+            let r: SwitchResponse = cli
+                .client()?
+                .call(
+                    Method::POST,
+                    &format!("/v1/sites/{site}/switch"),
+                    Some(&req),
+                    *if_match,
+                )
+                .await?;
             println!("{}", r.message);
             Ok(())
         }
         Cmd::ReadOnly { what } => {
             let req = match what {
-                ReadOnlyCmd::On { reason, retry_after, sites, wait } => ReadOnlyRequest {
+                ReadOnlyCmd::On {
+                    reason,
+                    retry_after,
+                    sites,
+                    wait,
+                } => ReadOnlyRequest {
                     on: true,
                     reason: Some(reason.clone()),
                     retry_after_s: Some(*retry_after),
                     sites: (!sites.is_empty()).then(|| sites.clone()),
                     wait_s: wait.map(|w| w.as_secs()),
                 },
-                ReadOnlyCmd::Off => ReadOnlyRequest { on: false, reason: None, retry_after_s: None, sites: None, wait_s: None },
+                ReadOnlyCmd::Off => ReadOnlyRequest {
+                    on: false,
+                    reason: None,
+                    retry_after_s: None,
+                    sites: None,
+                    wait_s: None,
+                },
             };
-            let r: ReadOnlyResponse = cli.client()?.call(Method::PUT, "/v1/read-only", Some(&req), None).await?;
+            let r: ReadOnlyResponse = cli
+                .client()?
+                .call(Method::PUT, "/v1/read-only", Some(&req), None)
+                .await?;
             if r.on {
-                println!("read-only ON for {} ({} ms to drain writes in flight)", r.sites.join(", "), r.drained_ms);
+                println!(
+                    "read-only ON for {} ({} ms to drain writes in flight)",
+                    r.sites.join(", "),
+                    r.drained_ms
+                );
             } else {
                 println!("read-only OFF");
             }
             Ok(())
         }
-        Cmd::Pool { what: PoolCmd::Set { site, color, addrs } } => {
+        Cmd::Pool {
+            what: PoolCmd::Set { site, color, addrs },
+        } => {
             let color = parse_color(color)?;
             let r: PoolResponse = cli
                 .client()?
-                .call(Method::PUT, &format!("/v1/sites/{site}/pools/{color}"), Some(&PoolRequest { backends: addrs.clone() }), None)
+                .call(
+                    Method::PUT,
+                    &format!("/v1/sites/{site}/pools/{color}"),
+                    Some(&PoolRequest {
+                        backends: addrs.clone(),
+                    }),
+                    None,
+                )
                 .await?;
-            println!("{site} {color} pool: {}", if r.backends.is_empty() { "(empty)".into() } else { r.backends.join(" ") });
+            println!(
+                "{site} {color} pool: {}",
+                if r.backends.is_empty() {
+                    "(empty)".into()
+                } else {
+                    r.backends.join(" ")
+                }
+            );
             Ok(())
         }
         Cmd::Reload => {
-            let r: ReloadResponse = cli.client()?.call(Method::POST, "/v1/reload", None::<&()>, None).await?;
-            println!("reloaded: {} site(s){}", r.sites.len(), if r.certificates.is_empty() { String::new() } else { format!(", certificates: {}", r.certificates.join("; ")) });
+            let r: ReloadResponse = cli
+                .client()?
+                .call(Method::POST, "/v1/reload", None::<&()>, None)
+                .await?;
+            println!(
+                "reloaded: {} site(s){}",
+                r.sites.len(),
+                if r.certificates.is_empty() {
+                    String::new()
+                } else {
+                    format!(", certificates: {}", r.certificates.join("; "))
+                }
+            );
             for n in r.notes {
                 println!("note: {n}");
             }
             Ok(())
         }
-        Cmd::Rollback { site, discard_writes } => rollback(&cli.client()?, site, *discard_writes).await,
-        Cmd::Up { .. } | Cmd::Release { .. } | Cmd::Envs { .. } | Cmd::Backup { .. } | Cmd::Backups { .. } => {
+        Cmd::Rollback {
+            site,
+            discard_writes,
+        } => rollback(&cli.client()?, site, *discard_writes).await,
+        Cmd::Up { .. }
+        | Cmd::Release { .. }
+        | Cmd::Envs { .. }
+        | Cmd::Backup { .. }
+        | Cmd::Backups { .. } => {
             let cfg = cli.load_config()?;
             let client = cli.client()?;
             crate::release::cli::run(&cli.cmd, cfg, client).await
@@ -310,8 +388,19 @@ pub async fn rollback(c: &Client, site: &str, discard_writes: bool) -> anyhow::R
             st.active
         );
     }
-    let req = SwitchRequest { to: prev, drain_s: None, force: false };
-    let r: SwitchResponse = c.call(Method::POST, &format!("/v1/sites/{site}/switch"), Some(&req), Some(s.version)).await?;
+    let req = SwitchRequest {
+        to: prev,
+        drain_s: None,
+        force: false,
+    };
+    let r: SwitchResponse = c
+        .call(
+            Method::POST,
+            &format!("/v1/sites/{site}/switch"),
+            Some(&req),
+            Some(s.version),
+        )
+        .await?;
     println!("rolled back: {}", r.message);
     Ok(())
 }

@@ -13,13 +13,20 @@ use tokio::net::UnixStream;
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("cannot reach switchyard at {path}: {source}. Is `switchyard serve` running? (socket from --control, SWITCHYARD_CONTROL or the config's proxy.control)")]
-    Connect { path: PathBuf, source: std::io::Error },
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("permission denied on the control socket {0}: run as root or the proxy's user, or ask for your uid/gid in proxy.control_allow")]
     Permission(PathBuf),
     #[error("the control socket {path} broke the conversation: {msg}")]
     Protocol { path: PathBuf, msg: String },
     #[error("{message}")]
-    Refused { status: u16, message: String, problems: Vec<String> },
+    Refused {
+        status: u16,
+        message: String,
+        problems: Vec<String>,
+    },
 }
 
 pub struct Client {
@@ -28,42 +35,97 @@ pub struct Client {
 
 impl Client {
     pub fn new(path: &Path) -> Client {
-        Client { path: path.to_path_buf() }
+        Client {
+            path: path.to_path_buf(),
+        }
     }
 
-    pub async fn call<T: DeserializeOwned>(&self, method: Method, uri: &str, body: Option<&impl Serialize>, if_match: Option<u64>) -> Result<T, ControlError> {
-        let v = self.raw(method, uri, body.map(|b| serde_json::to_vec(b).unwrap_or_default()), if_match).await?;
-        serde_json::from_slice(&v).map_err(|e| ControlError::Protocol { path: self.path.clone(), msg: format!("unexpected answer: {e}") })
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<&impl Serialize>,
+        if_match: Option<u64>,
+    ) -> Result<T, ControlError> {
+        let v = self
+            .raw(
+                method,
+                uri,
+                body.map(|b| serde_json::to_vec(b).unwrap_or_default()),
+                if_match,
+            )
+            .await?;
+        serde_json::from_slice(&v).map_err(|e| ControlError::Protocol {
+            path: self.path.clone(),
+            msg: format!("unexpected answer: {e}"),
+        })
     }
 
-    pub async fn raw(&self, method: Method, uri: &str, body: Option<Vec<u8>>, if_match: Option<u64>) -> Result<Bytes, ControlError> {
-        let proto = |msg: String| ControlError::Protocol { path: self.path.clone(), msg };
+    pub async fn raw(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Vec<u8>>,
+        if_match: Option<u64>,
+    ) -> Result<Bytes, ControlError> {
+        let proto = |msg: String| ControlError::Protocol {
+            path: self.path.clone(),
+            msg,
+        };
         let stream = UnixStream::connect(&self.path).await.map_err(|source| {
             if source.kind() == std::io::ErrorKind::PermissionDenied {
                 ControlError::Permission(self.path.clone())
             } else {
-                ControlError::Connect { path: self.path.clone(), source }
+                ControlError::Connect {
+                    path: self.path.clone(),
+                    source,
+                }
             }
         })?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| proto(e.to_string()))?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| proto(e.to_string()))?;
         tokio::spawn(conn);
-        let mut req = Request::builder().method(method).uri(uri).header(http::header::HOST, "switchyard");
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(http::header::HOST, "switchyard");
         if body.is_some() {
             req = req.header(http::header::CONTENT_TYPE, "application/json");
         }
         if let Some(v) = if_match {
             req = req.header(http::header::IF_MATCH, v.to_string());
         }
-        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| proto(e.to_string()))?;
-        let resp = send.send_request(req).await.map_err(|e| proto(e.to_string()))?;
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| proto(e.to_string()))?;
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| proto(e.to_string()))?;
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.map_err(|e| proto(e.to_string()))?.to_bytes();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| proto(e.to_string()))?
+            .to_bytes();
         if status != StatusCode::OK {
             let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
             return Err(ControlError::Refused {
                 status: status.as_u16(),
-                message: v["error"].as_str().map(str::to_string).unwrap_or_else(|| format!("refused with {status}")),
-                problems: v["problems"].as_array().map(|a| a.iter().filter_map(|p| p.as_str().map(str::to_string)).collect()).unwrap_or_default(),
+                message: v["error"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("refused with {status}")),
+                problems: v["problems"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|p| p.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             });
         }
         Ok(bytes)

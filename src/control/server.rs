@@ -37,7 +37,8 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d)?;
     }
-    let l = UnixListener::bind(path).map_err(|e| anyhow::anyhow!("cannot bind the control socket {}: {e}", path.display()))?;
+    let l = UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("cannot bind the control socket {}: {e}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     Ok(l)
@@ -55,7 +56,10 @@ pub async fn run(listener: UnixListener, ops: Arc<Ops>) {
             }
         };
         let cred = stream.peer_cred().ok();
-        let peer = Peer { uid: cred.map(|c| c.uid()), pid: cred.and_then(|c| c.pid()) };
+        let peer = Peer {
+            uid: cred.map(|c| c.uid()),
+            pid: cred.and_then(|c| c.pid()),
+        };
         let cfg = ops.config().await;
         let role = cred.and_then(|c| {
             if c.uid() == 0 || c.uid() == me {
@@ -79,7 +83,9 @@ pub async fn run(listener: UnixListener, ops: Arc<Ops>) {
                     Ok::<_, Infallible>(error(StatusCode::FORBIDDEN, "this user may not use the switchyard control socket; ask an admin to add your uid or gid to proxy.control_allow"))
                 });
                 let _ = ops;
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
             continue;
         };
@@ -89,7 +95,9 @@ pub async fn run(listener: UnixListener, ops: Arc<Ops>) {
                 let ops = ops.clone();
                 async move { Ok::<_, Infallible>(route(&ops, req, peer, role).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
@@ -98,12 +106,21 @@ fn json<T: Serialize>(status: StatusCode, v: &T) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 fn error(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
-    json(status, &ErrorBody { error: msg.to_string(), problems: vec![] })
+    json(
+        status,
+        &ErrorBody {
+            error: msg.to_string(),
+            problems: vec![],
+        },
+    )
 }
 
 fn op_error(e: OpError) -> Response<Full<Bytes>> {
@@ -112,15 +129,27 @@ fn op_error(e: OpError) -> Response<Full<Bytes>> {
         OpError::Config(p) => p.clone(),
         _ => vec![],
     };
-    json(status, &ErrorBody { error: e.to_string(), problems })
+    json(
+        status,
+        &ErrorBody {
+            error: e.to_string(),
+            problems,
+        },
+    )
 }
 
 async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<Full<Bytes>>> {
     let bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "the request body is larger than 64 KiB or was cut off")),
+        Err(_) => {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is larger than 64 KiB or was cut off",
+            ))
+        }
     };
-    serde_json::from_slice(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("bad JSON body: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("bad JSON body: {e}")))
 }
 
 fn if_match(req: &Request<Incoming>) -> Result<Option<u64>, Response<Full<Bytes>>> {
@@ -132,7 +161,12 @@ fn if_match(req: &Request<Incoming>) -> Result<Option<u64>, Response<Full<Bytes>
             .map(|s| s.trim().trim_matches('"'))
             .and_then(|s| s.parse().ok())
             .map(Some)
-            .ok_or_else(|| error(StatusCode::BAD_REQUEST, "If-Match must be the state version number from /v1/status")),
+            .ok_or_else(|| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "If-Match must be the state version number from /v1/status",
+                )
+            }),
     }
 }
 
@@ -153,28 +187,51 @@ async fn route(ops: &Ops, req: Request<Incoming>, peer: Peer, role: Role) -> Res
         (Method::POST, ["v1", "sites", site, "switch"]) => {
             let site = site.to_string();
             match body::<SwitchRequest>(req).await {
-                Ok(b) => ops.switch(&site, b, im, peer).await.map_or_else(op_error, |r| json(StatusCode::OK, &r)),
+                Ok(b) => ops
+                    .switch(&site, b, im, peer)
+                    .await
+                    .map_or_else(op_error, |r| json(StatusCode::OK, &r)),
                 Err(r) => r,
             }
         }
         (Method::PUT, ["v1", "read-only"]) => match body::<ReadOnlyRequest>(req).await {
-            Ok(b) => ops.read_only(b, im, peer).await.map_or_else(op_error, |r| json(StatusCode::OK, &r)),
+            Ok(b) => ops
+                .read_only(b, im, peer)
+                .await
+                .map_or_else(op_error, |r| json(StatusCode::OK, &r)),
             Err(r) => r,
         },
         (Method::PUT, ["v1", "sites", site, "pools", color]) => {
             let site = site.to_string();
             let Some(color) = Color::parse(color) else {
-                return error(StatusCode::NOT_FOUND, &format!("unknown color `{color}`; use blue or green"));
+                return error(
+                    StatusCode::NOT_FOUND,
+                    &format!("unknown color `{color}`; use blue or green"),
+                );
             };
             match body::<PoolRequest>(req).await {
-                Ok(b) => ops.set_pool(&site, color, b, im, peer).await.map_or_else(op_error, |r| json(StatusCode::OK, &r)),
+                Ok(b) => ops
+                    .set_pool(&site, color, b, im, peer)
+                    .await
+                    .map_or_else(op_error, |r| json(StatusCode::OK, &r)),
                 Err(r) => r,
             }
         }
-        (Method::POST, ["v1", "reload"]) => ops.reload(peer).await.map_or_else(op_error, |r| json(StatusCode::OK, &r)),
-        (_, ["v1", "status"]) | (_, ["v1", "read-only"]) | (_, ["v1", "reload"]) | (_, ["v1", "sites", _, "switch"]) | (_, ["v1", "sites", _, "pools", _]) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, &format!("{method} is not allowed on {path}"))
-        }
-        _ => error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}; see DESIGN.md's control API")),
+        (Method::POST, ["v1", "reload"]) => ops
+            .reload(peer)
+            .await
+            .map_or_else(op_error, |r| json(StatusCode::OK, &r)),
+        (_, ["v1", "status"])
+        | (_, ["v1", "read-only"])
+        | (_, ["v1", "reload"])
+        | (_, ["v1", "sites", _, "switch"])
+        | (_, ["v1", "sites", _, "pools", _]) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("{method} is not allowed on {path}"),
+        ),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            &format!("no such endpoint: {path}; see DESIGN.md's control API"),
+        ),
     }
 }

@@ -9,4 +9,6 @@ mod pool;
 mod table;
 
 pub use pool::{Backend, Pool};
-pub use table::{same_host, strip_port, ReadOnlyNotice, Route, RoutingTable, SiteRoute, SiteShared};
+pub use table::{
+    same_host, strip_port, ReadOnlyNotice, Route, RoutingTable, SiteRoute, SiteShared,
+};

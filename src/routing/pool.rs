@@ -30,7 +30,8 @@ fn now_ms() -> u64 {
 
 impl Backend {
     pub fn new(addr: SocketAddr) -> Backend {
-        let authority = Authority::try_from(addr.to_string().as_str()).expect("a socket address is an authority");
+        let authority = Authority::try_from(addr.to_string().as_str())
+            .expect("a socket address is an authority");
         Backend {
             addr,
             authority,
@@ -64,7 +65,8 @@ impl Backend {
 
     /// Passive failure: skip this backend for `backoff`.
     pub fn eject(&self, backoff: Duration) {
-        self.ejected_until.store(now_ms() + backoff.as_millis() as u64, Ordering::Relaxed);
+        self.ejected_until
+            .store(now_ms() + backoff.as_millis() as u64, Ordering::Relaxed);
     }
 
     pub fn clear_ejection(&self) {
@@ -90,7 +92,8 @@ impl Pool {
     }
 
     pub fn same_addrs(&self, addrs: &[SocketAddr]) -> bool {
-        self.backends.len() == addrs.len() && self.backends.iter().zip(addrs).all(|(b, a)| b.addr == *a)
+        self.backends.len() == addrs.len()
+            && self.backends.iter().zip(addrs).all(|(b, a)| b.addr == *a)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -120,7 +123,9 @@ impl Pool {
         if avoid.is_some() {
             return None;
         }
-        (0..n).map(|i| &self.backends[(start + i) % n]).find(|b| b.is_up())
+        (0..n)
+            .map(|i| &self.backends[(start + i) % n])
+            .find(|b| b.is_up())
     }
 }
 
@@ -130,7 +135,10 @@ mod tests {
 
     #[test]
     fn round_robin_skips_down() {
-        let p = Pool::new(&["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()]);
+        let p = Pool::new(&[
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        ]);
         let a = p.pick(None).unwrap().addr;
         let b = p.pick(None).unwrap().addr;
         assert_ne!(a, b);

@@ -123,13 +123,17 @@ impl RoutingTable {
                 .entry(sc.name.clone())
                 .or_insert_with(|| Arc::new(SiteShared::new(&sc.name, active)))
                 .clone();
-            let read_only = state.read_only.as_ref().filter(|r| r.covers(&sc.name)).map(|r| {
-                Arc::new(ReadOnlyNotice {
-                    reason: r.reason.clone(),
-                    retry_after_s: r.retry_after_s,
-                    retry_after: HeaderValue::from(r.retry_after_s),
-                })
-            });
+            let read_only = state
+                .read_only
+                .as_ref()
+                .filter(|r| r.covers(&sc.name))
+                .map(|r| {
+                    Arc::new(ReadOnlyNotice {
+                        reason: r.reason.clone(),
+                        retry_after_s: r.retry_after_s,
+                        retry_after: HeaderValue::from(r.retry_after_s),
+                    })
+                });
             let route = SiteRoute {
                 name: sh.name.clone(),
                 active,
@@ -231,7 +235,11 @@ mod tests {
         assert_eq!(t.lookup("WIKI.test:8443").unwrap().site, 0);
         assert_eq!(t.lookup("wiki.test.").unwrap().site, 0);
         assert_eq!(t.lookup("x.wiki.test").unwrap().site, 0);
-        assert_eq!(t.lookup("x.a.wiki.test").unwrap().site, 1, "longest wildcard wins");
+        assert_eq!(
+            t.lookup("x.a.wiki.test").unwrap().site,
+            1,
+            "longest wildcard wins"
+        );
         assert!(t.lookup("next.wiki.test").unwrap().preview);
         assert!(t.lookup("other.test").is_none());
         assert!(t.lookup("").is_none());

@@ -9,7 +9,16 @@ use crate::support::*;
 async fn proxy(extra: &str) -> (Proxy, Backend, Backend) {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let p = Proxy::start(extra, &site("wiki", &["wiki.test", "127.0.0.1"], &[blue.addr], &[green.addr], ""));
+    let p = Proxy::start(
+        extra,
+        &site(
+            "wiki",
+            &["wiki.test", "127.0.0.1"],
+            &[blue.addr],
+            &[green.addr],
+            "",
+        ),
+    );
     (p, blue, green)
 }
 
@@ -21,16 +30,61 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let v0 = p.status()["version"].as_u64().unwrap();
     let cases: &[(&str, &str, Option<&str>, u16)] = &[
         ("POST", "/v1/sites/wiki/switch", Some("{not json"), 400),
-        ("POST", "/v1/sites/wiki/switch", Some(r#"{"to":"purple"}"#), 400),
-        ("POST", "/v1/sites/wiki/switch", Some(r#"{"to":"green","colour":1}"#), 400),
-        ("POST", "/v1/sites/wiki/switch", Some(r#"{"to":"green","drain_s":-1}"#), 400),
-        ("POST", "/v1/sites/nope/switch", Some(r#"{"to":"green"}"#), 404),
-        ("PUT", "/v1/sites/wiki/pools/purple", Some(r#"{"backends":[]}"#), 404),
-        ("PUT", "/v1/sites/wiki/pools/green", Some(r#"{"backends":["not-an-addr"]}"#), 400),
-        ("PUT", "/v1/sites/wiki/pools/blue", Some(r#"{"backends":[]}"#), 409),
+        (
+            "POST",
+            "/v1/sites/wiki/switch",
+            Some(r#"{"to":"purple"}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/sites/wiki/switch",
+            Some(r#"{"to":"green","colour":1}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/sites/wiki/switch",
+            Some(r#"{"to":"green","drain_s":-1}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/sites/nope/switch",
+            Some(r#"{"to":"green"}"#),
+            404,
+        ),
+        (
+            "PUT",
+            "/v1/sites/wiki/pools/purple",
+            Some(r#"{"backends":[]}"#),
+            404,
+        ),
+        (
+            "PUT",
+            "/v1/sites/wiki/pools/green",
+            Some(r#"{"backends":["not-an-addr"]}"#),
+            400,
+        ),
+        (
+            "PUT",
+            "/v1/sites/wiki/pools/blue",
+            Some(r#"{"backends":[]}"#),
+            409,
+        ),
         ("PUT", "/v1/read-only", Some(r#"{"on":true}"#), 400),
-        ("PUT", "/v1/read-only", Some(r#"{"on":true,"reason":"x","sites":["nope"]}"#), 404),
-        ("PUT", "/v1/read-only", Some(r#"{"on":true,"reason":"x","sites":[]}"#), 400),
+        (
+            "PUT",
+            "/v1/read-only",
+            Some(r#"{"on":true,"reason":"x","sites":["nope"]}"#),
+            404,
+        ),
+        (
+            "PUT",
+            "/v1/read-only",
+            Some(r#"{"on":true,"reason":"x","sites":[]}"#),
+            400,
+        ),
         ("DELETE", "/v1/status", None, 405),
         ("GET", "/v1/sites/wiki/switch", None, 405),
         ("GET", "/v2/anything", None, 404),
@@ -38,13 +92,23 @@ async fn bad_input_is_refused_and_changes_nothing() {
     for (m, uri, body, want) in cases {
         let (s, v) = control(ctl, m, uri, *body, None).await;
         assert_eq!(s, *want, "{m} {uri} {body:?} → {v}");
-        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{m} {uri}: no error message: {v}");
+        assert!(
+            v["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{m} {uri}: no error message: {v}"
+        );
     }
-    let big = format!("{{\"to\":\"green\",\"pad\":\"{}\"}}", "x".repeat(100 * 1024));
+    let big = format!(
+        "{{\"to\":\"green\",\"pad\":\"{}\"}}",
+        "x".repeat(100 * 1024)
+    );
     let (s, _) = control(ctl, "POST", "/v1/sites/wiki/switch", Some(&big), None).await;
     assert_eq!(s, 413);
     let st = p.status();
-    assert_eq!(st["version"].as_u64().unwrap(), v0, "a refused call changed the state");
+    assert_eq!(
+        st["version"].as_u64().unwrap(),
+        v0,
+        "a refused call changed the state"
+    );
     assert_eq!(st["sites"][0]["active"], "blue");
     assert_eq!(st["sites"][0]["read_only"], false);
 }
@@ -54,9 +118,23 @@ async fn bad_input_is_refused_and_changes_nothing() {
 async fn if_match_detects_a_moved_state() {
     let (p, _b, _g) = proxy("").await;
     let v = p.status()["version"].as_u64().unwrap();
-    let (s, r) = control(&p.control, "POST", "/v1/sites/wiki/switch", Some(r#"{"to":"green"}"#), Some(v)).await;
+    let (s, r) = control(
+        &p.control,
+        "POST",
+        "/v1/sites/wiki/switch",
+        Some(r#"{"to":"green"}"#),
+        Some(v),
+    )
+    .await;
     assert_eq!(s, 200, "{r}");
-    let (s, r) = control(&p.control, "POST", "/v1/sites/wiki/switch", Some(r#"{"to":"blue"}"#), Some(v)).await;
+    let (s, r) = control(
+        &p.control,
+        "POST",
+        "/v1/sites/wiki/switch",
+        Some(r#"{"to":"blue"}"#),
+        Some(v),
+    )
+    .await;
     assert_eq!(s, 412, "{r}");
     assert!(r["error"].as_str().unwrap().contains("moved on"), "{r}");
     let o = p.cli(&["switch", "wiki", "blue", "--if-match", &v.to_string()]);
@@ -66,7 +144,13 @@ async fn if_match_detects_a_moved_state() {
 
 fn as_nobody(p: &Proxy, args: &[&str]) -> std::process::Output {
     Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN, "--control"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "--control",
+        ])
         .arg(&p.control)
         .args(args)
         .output()
@@ -88,14 +172,26 @@ async fn wrong_peer_uid_is_refused() {
     std::fs::set_permissions(&p.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let o = as_nobody(&p, &["status"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("permission denied"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("permission denied"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // ...and with the file opened up, SO_PEERCRED still does.
     open_socket_to_all(&p);
     let o = as_nobody(&p, &["switch", "wiki", "green"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("control_allow"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("control_allow"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(p.status()["sites"][0]["active"], "blue");
-    wait_until(Duration::from_secs(5), "the refusal to be logged", || p.stderr_text().contains("control peer refused").then_some(()));
+    wait_until(Duration::from_secs(5), "the refusal to be logged", || {
+        p.stderr_text()
+            .contains("control peer refused")
+            .then_some(())
+    });
 }
 
 /// Roles: a `read` peer sees status but cannot switch; an `operate` peer can.
@@ -107,7 +203,11 @@ async fn roles_read_and_operate() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = as_nobody(&p, &["switch", "wiki", "green"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("read"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("read"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let (q, _b2, _g2) = proxy("control_allow = { \"gid:65534\" = \"operate\" }").await;
     open_socket_to_all(&q);
     let o = as_nobody(&q, &["switch", "wiki", "green"]);
@@ -116,7 +216,10 @@ async fn roles_read_and_operate() {
     let audit = std::fs::read_to_string(q.dir.join("audit.log")).unwrap();
     let line: serde_json::Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
     assert_eq!(line["peer_uid"], 65534);
-    assert!(line["action"].as_str().unwrap().contains("switch wiki blue->green"));
+    assert!(line["action"]
+        .as_str()
+        .unwrap()
+        .contains("switch wiki blue->green"));
     assert_eq!(line["before"]["active"], serde_json::Value::Null);
     assert_eq!(line["after"]["active"], "green");
 }
@@ -133,14 +236,42 @@ async fn reload_refuses_bad_config_and_applies_good_one() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("switchyard.toml:") && e.contains("bogus"), "{e}");
     let c = reqwest::Client::new();
-    assert_eq!(c.get(p.url("/")).header("host", "wiki.test").send().await.unwrap().text().await.unwrap(), "blue");
+    assert_eq!(
+        c.get(p.url("/"))
+            .header("host", "wiki.test")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "blue"
+    );
     // Good config with a new host: applies.
-    std::fs::write(&p.config, good.replace("\"wiki.test\"", "\"wiki.test\", \"new.test\"")).unwrap();
+    std::fs::write(
+        &p.config,
+        good.replace("\"wiki.test\"", "\"wiki.test\", \"new.test\""),
+    )
+    .unwrap();
     let out = p.ok(&["reload"]);
     assert!(out.contains("reloaded"), "{out}");
-    assert_eq!(c.get(p.url("/")).header("host", "new.test").send().await.unwrap().text().await.unwrap(), "blue");
+    assert_eq!(
+        c.get(p.url("/"))
+            .header("host", "new.test")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "blue"
+    );
     // SIGHUP does the same.
-    std::fs::write(&p.config, good.replace("\"wiki.test\"", "\"wiki.test\", \"hup.test\"")).unwrap();
+    std::fs::write(
+        &p.config,
+        good.replace("\"wiki.test\"", "\"wiki.test\", \"hup.test\""),
+    )
+    .unwrap();
     p.signal(libc::SIGHUP);
     wait_until_async(Duration::from_secs(5), "SIGHUP to reload", || {
         let r = c.get(p.url("/")).header("host", "hup.test").send();
@@ -153,10 +284,16 @@ async fn reload_refuses_bad_config_and_applies_good_one() {
 /// Client errors say what to try; usage errors exit 2.
 #[test]
 fn cli_errors_and_exit_codes() {
-    let o = Command::new(BIN).args(["--control", "/nonexistent/control.sock", "status"]).output().unwrap();
+    let o = Command::new(BIN)
+        .args(["--control", "/nonexistent/control.sock", "status"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let e = String::from_utf8_lossy(&o.stderr);
-    assert!(e.contains("switchyard serve") && e.contains("/nonexistent/control.sock"), "{e}");
+    assert!(
+        e.contains("switchyard serve") && e.contains("/nonexistent/control.sock"),
+        "{e}"
+    );
     let o = Command::new(BIN).args(["switch"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
     let o = Command::new(BIN).args(["frobnicate"]).output().unwrap();
@@ -171,8 +308,26 @@ async fn pool_set_applies_and_persists() {
     p.ok(&["pool", "set", "wiki", "green", &other.addr.to_string()]);
     p.ok(&["switch", "wiki", "green"]);
     let c = reqwest::Client::new();
-    assert_eq!(c.get(p.url("/")).send().await.unwrap().text().await.unwrap(), "green2");
+    assert_eq!(
+        c.get(p.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "green2"
+    );
     p.stop();
     let q = Proxy::spawn(None, &p.dir.clone(), &p.config.clone(), &[]).unwrap();
-    assert_eq!(c.get(q.url("/")).send().await.unwrap().text().await.unwrap(), "green2");
+    assert_eq!(
+        c.get(q.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "green2"
+    );
 }

@@ -7,11 +7,24 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 fn two_color_site(blue: &Backend, green: &Backend, extra: &str) -> String {
-    site("wiki", &["wiki.test", "127.0.0.1", "localhost"], &[blue.addr], &[green.addr], extra)
+    site(
+        "wiki",
+        &["wiki.test", "127.0.0.1", "localhost"],
+        &[blue.addr],
+        &[green.addr],
+        extra,
+    )
 }
 
 async fn switch(p: &Proxy, to: &str) -> (u16, serde_json::Value) {
-    control(&p.control, "POST", "/v1/sites/wiki/switch", Some(&format!("{{\"to\":\"{to}\"}}")), None).await
+    control(
+        &p.control,
+        "POST",
+        "/v1/sites/wiki/switch",
+        Some(&format!("{{\"to\":\"{to}\"}}")),
+        None,
+    )
+    .await
 }
 
 /// See: issue 3. Under continuous h1 + h2 load, flip 1000 times: no request fails, every answer
@@ -28,7 +41,10 @@ async fn issue_3_flip_1000_times_under_load() {
     for i in 0..6 {
         let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
         let (c, url) = if i % 2 == 0 {
-            (reqwest::Client::builder().http1_only().build().unwrap(), p.url("/"))
+            (
+                reqwest::Client::builder().http1_only().build().unwrap(),
+                p.url("/"),
+            )
         } else {
             (client(&p, &["wiki.test"]), p.surl("wiki.test", "/"))
         };
@@ -43,7 +59,10 @@ async fn issue_3_flip_1000_times_under_load() {
                             failures.lock().unwrap().push(format!("body {b:?}"));
                         }
                     }
-                    Ok(r) => failures.lock().unwrap().push(format!("status {}", r.status())),
+                    Ok(r) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("status {}", r.status())),
                     Err(e) => failures.lock().unwrap().push(format!("error {e}")),
                 }
             }
@@ -62,12 +81,34 @@ async fn issue_3_flip_1000_times_under_load() {
         t.await.unwrap();
     }
     let f = failures.lock().unwrap();
-    assert!(f.is_empty(), "{} failed requests, e.g. {:?}", f.len(), &f[..f.len().min(5)]);
-    assert!(ok.load(Ordering::Relaxed) > 100, "too little load: {}", ok.load(Ordering::Relaxed));
-    eprintln!("1000 switches in {took:?} under load, {} requests ok", ok.load(Ordering::Relaxed));
+    assert!(
+        f.is_empty(),
+        "{} failed requests, e.g. {:?}",
+        f.len(),
+        &f[..f.len().min(5)]
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 100,
+        "too little load: {}",
+        ok.load(Ordering::Relaxed)
+    );
+    eprintln!(
+        "1000 switches in {took:?} under load, {} requests ok",
+        ok.load(Ordering::Relaxed)
+    );
     // After an even number of flips blue is active again, and new requests see it at once.
     let c = reqwest::Client::new();
-    assert_eq!(c.get(p.url("/")).header("host", "wiki.test").send().await.unwrap().text().await.unwrap(), "blue");
+    assert_eq!(
+        c.get(p.url("/"))
+            .header("host", "wiki.test")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "blue"
+    );
     assert!(blue.hits() > 0 && green.hits() > 0);
 }
 
@@ -77,11 +118,33 @@ async fn keepalive_connection_follows_switch() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
     let p = Proxy::start("", &two_color_site(&blue, &green, ""));
-    let c = reqwest::Client::builder().http1_only().pool_max_idle_per_host(1).build().unwrap();
-    assert_eq!(c.get(p.url("/")).send().await.unwrap().text().await.unwrap(), "blue");
+    let c = reqwest::Client::builder()
+        .http1_only()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    assert_eq!(
+        c.get(p.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "blue"
+    );
     let (s, _) = switch(&p, "green").await;
     assert_eq!(s, 200);
-    assert_eq!(c.get(p.url("/")).send().await.unwrap().text().await.unwrap(), "green");
+    assert_eq!(
+        c.get(p.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "green"
+    );
     let st = p.status();
     assert_eq!(st["sites"][0]["active"], "green");
     assert_eq!(st["sites"][0]["previous"], "blue");
@@ -97,18 +160,33 @@ async fn keepalive_connection_follows_switch() {
 async fn switch_refused_to_empty_or_dead_pool() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let sites = site("wiki", &["127.0.0.1"], &[blue.addr], &[], "") + &site("other", &["other.test"], &[blue.addr], &[green.addr], "");
+    let sites = site("wiki", &["127.0.0.1"], &[blue.addr], &[], "")
+        + &site("other", &["other.test"], &[blue.addr], &[green.addr], "");
     let p = Proxy::start("", &sites);
     let (s, v) = switch(&p, "green").await;
     assert_eq!(s, 409, "{v}");
     assert!(v["error"].as_str().unwrap().contains("empty"), "{v}");
     green.kill();
-    let (s, v) = control(&p.control, "POST", "/v1/sites/other/switch", Some(r#"{"to":"green"}"#), None).await;
+    let (s, v) = control(
+        &p.control,
+        "POST",
+        "/v1/sites/other/switch",
+        Some(r#"{"to":"green"}"#),
+        None,
+    )
+    .await;
     assert_eq!(s, 409, "{v}");
     assert!(v["error"].as_str().unwrap().contains("--force"), "{v}");
     let o = p.cli(&["switch", "other", "green"]);
     assert_eq!(o.status.code(), Some(1));
-    let (s, v) = control(&p.control, "POST", "/v1/sites/other/switch", Some(r#"{"to":"green","force":true}"#), None).await;
+    let (s, v) = control(
+        &p.control,
+        "POST",
+        "/v1/sites/other/switch",
+        Some(r#"{"to":"green","force":true}"#),
+        None,
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
 }
 
@@ -124,7 +202,12 @@ async fn issue_3_read_only_under_load() {
     let refused = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for i in 0..4 {
-        let (stop, read_fail, reads, refused) = (stop.clone(), read_fail.clone(), reads.clone(), refused.clone());
+        let (stop, read_fail, reads, refused) = (
+            stop.clone(),
+            read_fail.clone(),
+            reads.clone(),
+            refused.clone(),
+        );
         let url_r = p.url("/");
         let url_w = p.url("/echo");
         tasks.push(tokio::spawn(async move {
@@ -149,7 +232,14 @@ async fn issue_3_read_only_under_load() {
         }));
     }
     for _ in 0..20 {
-        let (s, v) = control(&p.control, "PUT", "/v1/read-only", Some(r#"{"on":true,"reason":"backup","retry_after_s":30}"#), None).await;
+        let (s, v) = control(
+            &p.control,
+            "PUT",
+            "/v1/read-only",
+            Some(r#"{"on":true,"reason":"backup","retry_after_s":30}"#),
+            None,
+        )
+        .await;
         assert_eq!(s, 200, "{v}");
         // From here until `off`, the backend must not see a single write.
         let before = blue.seen.writes.load(Ordering::SeqCst);
@@ -159,8 +249,19 @@ async fn issue_3_read_only_under_load() {
             async move { (r > refused_before).then_some(()) }
         })
         .await;
-        assert_eq!(blue.seen.writes.load(Ordering::SeqCst), before, "a write reached the backend while read-only was on");
-        let (s, _) = control(&p.control, "PUT", "/v1/read-only", Some(r#"{"on":false}"#), None).await;
+        assert_eq!(
+            blue.seen.writes.load(Ordering::SeqCst),
+            before,
+            "a write reached the backend while read-only was on"
+        );
+        let (s, _) = control(
+            &p.control,
+            "PUT",
+            "/v1/read-only",
+            Some(r#"{"on":false}"#),
+            None,
+        )
+        .await;
         assert_eq!(s, 200);
         let w = blue.seen.writes.load(Ordering::SeqCst);
         wait_until_async(Duration::from_secs(10), "a write to pass again", || {
@@ -187,24 +288,47 @@ async fn read_only_on_waits_for_writes_in_flight() {
     let done_at = Arc::new(Mutex::new(None::<Instant>));
     let d2 = done_at.clone();
     let post = tokio::spawn(async move {
-        let r = reqwest::Client::new().post(url).body("edit").send().await.unwrap();
+        let r = reqwest::Client::new()
+            .post(url)
+            .body("edit")
+            .send()
+            .await
+            .unwrap();
         *d2.lock().unwrap() = Some(Instant::now());
         r.status().as_u16()
     });
-    wait_until_async(Duration::from_secs(5), "the slow write to be in flight", || {
-        let ctl = p.control.clone();
-        async move {
-            let (_, v) = control(&ctl, "GET", "/v1/status", None, None).await;
-            (v["sites"][0]["writes_in_flight"].as_u64() == Some(1)).then_some(())
-        }
-    })
+    wait_until_async(
+        Duration::from_secs(5),
+        "the slow write to be in flight",
+        || {
+            let ctl = p.control.clone();
+            async move {
+                let (_, v) = control(&ctl, "GET", "/v1/status", None, None).await;
+                (v["sites"][0]["writes_in_flight"].as_u64() == Some(1)).then_some(())
+            }
+        },
+    )
     .await;
-    let (s, v) = control(&p.control, "PUT", "/v1/read-only", Some(r#"{"on":true,"reason":"backup"}"#), None).await;
+    let (s, v) = control(
+        &p.control,
+        "PUT",
+        "/v1/read-only",
+        Some(r#"{"on":true,"reason":"backup"}"#),
+        None,
+    )
+    .await;
     let answered = Instant::now();
     assert_eq!(s, 200, "{v}");
-    assert_eq!(post.await.unwrap(), 200, "the write admitted before read-only must complete");
+    assert_eq!(
+        post.await.unwrap(),
+        200,
+        "the write admitted before read-only must complete"
+    );
     let done = done_at.lock().unwrap().unwrap();
-    assert!(done <= answered + Duration::from_millis(50), "read-only on answered before the write in flight finished");
+    assert!(
+        done <= answered + Duration::from_millis(50),
+        "read-only on answered before the write in flight finished"
+    );
     assert!(v["drained_ms"].as_u64().unwrap() > 100, "{v}");
 }
 
@@ -215,19 +339,46 @@ async fn read_only_on_times_out_clearly() {
     let green = Backend::start("green").await;
     let p = Proxy::start("", &two_color_site(&blue, &green, ""));
     let url = p.url("/slow?ms=3000");
-    let post = tokio::spawn(async move { reqwest::Client::new().post(url).body("edit").send().await.unwrap().status().as_u16() });
-    wait_until_async(Duration::from_secs(5), "the slow write to be in flight", || {
-        let ctl = p.control.clone();
-        async move {
-            let (_, v) = control(&ctl, "GET", "/v1/status", None, None).await;
-            (v["sites"][0]["writes_in_flight"].as_u64() == Some(1)).then_some(())
-        }
-    })
+    let post = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .body("edit")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    wait_until_async(
+        Duration::from_secs(5),
+        "the slow write to be in flight",
+        || {
+            let ctl = p.control.clone();
+            async move {
+                let (_, v) = control(&ctl, "GET", "/v1/status", None, None).await;
+                (v["sites"][0]["writes_in_flight"].as_u64() == Some(1)).then_some(())
+            }
+        },
+    )
     .await;
-    let (s, v) = control(&p.control, "PUT", "/v1/read-only", Some(r#"{"on":true,"reason":"backup","wait_s":1}"#), None).await;
+    let (s, v) = control(
+        &p.control,
+        "PUT",
+        "/v1/read-only",
+        Some(r#"{"on":true,"reason":"backup","wait_s":1}"#),
+        None,
+    )
+    .await;
     assert_eq!(s, 504, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("still in flight"), "{v}");
-    assert_eq!(p.status()["sites"][0]["read_only"], true, "read-only stays on after the timeout");
+    assert!(
+        v["error"].as_str().unwrap().contains("still in flight"),
+        "{v}"
+    );
+    assert_eq!(
+        p.status()["sites"][0]["read_only"],
+        true,
+        "read-only stays on after the timeout"
+    );
     assert_eq!(post.await.unwrap(), 200);
 }
 
@@ -237,30 +388,81 @@ async fn read_only_page_allow_lists_and_header() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
     let extra = "[site.read_only]\nallow_paths = [\"/health\", \"/api/*\"]\nallow_clients = [\"10.0.0.0/8\"]\n";
-    let sites = two_color_site(&blue, &green, "").replace("\n[site.pools]", &format!("\n{extra}[site.pools]"));
+    let sites = two_color_site(&blue, &green, "")
+        .replace("\n[site.pools]", &format!("\n{extra}[site.pools]"));
     let p = Proxy::start("", &sites);
-    p.ok(&["read-only", "on", "--reason", "Upgrading <wiki>", "--retry-after", "120", "--site", "wiki"]);
+    p.ok(&[
+        "read-only",
+        "on",
+        "--reason",
+        "Upgrading <wiki>",
+        "--retry-after",
+        "120",
+        "--site",
+        "wiki",
+    ]);
     let c = reqwest::Client::new();
     let r = c.post(p.url("/edit")).body("x").send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "120");
     let page = r.text().await.unwrap();
-    assert!(page.contains("Upgrading &lt;wiki&gt;") && page.contains("not saved"), "{page}");
-    let r = c.delete(p.url("/x")).header("accept", "application/json").send().await.unwrap();
+    assert!(
+        page.contains("Upgrading &lt;wiki&gt;") && page.contains("not saved"),
+        "{page}"
+    );
+    let r = c
+        .delete(p.url("/x"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"], "read_only");
     assert_eq!(v["retry_after_s"], 120);
     assert_eq!(c.post(p.url("/health")).send().await.unwrap().status(), 200);
     assert_eq!(c.post(p.url("/api/x")).send().await.unwrap().status(), 200);
-    let h: serde_json::Value = c.get(p.url("/headers")).send().await.unwrap().json().await.unwrap();
+    let h: serde_json::Value = c
+        .get(p.url("/headers"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(h["x-read-only"], "1");
     assert_eq!(c.head(p.url("/")).send().await.unwrap().status(), 200);
-    assert_eq!(c.request(reqwest::Method::OPTIONS, p.url("/")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.request(reqwest::Method::OPTIONS, p.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     p.ok(&["read-only", "off"]);
-    assert_eq!(c.post(p.url("/edit")).body("x").send().await.unwrap().status(), 200);
-    let h: serde_json::Value = c.get(p.url("/headers")).header("x-read-only", "1").send().await.unwrap().json().await.unwrap();
-    assert!(h.get("x-read-only").is_none(), "a client must not be able to fake X-Read-Only");
+    assert_eq!(
+        c.post(p.url("/edit"))
+            .body("x")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let h: serde_json::Value = c
+        .get(p.url("/headers"))
+        .header("x-read-only", "1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        h.get("x-read-only").is_none(),
+        "a client must not be able to fake X-Read-Only"
+    );
     // Read-only needs a reason.
     let o = p.cli(&["read-only", "on", "--reason", " "]);
     assert_eq!(o.status.code(), Some(1));
@@ -280,7 +482,16 @@ async fn restart_serves_the_switched_color_and_read_only() {
     let cfg = p.config.clone();
     let q = Proxy::spawn(None, &dir, &cfg, &[]).unwrap();
     let c = reqwest::Client::new();
-    assert_eq!(c.get(q.url("/")).send().await.unwrap().text().await.unwrap(), "green");
+    assert_eq!(
+        c.get(q.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "green"
+    );
     assert_eq!(c.post(q.url("/")).send().await.unwrap().status(), 503);
     drop(q);
     drop(p);
@@ -293,14 +504,25 @@ async fn corrupt_state_file_refuses_start() {
     let green = Backend::start("green").await;
     let t = Proxy::tempdir();
     let state = t.path().join("state.json");
-    std::fs::write(&state, b"{\"version\": 3, \"sites\": {\"wiki\": {\"active\": \"gre").unwrap();
-    let toml = format!("{}{}", proxy_section(t.path(), ""), two_color_site(&blue, &green, ""));
+    std::fs::write(
+        &state,
+        b"{\"version\": 3, \"sites\": {\"wiki\": {\"active\": \"gre",
+    )
+    .unwrap();
+    let toml = format!(
+        "{}{}",
+        proxy_section(t.path(), ""),
+        two_color_site(&blue, &green, "")
+    );
     let dir = t.path().to_path_buf();
     let err = match Proxy::start_in(Some(t), &dir, &toml) {
         Ok(_) => panic!("started with a corrupt state file"),
         Err(e) => e,
     };
-    assert!(err.contains("state.json") && err.contains("corrupt"), "{err}");
+    assert!(
+        err.contains("state.json") && err.contains("corrupt"),
+        "{err}"
+    );
 }
 
 /// Preview hosts go to the idle color, for allow_clients only.
@@ -308,18 +530,35 @@ async fn corrupt_state_file_refuses_start() {
 async fn preview_host_routes_to_idle_color() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let sites = two_color_site(&blue, &green, "preview_hosts = [\"next.wiki.test\"]").replace("\n[site.pools]", "\n[site.read_only]\nallow_clients = [\"127.0.0.1\"]\n[site.pools]");
+    let sites = two_color_site(&blue, &green, "preview_hosts = [\"next.wiki.test\"]").replace(
+        "\n[site.pools]",
+        "\n[site.read_only]\nallow_clients = [\"127.0.0.1\"]\n[site.pools]",
+    );
     let p = Proxy::start("", &sites);
     let c = reqwest::Client::new();
     let get = |host: &'static str| c.get(p.url("/")).header("host", host).send();
-    assert_eq!(get("next.wiki.test").await.unwrap().text().await.unwrap(), "green");
+    assert_eq!(
+        get("next.wiki.test").await.unwrap().text().await.unwrap(),
+        "green"
+    );
     p.ok(&["switch", "wiki", "green"]);
-    assert_eq!(get("next.wiki.test").await.unwrap().text().await.unwrap(), "blue");
-    assert_eq!(get("wiki.test").await.unwrap().text().await.unwrap(), "green");
+    assert_eq!(
+        get("next.wiki.test").await.unwrap().text().await.unwrap(),
+        "blue"
+    );
+    assert_eq!(
+        get("wiki.test").await.unwrap().text().await.unwrap(),
+        "green"
+    );
 
     let sites = two_color_site(&blue, &green, "preview_hosts = [\"next.wiki.test\"]");
     let q = Proxy::start("", &sites);
-    let r = c.get(q.url("/")).header("host", "next.wiki.test").send().await.unwrap();
+    let r = c
+        .get(q.url("/"))
+        .header("host", "next.wiki.test")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403, "preview is for allow_clients only");
 }
 
@@ -335,7 +574,15 @@ async fn writes_since_switch_guard_rollback() {
     p.ok(&["switch", "wiki", "green"]);
     let c = reqwest::Client::new();
     for _ in 0..3 {
-        assert_eq!(c.post(p.url("/echo")).body("w").send().await.unwrap().status(), 200);
+        assert_eq!(
+            c.post(p.url("/echo"))
+                .body("w")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
     }
     c.get(p.url("/")).send().await.unwrap();
     let st = p.status();
@@ -343,18 +590,40 @@ async fn writes_since_switch_guard_rollback() {
     let o = p.cli(&["rollback", "wiki"]);
     assert_eq!(o.status.code(), Some(1));
     let e = String::from_utf8_lossy(&o.stderr);
-    assert!(e.contains("3 write(s)") && e.contains("--discard-writes"), "{e}");
+    assert!(
+        e.contains("3 write(s)") && e.contains("--discard-writes"),
+        "{e}"
+    );
     // The guard survives a restart (the exact count does not; the mark does).
-    wait_until(Duration::from_secs(5), "the first write to be recorded in the state file", || {
-        std::fs::read_to_string(p.dir.join("state.json")).ok().filter(|s| s.contains("\"written_since_switch\": true"))
-    });
+    wait_until(
+        Duration::from_secs(5),
+        "the first write to be recorded in the state file",
+        || {
+            std::fs::read_to_string(p.dir.join("state.json"))
+                .ok()
+                .filter(|s| s.contains("\"written_since_switch\": true"))
+        },
+    );
     p.stop();
     let q = Proxy::spawn(None, &p.dir.clone(), &p.config.clone(), &[]).unwrap();
     let o = q.cli(&["rollback", "wiki"]);
-    assert_eq!(o.status.code(), Some(1), "rollback after restart must still be refused");
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "rollback after restart must still be refused"
+    );
     let out = q.ok(&["rollback", "wiki", "--discard-writes"]);
     assert!(out.contains("blue"), "{out}");
-    assert_eq!(c.get(q.url("/")).send().await.unwrap().text().await.unwrap(), "blue");
+    assert_eq!(
+        c.get(q.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "blue"
+    );
     // A clean switch back and forth without writes can be rolled back freely.
     q.ok(&["switch", "wiki", "green"]);
     q.ok(&["rollback", "wiki"]);
@@ -367,14 +636,29 @@ async fn websocket_drains_after_switch() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
     let p = Proxy::start("", &two_color_site(&blue, &green, ""));
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", p.http.unwrap())).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", p.http.unwrap()))
+        .await
+        .unwrap();
     ws.send("hello".into()).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap().into_text().unwrap(), "hello");
-    let (s, _) = control(&p.control, "POST", "/v1/sites/wiki/switch", Some(r#"{"to":"green","drain_s":1}"#), None).await;
+    assert_eq!(
+        ws.next().await.unwrap().unwrap().into_text().unwrap(),
+        "hello"
+    );
+    let (s, _) = control(
+        &p.control,
+        "POST",
+        "/v1/sites/wiki/switch",
+        Some(r#"{"to":"green","drain_s":1}"#),
+        None,
+    )
+    .await;
     assert_eq!(s, 200);
     // Still open during the drain.
     ws.send("still".into()).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap().into_text().unwrap(), "still");
+    assert_eq!(
+        ws.next().await.unwrap().unwrap().into_text().unwrap(),
+        "still"
+    );
     let closed = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             match ws.next().await {
@@ -385,5 +669,8 @@ async fn websocket_drains_after_switch() {
         }
     })
     .await;
-    assert!(closed.is_ok(), "the old-color WebSocket was not closed after the drain time");
+    assert!(
+        closed.is_ok(),
+        "the old-color WebSocket was not closed after the drain time"
+    );
 }
