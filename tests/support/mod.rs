@@ -288,6 +288,8 @@ pub struct Seen {
     pub requests: AtomicUsize,
     pub writes: AtomicUsize,
     pub last_headers: Mutex<Option<http::HeaderMap>>,
+    /// "METHOD path" of every request, in order.
+    pub paths: Mutex<Vec<String>>,
 }
 
 /// A real HTTP/1.1 backend on 127.0.0.1 named `name`. Paths:
@@ -386,6 +388,10 @@ async fn backend_answer(name: &str, seen: &Seen, mut req: Request<Incoming>) -> 
         seen.writes.fetch_add(1, Ordering::SeqCst);
     }
     *seen.last_headers.lock().unwrap() = Some(req.headers().clone());
+    seen.paths
+        .lock()
+        .unwrap()
+        .push(format!("{} {}", req.method(), req.uri().path()));
     let path = req.uri().path().to_string();
     let mut resp = match path.as_str() {
         "/echo" => Response::new(req.into_body().boxed()),
@@ -528,13 +534,45 @@ pub async fn control(
 }
 
 /// Like [`control`], but None instead of a panic when the daemon goes away mid-call.
-pub async fn try_control(p: &Path, method: &str, uri: &str, body: Option<&str>) -> Option<(u16, serde_json::Value)> {
+pub async fn try_control(
+    p: &Path,
+    method: &str,
+    uri: &str,
+    body: Option<&str>,
+) -> Option<(u16, serde_json::Value)> {
     let s = tokio::net::UnixStream::connect(p).await.ok()?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.ok()?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .ok()?;
     tokio::spawn(conn);
-    let req = Request::builder().method(method).uri(uri).header("host", "switchyard").body(Full::new(Bytes::from(body.unwrap_or("").to_string()))).ok()?;
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", "switchyard")
+        .body(Full::new(Bytes::from(body.unwrap_or("").to_string())))
+        .ok()?;
     let resp = send.send_request(req).await.ok()?;
     let status = resp.status().as_u16();
     let b = resp.into_body().collect().await.ok()?.to_bytes();
-    Some((status, serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null)))
+    Some((
+        status,
+        serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+/// Sends raw bytes on a new TCP connection and returns everything read until the peer closes or
+/// `wait` passes without data.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(wait, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
