@@ -3,7 +3,7 @@
 //! site and backend are held across the upstream call. No lock is taken here.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,9 @@ pub struct Edge {
     pub metrics: Arc<Metrics>,
     /// How long a backend that refused a connection is skipped.
     pub eject_backoff: Duration,
+    /// The port the HTTPS listener actually bound (0 until it has): redirects use it, so a
+    /// configured port 0 or a rebind never sends clients to the wrong port.
+    pub https_port: AtomicU16,
 }
 
 impl Edge {
@@ -64,17 +67,18 @@ impl Edge {
             log,
             metrics,
             eject_backoff: Duration::from_secs(10),
+            https_port: AtomicU16::new(0),
         }
     }
 }
 
 /// Bookkeeping that must happen when the response body ends: the access-log line, the write's
-/// in-flight count, the connection's in-flight count.
+/// in-flight count, the connection's in-flight count (both guards release on drop).
 struct Done {
     record: Option<Record>,
     log: Option<AccessLog>,
     _write: Option<WriteGuard>,
-    conn: Arc<Conn>,
+    _inflight: Inflight,
 }
 
 impl Finish for Done {
@@ -82,8 +86,27 @@ impl Finish for Done {
         if let (Some(r), Some(log)) = (self.record.take(), self.log.take()) {
             log.send(r.format(bytes, complete));
         }
-        self.conn.inflight.fetch_sub(1, Ordering::Relaxed);
         self._write = None;
+    }
+}
+
+/// Counts a request into its connection's `inflight` until dropped. A guard rather than a manual
+/// decrement at the end of `handle`: hyper drops the handler future when an HTTP/2 client resets
+/// the stream (or the connection goes away) before the answer is ready, and the idle watchdog
+/// must not see that request as in flight forever.
+struct Inflight(Arc<Conn>);
+
+impl Inflight {
+    fn enter(conn: Arc<Conn>) -> Inflight {
+        conn.inflight.fetch_add(1, Ordering::Relaxed);
+        conn.activity.fetch_add(1, Ordering::Relaxed);
+        Inflight(conn)
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -92,7 +115,8 @@ pub async fn handle(
     conn: Arc<Conn>,
     req: Request<Incoming>,
 ) -> Response<RespBody> {
-    conn.inflight.fetch_add(1, Ordering::Relaxed);
+    let inflight = Inflight::enter(conn);
+    let conn = &inflight.0;
     let start = Instant::now();
     let mut ctx = Ctx {
         site: None,
@@ -113,7 +137,7 @@ pub async fn handle(
         Default::default()
     };
     let json = wants_json(req.headers().get(ACCEPT));
-    let mut resp = match forward(&edge, &conn, req, &mut ctx).await {
+    let mut resp = match forward(&edge, conn, req, &mut ctx).await {
         Ok(r) => r,
         Err(e) => {
             edge.metrics.proxy_error(&e);
@@ -140,7 +164,7 @@ pub async fn handle(
         record,
         log: edge.log.enabled().then(|| edge.log.clone()),
         _write: ctx.write.take(),
-        conn,
+        _inflight: inflight,
     }));
     resp
 }
@@ -187,6 +211,10 @@ async fn forward(
     ctx.color = Some(site.active);
     if !conn.https && site.redirect_http {
         if let Some(port) = https_port {
+            let port = match edge.https_port.load(Ordering::Relaxed) {
+                0 => port,
+                bound => bound,
+            };
             return Ok(redirect(host, port, req.uri()));
         }
     }
@@ -326,10 +354,11 @@ fn upstream_uri(b: &Backend, pq: PathAndQuery) -> Uri {
 fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
     let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = src {
-        if let Some(b) = s.downcast_ref::<BodyError>() {
-            if let BodyError::TooLarge(n) = b {
-                return ProxyError::BodyTooLarge(*n);
-            }
+        match s.downcast_ref::<BodyError>() {
+            Some(BodyError::TooLarge(n)) => return ProxyError::BodyTooLarge(*n),
+            // The client's own body broke (bad chunk framing, cut off): its fault, not the backend's.
+            Some(BodyError::Hyper(_)) => return ProxyError::BadRequest("the request body is malformed or was cut off"),
+            None => {}
         }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::TimedOut {
