@@ -199,7 +199,9 @@ impl HostPattern {
     pub fn matches(&self, host: &str) -> bool {
         match self {
             HostPattern::Exact(h) => h == host,
-            HostPattern::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+            HostPattern::Wildcard(suffix) => {
+                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            }
         }
     }
 }
@@ -223,7 +225,9 @@ fn check_host_chars(h: &str) -> Result<(), String> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':')))
     {
-        return Err(format!("`{h}` contains `{c}`, which is not allowed in a host name"));
+        return Err(format!(
+            "`{h}` contains `{c}`, which is not allowed in a host name"
+        ));
     }
     Ok(())
 }
@@ -329,4 +333,34 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         source,
     })?;
     parse_config(path, &text)
+}
+
+/// What `switchyard check` runs: [`load`], then the certificates the config points at (a key that
+/// does not match its certificate, a crt without its key, an empty folder), reported at the line
+/// of `certs`. Separate from `load` because client commands read the config only to find the
+/// control socket, and an operator running them may not be allowed to read private keys.
+pub fn check(path: &Path) -> Result<Config, ConfigError> {
+    let cfg = load(path)?;
+    if let (Some(_), Some(dir)) = (&cfg.proxy.https, &cfg.proxy.certs) {
+        if let Err(e) = crate::proxy::tls::load_dir(dir) {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            return Err(ConfigError::Invalid(vec![Problem {
+                file: path.display().to_string(),
+                line: key_line(&text, "certs").unwrap_or(1),
+                message: e.to_string(),
+            }]));
+        }
+    }
+    Ok(cfg)
+}
+
+/// The 1-based line where `key = ...` is set, if it is.
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
 }

@@ -18,7 +18,11 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn line(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
     }
 
     fn err<T>(&mut self, span: &S<T>, message: impl Into<String>) {
@@ -77,7 +81,13 @@ impl Ctx<'_> {
             None => default,
             Some(n) if (min..=max).contains(n.get_ref()) => *n.get_ref(),
             Some(n) => {
-                self.err(n, format!("`{key}` must be between {min} and {max}, not {}", n.get_ref()));
+                self.err(
+                    n,
+                    format!(
+                        "`{key}` must be between {min} and {max}, not {}",
+                        n.get_ref()
+                    ),
+                );
                 default
             }
         }
@@ -91,7 +101,13 @@ pub fn parse_config(path: &Path, text: &str) -> Result<Config, ConfigError> {
         text,
         base: path
             .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
             .unwrap_or(Path::new("."))
             .to_path_buf(),
         problems: Vec::new(),
@@ -120,7 +136,10 @@ pub fn parse_config(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let mut seen_hosts: HashMap<String, (String, usize)> = HashMap::new();
     let mut seen_names: HashMap<String, usize> = HashMap::new();
     if raw.site.is_empty() {
-        cx.err(&raw.proxy, "no [[site]] is defined; add at least one with a name, hosts and pools");
+        cx.err(
+            &raw.proxy,
+            "no [[site]] is defined; add at least one with a name, hosts and pools",
+        );
     }
     for rs in &raw.site {
         let line = cx.line(rs.span().start);
@@ -129,9 +148,17 @@ pub fn parse_config(path: &Path, text: &str) -> Result<Config, ConfigError> {
             cx.err(&rs.get_ref().name, format!("site `{name}` is defined twice (first at line {prev}); site names must be unique"));
         }
         if let Some(site) = site(&mut cx, rs.get_ref(), proxy.https.is_some()) {
-            for (h, span) in site.hosts.iter().zip(rs.get_ref().hosts.iter()).chain(
-                site.preview_hosts.iter().zip(rs.get_ref().preview_hosts.iter()),
-            ) {
+            // Parse each raw entry again rather than zipping with `site.hosts`: a host that failed
+            // to parse is missing there, which would shift every later span by one line.
+            for span in rs
+                .get_ref()
+                .hosts
+                .iter()
+                .chain(rs.get_ref().preview_hosts.iter())
+            {
+                let Ok(h) = HostPattern::parse(span.get_ref()) else {
+                    continue;
+                };
                 let key = h.to_string();
                 if let Some((other, l)) = seen_hosts.get(&key) {
                     let msg = format!("host `{key}` is already used by site `{other}` (line {l}); a host can route to one site only");
@@ -200,7 +227,11 @@ fn proxy(cx: &mut Ctx, rp: &S<raw::RawProxy>) -> ProxyConfig {
                 .strip_prefix("uid:")
                 .and_then(|n| n.parse().ok())
                 .map(Principal::Uid)
-                .or_else(|| k.strip_prefix("gid:").and_then(|n| n.parse().ok()).map(Principal::Gid));
+                .or_else(|| {
+                    k.strip_prefix("gid:")
+                        .and_then(|n| n.parse().ok())
+                        .map(Principal::Gid)
+                });
             let role = match v.get_ref().as_str() {
                 "read" => Some(Role::Read),
                 "operate" => Some(Role::Operate),
@@ -208,8 +239,17 @@ fn proxy(cx: &mut Ctx, rp: &S<raw::RawProxy>) -> ProxyConfig {
             };
             match (principal, role) {
                 (Some(p), Some(r)) => control_allow.push((p, r)),
-                (None, _) => cx.err(v, format!("control_allow key `{k}` must be \"uid:N\" or \"gid:N\"")),
-                (_, None) => cx.err(v, format!("control_allow role `{}` must be \"read\" or \"operate\"", v.get_ref())),
+                (None, _) => cx.err(
+                    v,
+                    format!("control_allow key `{k}` must be \"uid:N\" or \"gid:N\""),
+                ),
+                (_, None) => cx.err(
+                    v,
+                    format!(
+                        "control_allow role `{}` must be \"read\" or \"operate\"",
+                        v.get_ref()
+                    ),
+                ),
             }
         }
     }
@@ -228,7 +268,12 @@ fn proxy(cx: &mut Ctx, rp: &S<raw::RawProxy>) -> ProxyConfig {
             }
         },
     };
-    let max_header_bytes = size(cx, &p.max_header_bytes, "max_header_bytes", d.max_header_bytes as u64);
+    let max_header_bytes = size(
+        cx,
+        &p.max_header_bytes,
+        "max_header_bytes",
+        d.max_header_bytes as u64,
+    );
     if max_header_bytes < 8192 {
         if let Some(s) = &p.max_header_bytes {
             cx.err(s, "`max_header_bytes` must be at least 8KiB");
@@ -237,14 +282,32 @@ fn proxy(cx: &mut Ctx, rp: &S<raw::RawProxy>) -> ProxyConfig {
     let limits = Limits {
         header_timeout: cx.duration(&p.header_timeout, "header_timeout", d.header_timeout),
         idle_timeout: cx.duration(&p.idle_timeout, "idle_timeout", d.idle_timeout),
-        handshake_timeout: cx.duration(&p.handshake_timeout, "handshake_timeout", d.handshake_timeout),
-        upstream_connect_timeout: cx.duration(&p.upstream_connect_timeout, "upstream_connect_timeout", d.upstream_connect_timeout),
+        handshake_timeout: cx.duration(
+            &p.handshake_timeout,
+            "handshake_timeout",
+            d.handshake_timeout,
+        ),
+        upstream_connect_timeout: cx.duration(
+            &p.upstream_connect_timeout,
+            "upstream_connect_timeout",
+            d.upstream_connect_timeout,
+        ),
         upstream_timeout: cx.duration(&p.upstream_timeout, "upstream_timeout", d.upstream_timeout),
         shutdown_timeout: cx.duration(&p.shutdown_timeout, "shutdown_timeout", d.shutdown_timeout),
-        read_only_drain_timeout: cx.duration(&p.read_only_drain_timeout, "read_only_drain_timeout", d.read_only_drain_timeout),
+        read_only_drain_timeout: cx.duration(
+            &p.read_only_drain_timeout,
+            "read_only_drain_timeout",
+            d.read_only_drain_timeout,
+        ),
         max_header_bytes: max_header_bytes.max(8192) as usize,
         max_body_bytes: size(cx, &p.max_body_bytes, "max_body_bytes", d.max_body_bytes),
-        max_connections: cx.count(&p.max_connections, "max_connections", 1, 10_000_000, d.max_connections as i64) as usize,
+        max_connections: cx.count(
+            &p.max_connections,
+            "max_connections",
+            1,
+            10_000_000,
+            d.max_connections as i64,
+        ) as usize,
     };
     ProxyConfig {
         http,
@@ -273,11 +336,18 @@ fn hosts(cx: &mut Ctx, list: &[S<String>]) -> Vec<HostPattern> {
 
 fn site(cx: &mut Ctx, rs: &RawSite, https: bool) -> Option<SiteConfig> {
     let name = rs.name.get_ref().clone();
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         cx.err(&rs.name, format!("site name `{name}` must be letters, digits, - or _ (it is used in URLs and file names)"));
     }
     if rs.hosts.is_empty() {
-        cx.err(&rs.name, format!("site `{name}` has no `hosts`; add e.g. hosts = [\"wiki.example.org\"]"));
+        cx.err(
+            &rs.name,
+            format!("site `{name}` has no `hosts`; add e.g. hosts = [\"wiki.example.org\"]"),
+        );
     }
     let hosts = hosts(cx, &rs.hosts);
     let preview_hosts = hosts_checked(cx, &rs.preview_hosts);
@@ -286,14 +356,23 @@ fn site(cx: &mut Ctx, rs: &RawSite, https: bool) -> Option<SiteConfig> {
         Some(a) => match Color::parse(a.get_ref()) {
             Some(c) => c,
             None => {
-                cx.err(a, format!("`active` must be \"blue\" or \"green\", not `{}`", a.get_ref()));
+                cx.err(
+                    a,
+                    format!(
+                        "`active` must be \"blue\" or \"green\", not `{}`",
+                        a.get_ref()
+                    ),
+                );
                 Color::Blue
             }
         },
     };
     let mut pools: [Vec<SocketAddr>; 2] = [Vec::new(), Vec::new()];
     if let Some(p) = &rs.pools {
-        for (color, list) in [(Color::Blue, &p.get_ref().blue), (Color::Green, &p.get_ref().green)] {
+        for (color, list) in [
+            (Color::Blue, &p.get_ref().blue),
+            (Color::Green, &p.get_ref().green),
+        ] {
             for a in list {
                 if let Some(addr) = cx.addr(a, "backend") {
                     pools[color.idx()].push(addr);
@@ -304,7 +383,11 @@ fn site(cx: &mut Ctx, rs: &RawSite, https: bool) -> Option<SiteConfig> {
     if rs.pools.is_none() && rs.release.is_none() {
         cx.err(&rs.name, format!("site `{name}` has neither [site.pools] nor [site.release]; give it backends, e.g. [site.pools] blue = [\"127.0.0.1:8081\"]"));
     } else if rs.release.is_none() && pools[active.idx()].is_empty() {
-        let span_line = rs.pools.as_ref().map(|p| p.span().start).unwrap_or(rs.name.span().start);
+        let span_line = rs
+            .pools
+            .as_ref()
+            .map(|p| p.span().start)
+            .unwrap_or(rs.name.span().start);
         let line = cx.line(span_line);
         cx.problems.push(Problem {
             file: cx.file.clone(),
@@ -320,7 +403,9 @@ fn site(cx: &mut Ctx, rs: &RawSite, https: bool) -> Option<SiteConfig> {
             let mut allow_clients = Vec::new();
             for c in &r.allow_clients {
                 let s = c.get_ref();
-                let parsed = s.parse::<IpNet>().or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from));
+                let parsed = s
+                    .parse::<IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from));
                 match parsed {
                     Ok(n) => allow_clients.push(n),
                     Err(_) => cx.err(c, format!("allow_clients entry `{s}` is not an address or a CIDR network like \"10.0.0.0/8\"")),
@@ -329,11 +414,17 @@ fn site(cx: &mut Ctx, rs: &RawSite, https: bool) -> Option<SiteConfig> {
             let mut allow_paths = Vec::new();
             for p in &r.allow_paths {
                 if !p.get_ref().starts_with('/') {
-                    cx.err(p, format!("allow_paths entry `{}` must start with /", p.get_ref()));
+                    cx.err(
+                        p,
+                        format!("allow_paths entry `{}` must start with /", p.get_ref()),
+                    );
                 }
                 allow_paths.push(p.get_ref().clone());
             }
-            ReadOnlyPolicy { allow_paths, allow_clients }
+            ReadOnlyPolicy {
+                allow_paths,
+                allow_clients,
+            }
         }
     };
     let release = rs.release.as_ref().map(|r| release(cx, r, &name));
@@ -355,13 +446,20 @@ fn hosts_checked(cx: &mut Ctx, list: &[S<String>]) -> Vec<HostPattern> {
 }
 
 fn health(cx: &mut Ctx, h: &RawHealth) -> HealthConfig {
-    let path = h.path.as_ref().map(|p| p.get_ref().clone()).unwrap_or_else(|| "/".into());
+    let path = h
+        .path
+        .as_ref()
+        .map(|p| p.get_ref().clone())
+        .unwrap_or_else(|| "/".into());
     if let Some(p) = &h.path {
         if !p.get_ref().starts_with('/') {
             cx.err(p, "health `path` must start with /");
         }
     }
-    let expect_status = h.expect_status.as_ref().map(|_| cx.count(&h.expect_status, "expect_status", 100, 599, 200) as u16);
+    let expect_status = h
+        .expect_status
+        .as_ref()
+        .map(|_| cx.count(&h.expect_status, "expect_status", 100, 599, 200) as u16);
     HealthConfig {
         path,
         interval: cx.duration(&h.interval, "interval", Duration::from_secs(2)),
@@ -374,7 +472,11 @@ fn health(cx: &mut Ctx, h: &RawHealth) -> HealthConfig {
 
 fn release(cx: &mut Ctx, rr: &S<RawRelease>, site: &str) -> ReleaseConfig {
     let r = rr.get_ref();
-    let prefix = r.prefix.as_ref().map(|p| p.get_ref().clone()).unwrap_or_else(|| "w2l-dev".into());
+    let prefix = r
+        .prefix
+        .as_ref()
+        .map(|p| p.get_ref().clone())
+        .unwrap_or_else(|| "w2l-dev".into());
     if let Some(p) = &r.prefix {
         if !valid_docker_name(&prefix) {
             cx.err(p, format!("prefix `{prefix}` must be letters, digits, -, _ or . (it becomes part of container names)"));
@@ -386,7 +488,10 @@ fn release(cx: &mut Ctx, rr: &S<RawRelease>, site: &str) -> ReleaseConfig {
         let s_ref = s.get_ref();
         let name = s_ref.name.get_ref().clone();
         if !valid_docker_name(&name) {
-            cx.err(&s_ref.name, format!("service name `{name}` must be letters, digits, -, _ or ."));
+            cx.err(
+                &s_ref.name,
+                format!("service name `{name}` must be letters, digits, -, _ or ."),
+            );
         }
         if names.contains(&name) {
             cx.err(&s_ref.name, format!("service `{name}` is listed twice"));
@@ -398,13 +503,23 @@ fn release(cx: &mut Ctx, rr: &S<RawRelease>, site: &str) -> ReleaseConfig {
                 Some((vol, mount)) if valid_docker_name(vol) && mount.starts_with('/') => {
                     volumes.push((vol.to_string(), mount.to_string()))
                 }
-                _ => cx.err(v, format!("volume `{}` must be NAME:/path (a named volume, one per environment)", v.get_ref())),
+                _ => cx.err(
+                    v,
+                    format!(
+                        "volume `{}` must be NAME:/path (a named volume, one per environment)",
+                        v.get_ref()
+                    ),
+                ),
             }
         }
         services.push(ServiceConfig {
             name,
             image: s_ref.image.get_ref().clone(),
-            env: s_ref.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            env: s_ref
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             volumes,
             command: s_ref.command.clone(),
             backup: s_ref.backup.clone(),
@@ -415,9 +530,17 @@ fn release(cx: &mut Ctx, rr: &S<RawRelease>, site: &str) -> ReleaseConfig {
     if services.is_empty() {
         cx.err(rr, format!("site `{site}`: [site.release] has no [[site.release.services]]; list at least the web service"));
     }
-    let web = r.web.as_ref().map(|w| w.get_ref().clone()).unwrap_or_else(|| "web".into());
+    let web = r
+        .web
+        .as_ref()
+        .map(|w| w.get_ref().clone())
+        .unwrap_or_else(|| "web".into());
     if !services.is_empty() && !names.contains(&web) {
-        let span = r.web.as_ref().map(|w| w.span().start).unwrap_or(rr.span().start);
+        let span = r
+            .web
+            .as_ref()
+            .map(|w| w.span().start)
+            .unwrap_or(rr.span().start);
         let line = cx.line(span);
         cx.problems.push(Problem {
             file: cx.file.clone(),
@@ -427,32 +550,55 @@ fn release(cx: &mut Ctx, rr: &S<RawRelease>, site: &str) -> ReleaseConfig {
     }
     let db = match &r.db {
         Some(d) => Some(d.get_ref().clone()),
-        None => services.iter().find(|s| s.backup.is_some()).map(|s| s.name.clone()),
+        None => services
+            .iter()
+            .find(|s| s.backup.is_some())
+            .map(|s| s.name.clone()),
     };
     if let Some(d) = &db {
         match services.iter().find(|s| &s.name == d) {
-            Some(s) if s.backup.is_none() || s.restore.is_none() => cx.err(rr, format!("site `{site}`: service `{d}` needs both `backup` and `restore` commands")),
-            None if !services.is_empty() => cx.err(rr, format!("site `{site}`: db service `{d}` is not among the services")),
+            Some(s) if s.backup.is_none() || s.restore.is_none() => cx.err(
+                rr,
+                format!("site `{site}`: service `{d}` needs both `backup` and `restore` commands"),
+            ),
+            None if !services.is_empty() => cx.err(
+                rr,
+                format!("site `{site}`: db service `{d}` is not among the services"),
+            ),
             _ => {}
         }
     }
     let web_port = cx.count(&r.web_port, "web_port", 1, 65535, 80) as u16;
     ReleaseConfig {
         prefix,
-        backups: cx.path(r.backups.as_ref().map(|b| b.get_ref().as_str()).unwrap_or("backups")),
+        backups: cx.path(
+            r.backups
+                .as_ref()
+                .map(|b| b.get_ref().as_str())
+                .unwrap_or("backups"),
+        ),
         keep_backups: cx.count(&r.keep_backups, "keep_backups", 1, 10_000, 10) as usize,
         web,
         web_port,
         db,
-        app_read_only: r.app_read_only.as_ref().map(|a| (a.get_ref().on.clone(), a.get_ref().off.clone())),
+        app_read_only: r
+            .app_read_only
+            .as_ref()
+            .map(|a| (a.get_ref().on.clone(), a.get_ref().off.clone())),
         verify_restore: r.verify_restore.clone(),
-        health_timeout: cx.duration(&r.health_timeout, "health_timeout", Duration::from_secs(120)),
+        health_timeout: cx.duration(
+            &r.health_timeout,
+            "health_timeout",
+            Duration::from_secs(120),
+        ),
         services,
     }
 }
 
 pub(crate) fn valid_docker_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 #[cfg(test)]
@@ -486,8 +632,16 @@ mod tests {
     fn gathers_every_problem() {
         let t = format!("{BASE}[[site]]\nname = \"a\"\nhosts = [\"a.test\"]\n[site.pools]\nblue = [\"nope\"]\n[[site]]\nname = \"b\"\nhosts = [\"a.test\"]\n");
         let p = problems(&t);
-        assert!(p.iter().any(|m| m.contains("t.toml:8:") && m.contains("not an address")), "{p:?}");
-        assert!(p.iter().any(|m| m.contains("t.toml:11:") && m.contains("already used")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|m| m.contains("t.toml:8:") && m.contains("not an address")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.contains("t.toml:11:") && m.contains("already used")),
+            "{p:?}"
+        );
         assert!(p.iter().any(|m| m.contains("neither")), "{p:?}");
     }
 }

@@ -21,7 +21,11 @@ pub enum BodyError {
 /// The client's request body on its way to the upstream.
 pub enum ReqBody {
     Empty,
-    Stream { inner: Incoming, remaining: u64, limit: u64 },
+    Stream {
+        inner: Incoming,
+        remaining: u64,
+        limit: u64,
+    },
 }
 
 impl ReqBody {
@@ -29,7 +33,11 @@ impl ReqBody {
         if inner.is_end_stream() {
             ReqBody::Empty
         } else {
-            ReqBody::Stream { inner, remaining: limit, limit }
+            ReqBody::Stream {
+                inner,
+                remaining: limit,
+                limit,
+            }
         }
     }
 }
@@ -38,10 +46,17 @@ impl Body for ReqBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
-            ReqBody::Stream { inner, remaining, limit } => match Pin::new(inner).poll_frame(cx) {
+            ReqBody::Stream {
+                inner,
+                remaining,
+                limit,
+            } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(d) = frame.data_ref() {
                         let n = d.len() as u64;
@@ -94,7 +109,12 @@ pub struct RespBody {
 
 impl RespBody {
     pub fn full(b: Bytes) -> RespBody {
-        RespBody { inner: Inner::Full(Some(b)), bytes: 0, done: false, finish: None }
+        RespBody {
+            inner: Inner::Full(Some(b)),
+            bytes: 0,
+            done: false,
+            finish: None,
+        }
     }
 
     pub fn empty() -> RespBody {
@@ -102,7 +122,12 @@ impl RespBody {
     }
 
     pub fn upstream(b: Incoming) -> RespBody {
-        RespBody { inner: Inner::Upstream(b), bytes: 0, done: false, finish: None }
+        RespBody {
+            inner: Inner::Upstream(b),
+            bytes: 0,
+            done: false,
+            finish: None,
+        }
     }
 
     pub fn on_finish(&mut self, f: Box<dyn Finish>) {
@@ -131,10 +156,17 @@ impl Body for RespBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let polled = match &mut this.inner {
-            Inner::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+            Inner::Full(b) => Poll::Ready(
+                b.take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
             Inner::Upstream(inc) => Pin::new(inc).poll_frame(cx),
         };
         match &polled {
@@ -152,7 +184,7 @@ impl Body for RespBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Inner::Full(b) => b.as_ref().is_none_or(|b| b.is_empty()),
+            Inner::Full(b) => !matches!(b, Some(b) if !b.is_empty()),
             Inner::Upstream(i) => i.is_end_stream(),
         }
     }

@@ -111,7 +111,11 @@ impl ProxyError {
         let h = resp.headers_mut();
         h.insert(
             CONTENT_TYPE,
-            HeaderValue::from_static(if json { "application/json" } else { "text/html; charset=utf-8" }),
+            HeaderValue::from_static(if json {
+                "application/json"
+            } else {
+                "text/html; charset=utf-8"
+            }),
         );
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let ProxyError::ReadOnly(n) = self {
@@ -164,7 +168,11 @@ mod tests {
     use super::*;
 
     fn notice() -> Arc<ReadOnlyNotice> {
-        Arc::new(ReadOnlyNotice { reason: "upgrade <1.2>".into(), retry_after_s: 300, retry_after: HeaderValue::from(300u64) })
+        Arc::new(ReadOnlyNotice {
+            reason: "upgrade <1.2>".into(),
+            retry_after_s: 300,
+            retry_after: HeaderValue::from(300u64),
+        })
     }
 
     #[test]
@@ -191,8 +199,12 @@ mod tests {
 
     #[test]
     fn accept_negotiation() {
-        assert!(wants_json(Some(&HeaderValue::from_static("application/json"))));
-        assert!(!wants_json(Some(&HeaderValue::from_static("text/html,application/json;q=0.9"))));
+        assert!(wants_json(Some(&HeaderValue::from_static(
+            "application/json"
+        ))));
+        assert!(!wants_json(Some(&HeaderValue::from_static(
+            "text/html,application/json;q=0.9"
+        ))));
         assert!(!wants_json(Some(&HeaderValue::from_static("*/*"))));
         assert!(!wants_json(None));
     }

@@ -23,7 +23,10 @@ impl Drop for WriteGuard {
 
 pub enum Gate {
     /// Forward. `read_only` asks for `X-Read-Only: 1`; `write` holds a write's in-flight count.
-    Pass { read_only: bool, write: Option<WriteGuard> },
+    Pass {
+        read_only: bool,
+        write: Option<WriteGuard>,
+    },
     Refuse(Arc<ReadOnlyNotice>),
 }
 
@@ -34,17 +37,26 @@ pub fn is_safe(m: &Method) -> bool {
 
 pub fn check(site: &SiteRoute, method: &Method, path: &str, client: IpAddr) -> Gate {
     if is_safe(method) {
-        return Gate::Pass { read_only: site.read_only.is_some(), write: None };
+        return Gate::Pass {
+            read_only: site.read_only.is_some(),
+            write: None,
+        };
     }
     let shared = &site.shared;
     shared.inflight_writes.fetch_add(1, Ordering::SeqCst);
     let guard = WriteGuard(shared.clone());
-    if shared.read_only.load(Ordering::SeqCst) && !site.policy.path_allowed(path) && !site.policy.client_allowed(client) {
+    if shared.read_only.load(Ordering::SeqCst)
+        && !site.policy.path_allowed(path)
+        && !site.policy.client_allowed(client)
+    {
         drop(guard);
         let notice = site.read_only.clone().unwrap_or_else(default_notice);
         return Gate::Refuse(notice);
     }
-    Gate::Pass { read_only: site.read_only.is_some(), write: Some(guard) }
+    Gate::Pass {
+        read_only: site.read_only.is_some(),
+        write: Some(guard),
+    }
 }
 
 /// Used in the instant between the flag going up and a table with the notice being visible.

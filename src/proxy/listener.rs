@@ -3,17 +3,14 @@
 //! within a deadline, then close).
 
 use std::convert::Infallible;
-use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio_rustls::TlsAcceptor;
@@ -84,6 +81,11 @@ pub async fn accept_loop(
     tracker: Arc<Tracker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    if tls.is_some() {
+        if let Ok(a) = listener.local_addr() {
+            edge.https_port.store(a.port(), Ordering::Relaxed);
+        }
+    }
     let builder = Arc::new(builder(&edge));
     loop {
         let accepted = tokio::select! {
@@ -179,10 +181,6 @@ async fn serve<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let io = Activity {
-        inner: io,
-        conn: conn.clone(),
-    };
     let limits = edge.limits.clone();
     let c2 = conn.clone();
     let svc = service_fn(move |req| {
@@ -192,7 +190,14 @@ async fn serve<IO>(
     });
     let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(c);
-    // Before the first request the header timeout applies; between requests the idle timeout.
+    // The idle watchdog. `conn.activity` counts requests started (bumped in `service::handle`),
+    // `conn.inflight` the ones not finished. A connection is idle when no request was in flight at
+    // a tick and none started since the previous one. Counting requests, not socket reads and
+    // writes, matters: HTTP/2 keep-alive PINGs (and a client's acks) would otherwise keep an idle
+    // h2 connection alive forever, and a client trickling bytes would too.
+    // Before the first request: min(header, idle), which closes silent connections (plain or TLS,
+    // h1 or an h2 client that sends the preface and nothing more). hyper's own h1
+    // header_read_timeout closes a request head that trickles in, also between keep-alive requests.
     let mut period = limits.header_timeout.min(limits.idle_timeout);
     let mut seen = 0u64;
     let mut draining = *shutdown.borrow();
@@ -224,64 +229,5 @@ async fn serve<IO>(
                 seen = now;
             }
         }
-    }
-}
-
-/// Counts reads and writes so the idle watchdog can tell a quiet connection from a busy one.
-struct Activity<IO> {
-    inner: IO,
-    conn: Arc<Conn>,
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Activity<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.conn.activity.fetch_add(1, Ordering::Relaxed);
-        }
-        r
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Activity<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.conn.activity.fetch_add(1, Ordering::Relaxed);
-        }
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.conn.activity.fetch_add(1, Ordering::Relaxed);
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

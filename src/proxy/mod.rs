@@ -25,6 +25,6 @@ pub struct Conn {
     pub sni: Option<Box<str>>,
     /// Requests on this connection whose response has not ended yet.
     pub inflight: AtomicUsize,
-    /// Bumped on every read and write; the idle watchdog looks for movement.
+    /// Requests started on this connection; the idle watchdog looks for movement.
     pub activity: AtomicU64,
 }

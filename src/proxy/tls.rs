@@ -74,7 +74,10 @@ pub fn load_dir(dir: &Path) -> Result<CertStore, TlsError> {
     entries.sort();
     let mut store = CertStore::default();
     let provider = provider();
-    for crt in entries.iter().filter(|p| p.extension().is_some_and(|e| e == "crt")) {
+    for crt in entries
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "crt"))
+    {
         let key = crt.with_extension("key");
         if !key.exists() {
             return Err(TlsError::Missing(crt.clone(), "certificate", "key"));
@@ -86,34 +89,48 @@ pub fn load_dir(dir: &Path) -> Result<CertStore, TlsError> {
         if chain.is_empty() {
             return Err(TlsError::NoCert(crt.clone(), "empty".into()));
         }
-        let der = PrivateKeyDer::from_pem_file(&key).map_err(|e| TlsError::Key(key.clone(), e.to_string()))?;
+        let der = PrivateKeyDer::from_pem_file(&key)
+            .map_err(|e| TlsError::Key(key.clone(), e.to_string()))?;
         let signer = provider
             .key_provider
             .load_private_key(der)
             .map_err(|e| TlsError::Key(key.clone(), e.to_string()))?;
         let ck = CertifiedKey::new(chain, signer);
         if ck.keys_match().is_err() {
-            return Err(TlsError::Mismatch { crt: crt.clone(), key });
+            return Err(TlsError::Mismatch {
+                crt: crt.clone(),
+                key,
+            });
         }
         let names = dns_names(crt, &ck.cert[0])?;
         let ck = Arc::new(ck);
         for n in &names {
             match n.strip_prefix("*.") {
                 Some(rest) => {
-                    store.wildcard.entry(format!(".{rest}")).or_insert_with(|| ck.clone());
+                    store
+                        .wildcard
+                        .entry(format!(".{rest}"))
+                        .or_insert_with(|| ck.clone());
                 }
                 None => {
                     store.exact.entry(n.clone()).or_insert_with(|| ck.clone());
                 }
             }
         }
-        let stem = crt.file_stem().and_then(|s| s.to_str()).unwrap_or("").to_string();
+        let stem = crt
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("")
+            .to_string();
         if stem == "default" || store.default.is_none() {
             store.default = Some(ck.clone());
         }
         store.loaded.push((stem, names));
     }
-    for k in entries.iter().filter(|p| p.extension().is_some_and(|e| e == "key")) {
+    for k in entries
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "key"))
+    {
         if !k.with_extension("crt").exists() {
             return Err(TlsError::Missing(k.clone(), "key", "certificate"));
         }
@@ -126,7 +143,8 @@ pub fn load_dir(dir: &Path) -> Result<CertStore, TlsError> {
 
 fn dns_names(path: &Path, der: &CertificateDer<'_>) -> Result<Vec<String>, TlsError> {
     use x509_parser::prelude::*;
-    let (_, cert) = X509Certificate::from_der(der.as_ref()).map_err(|e| TlsError::Parse(path.into(), e.to_string()))?;
+    let (_, cert) = X509Certificate::from_der(der.as_ref())
+        .map_err(|e| TlsError::Parse(path.into(), e.to_string()))?;
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for gn in &san.value.general_names {
@@ -172,7 +190,9 @@ pub fn server_config(store: Arc<ArcSwap<CertStore>>) -> Arc<ServerConfig> {
 
 /// Makes a self-signed certificate for `names` and writes NAME.crt/NAME.key into `dir`.
 pub fn write_self_signed(dir: &Path, stem: &str, names: &[&str]) -> anyhow::Result<()> {
-    let ck = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    let ck = rcgen::generate_simple_self_signed(
+        names.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+    )?;
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join(format!("{stem}.crt")), ck.cert.pem())?;
     let key = dir.join(format!("{stem}.key"));
@@ -198,7 +218,10 @@ mod tests {
         let a = s.get(Some("a.test")).unwrap();
         let w = s.get(Some("x.w.test")).unwrap();
         assert!(!Arc::ptr_eq(&a, &w));
-        assert!(Arc::ptr_eq(&s.get(None).unwrap(), &a), "first pair is the default");
+        assert!(
+            Arc::ptr_eq(&s.get(None).unwrap(), &a),
+            "first pair is the default"
+        );
         // swap the keys: a clear mismatch error
         std::fs::rename(d.path().join("w.key"), d.path().join("tmp")).unwrap();
         std::fs::copy(d.path().join("a.key"), d.path().join("w.key")).unwrap();
