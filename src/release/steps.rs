@@ -418,6 +418,7 @@ async fn interrupted() {
 async fn enter(ctx: &Ctx<'_>, j: &mut Journal, step: Step) -> Result<Instant, ReleaseError> {
     j.step = step;
     journal::save(ctx.cfg, j)?;
+    ctx.progress.line(format_args!("{step} …"));
     Ok(Instant::now())
 }
 
@@ -725,7 +726,8 @@ async fn unwind(ctx: &Ctx<'_>, j: &Journal) -> (Vec<String>, bool) {
     (notes, clean)
 }
 
-/// `up`: a first environment of `version` in `color` (default: the active color).
+/// `up`: a first environment of `version` in `color` (default: the active color). No migration
+/// runs: a fresh database is initialised by its image at the schema of its version.
 pub async fn up(ctx: &Ctx<'_>, version: &str, color: Option<Color>) -> Result<(), ReleaseError> {
     ctx.engine.check_images(ctx.rel, version).await?;
     let st = ctx.status().await?;
@@ -745,10 +747,6 @@ pub async fn up(ctx: &Ctx<'_>, version: &str, color: Option<Color>) -> Result<()
         "created {}-{color}-* with version {version}",
         ctx.prefix
     ));
-    if let Some((svc, cmd)) = ctx.migrate_service() {
-        ctx.run_ok(&id.container(svc), cmd, "the migration").await?;
-        p.line("migration done");
-    }
     let addr = ctx.engine.web_addr(&id, ctx.rel).await?;
     ctx.wait_healthy(addr).await?;
     ctx.set_pool(color, vec![addr.to_string()]).await?;
