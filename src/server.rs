@@ -41,7 +41,26 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     Ok(sock.listen(4096)?)
 }
 
+/// Raises the soft open-files limit to the hard one: an edge proxy with max_connections in the
+/// thousands must not fail at the common default of 1024.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!("cannot raise the open-files limit");
+            }
+        }
+    }
+}
+
 pub async fn serve(cfg: Config, on_ready: impl FnOnce(&Bound, &Config)) -> anyhow::Result<()> {
+    raise_fd_limit();
     let metrics = Arc::new(Metrics::default());
     let certs = match (&cfg.proxy.https, &cfg.proxy.certs) {
         (Some(_), Some(dir)) => Some(Arc::new(ArcSwap::from_pointee(tls::load_dir(dir)?))),
