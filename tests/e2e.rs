@@ -22,3 +22,6 @@ mod health;
 
 #[path = "e2e/hardening.rs"]
 mod hardening;
+
+#[path = "e2e/fuzz.rs"]
+mod fuzz;
