@@ -25,12 +25,14 @@ pub static X_READ_ONLY: HeaderName = HeaderName::from_static("x-read-only");
 /// Removes hop-by-hop headers. When `keep_upgrade`, `Connection: upgrade` and `Upgrade` are kept
 /// (a WebSocket handshake must reach the backend intact).
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    // Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1). Rare, so the allocation
-    // only happens when Connection lists something other than keep-alive/close/upgrade.
-    if let Some(conn) = h.get(header::CONNECTION) {
-        if let Ok(s) = conn.to_str() {
-            let named: Vec<HeaderName> = s
-                .split(',')
+    // Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1), in every Connection line,
+    // not only the first. Rare, so the Vec only allocates when Connection lists something other
+    // than keep-alive/close/upgrade.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for conn in h.get_all(header::CONNECTION) {
+        let Ok(s) = conn.to_str() else { continue };
+        named.extend(
+            s.split(',')
                 .map(str::trim)
                 .filter(|t| {
                     !t.is_empty()
@@ -38,20 +40,18 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
                         && !t.eq_ignore_ascii_case("close")
                         && !t.eq_ignore_ascii_case("upgrade")
                 })
-                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-                .collect();
-            for n in named {
-                h.remove(n);
-            }
-        }
+                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()),
+        );
     }
-    let te_trailers = h
-        .get(header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
+    for n in named {
+        h.remove(n);
+    }
+    let te_trailers = h.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
+        })
+    });
     for n in &HOP_BY_HOP {
         if keep_upgrade && n == header::CONNECTION {
             continue;
@@ -71,11 +71,23 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
 /// Adds the X-Forwarded-* headers for a request that came from `client` over `proto`.
 pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, https: bool, host: Option<&HeaderValue>) {
     let ip = crate::config::canonical_ip(client);
-    let value = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => HeaderValue::try_from(format!("{prev}, {ip}")),
-        _ => HeaderValue::try_from(ip.to_string()),
-    };
-    if let Ok(v) = value {
+    // Append to every X-Forwarded-For line the client sent (a header may legally be split over
+    // several lines), in order; one String either way.
+    let mut chain = String::with_capacity(64);
+    for v in h.get_all(&X_FORWARDED_FOR) {
+        if let Ok(prev) = v.to_str() {
+            let prev = prev.trim();
+            if !prev.is_empty() {
+                chain.push_str(prev);
+                chain.push_str(", ");
+            }
+        }
+    }
+    {
+        use std::fmt::Write as _;
+        let _ = write!(chain, "{ip}");
+    }
+    if let Ok(v) = HeaderValue::try_from(chain) {
         h.insert(&X_FORWARDED_FOR, v);
     }
     h.insert(

@@ -1198,3 +1198,93 @@ async fn an_h2_connection_whose_request_was_cancelled_still_goes_idle() {
     );
     assert!(t.elapsed() < Duration::from_secs(4));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_forwarding_and_connection_lines_are_all_honoured() {
+    let a = Backend::start("a").await;
+    let p = Proxy::start("", &site("a", &["a.test"], &[a.addr], &[], ""));
+    let mut r = raw(p.http.unwrap()).await;
+    r.send(
+        b"GET /headers HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2, 10.0.0.3\r\n\
+Connection: keep-alive\r\nConnection: X-One, X-Two\r\nX-One: 1\r\nX-Two: 2\r\nX-Three: 3\r\nTE: gzip\r\nTE: trailers\r\n\r\n",
+    )
+    .await;
+    let resp = r.response().await;
+    assert_eq!(resp.status(), 200, "{resp:?}");
+    let h: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(
+        h["x-forwarded-for"],
+        "10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"
+    );
+    assert!(h.get("x-one").is_none() && h.get("x-two").is_none(), "{h}");
+    assert_eq!(h["x-three"], "3");
+    assert_eq!(h["te"], "trailers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_tls_handshake_is_cut_off() {
+    let a = Backend::start("a").await;
+    let p = Proxy::start(
+        "handshake_timeout = \"500ms\"",
+        &site("a", &["a.test"], &[a.addr], &[], ""),
+    );
+    for hello in [&b""[..], b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"] {
+        let mut r = raw(p.https.unwrap()).await;
+        r.send(hello).await;
+        let t = Instant::now();
+        assert!(
+            r.closed_within(Duration::from_secs(5)).await,
+            "stalled handshake ({} bytes) not closed",
+            hello.len()
+        );
+        assert!(
+            t.elapsed() >= Duration::from_millis(400),
+            "closed too early: {:?}",
+            t.elapsed()
+        );
+    }
+    // A real handshake afterwards is fine.
+    let c = client(&p, &["a.test"]);
+    assert_eq!(
+        c.get(p.surl("a.test", "/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "a"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_idle_keep_alive_connections_exits_promptly() {
+    // Idle h1 and h2 keep-alive connections must not hold the shutdown to its 30 s deadline.
+    let a = Backend::start("a").await;
+    let mut p = Proxy::start("", &site("a", &["a.test"], &[a.addr], &[], ""));
+    let c = client(&p, &["a.test"]);
+    assert_eq!(
+        c.get(p.surl("a.test", "/")).send().await.unwrap().version(),
+        reqwest::Version::HTTP_2
+    );
+    let mut h1 = raw(p.http.unwrap()).await;
+    h1.send(&get("a.test", "/")).await;
+    assert_eq!(h1.response().await.status(), 200);
+    let mut tls_h1 = Raw::new(
+        tls_connect(p.https.unwrap(), "a.test", &[b"http/1.1"], BOTH)
+            .await
+            .stream,
+    );
+    tls_h1.send(&get("a.test", "/")).await;
+    assert_eq!(tls_h1.response().await.status(), 200);
+    let t = Instant::now();
+    let status = p.stop();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?} with idle connections open",
+        t.elapsed()
+    );
+    assert!(h1.closed_within(Duration::from_secs(1)).await);
+    assert!(tls_h1.closed_within(Duration::from_secs(1)).await);
+}
