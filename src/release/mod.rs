@@ -11,23 +11,33 @@
 //! # LIFECYCLE of a release (`switchyard release SITE --version V`)
 //!
 //! ```text
-//!  preflight ── images of V all local? active env running? no journal? lock taken? ──(no)──▶ exit 1, nothing changed
-//!     │ journal written: step = read-only
+//!  preflight ── images of V all local? active env running and in the active pool? no journal?
+//!     │          lock taken? ──(no)──▶ exit 1, nothing changed
+//!     │ journal written (step = create)
 //!     ▼
-//!  1 read-only ─ PUT /v1/read-only (returns once writes in flight are done) + app_read_only.on in the active web
-//!  2 backup ──── backup cmd in the active db → .partial file, sha256 while streaming, fsync, read back,
-//!     │          compare, manifest, rename; verify_restore output of the active db remembered
-//!  3 create ──── old idle env removed (its pool emptied first), new env {prefix}-{idle}-* created and
-//!     │          started, non-web services waited for (HEALTHCHECK or exposed port)
-//!  4 restore ─── restore cmd in the new db, dump on stdin; verify_restore must exit 0 and print
-//!     │          what it printed on the active db
-//!  5 migrate ─── migrate cmd in the new web
-//!  6 switch ──── new web /health polled on its published port (deadline: health_timeout),
-//!     │          PUT pool, POST switch (retried while the daemon still finds it unhealthy),
-//!     │          app_read_only.off in the old web, read-only off
+//!  1 create ──── idle color's pool emptied, its old env removed; new env {prefix}-{idle}-* created
+//!     │          and started with version V; non-web services waited for (HEALTHCHECK or port)
+//!  2 read-only ─ PUT /v1/read-only (returns once writes in flight are done) + app_read_only.on
+//!     │          in the active web                               ┐
+//!  3 backup ──── backup cmd in the active db → .partial file,    │
+//!     │          sha256 while streaming, fsync, read back,        │
+//!     │          compare, manifest, rename; verify_restore        │ the read-only window:
+//!     │          output of the active db remembered              │ backup + restore + migrate
+//!  4 restore ─── restore cmd in the new db, dump on stdin;        │ + health + switch
+//!     │          verify_restore must print the same               │
+//!  5 migrate ─── migrate cmd in the new web                       │
+//!  6 switch ──── new web /health polled on its published port     │
+//!     │          (deadline health_timeout), PUT pool, POST switch │
+//!     │          (retried while the daemon still finds it         │
+//!     │          unhealthy), app_read_only.off, read-only off    ┘
 //!     ▼
 //!  done: journal removed, old backups pruned; the old env is left running for `rollback`.
 //! ```
+//!
+//! Creating the new environment comes first (DESIGN.md lists it third) because starting a
+//! database (MariaDB initialising its data directory: ~5 s here) has nothing to wait for from the
+//! backup, and doing it before read-only keeps it out of the read-only window. The old env is
+//! untouched either way.
 //!
 //! The journal is rewritten (atomically) before each step starts. On a failure at any step, or
 //! Ctrl-C / SIGTERM, the failure path runs: if the switch did not happen the half-made env is
@@ -36,9 +46,10 @@
 //! reason. If a clean-up action itself fails, the journal stays so `release --abort` can finish it.
 //!
 //! After a crash the journal is still there: the daemon says so at startup and keeps the old env
-//! active (read-only stays on, as recorded in its state). `release --resume` continues at step 3
-//! when read-only is still on and the journal's backup still verifies, finishes if the switch had
-//! already happened, and otherwise starts again at step 1. `release --abort` runs the failure path.
+//! active (read-only stays on, as recorded in its state). `release --resume` finishes if the
+//! switch had already happened; when read-only is still on and the journal's backup still
+//! verifies it makes a fresh new env and goes on from the restore; otherwise it starts over.
+//! `release --abort` runs the failure path.
 
 pub mod backup;
 pub mod cli;
@@ -62,9 +73,9 @@ pub use journal::pending_release_note;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Step {
+    Create,
     ReadOnly,
     Backup,
-    Create,
     Restore,
     Migrate,
     Switch,
@@ -72,9 +83,9 @@ pub enum Step {
 
 impl Step {
     pub const ALL: [Step; 6] = [
+        Step::Create,
         Step::ReadOnly,
         Step::Backup,
-        Step::Create,
         Step::Restore,
         Step::Migrate,
         Step::Switch,
@@ -86,9 +97,9 @@ impl Step {
 
     pub fn name(self) -> &'static str {
         match self {
+            Step::Create => "create",
             Step::ReadOnly => "read-only",
             Step::Backup => "backup",
-            Step::Create => "create",
             Step::Restore => "restore",
             Step::Migrate => "migrate",
             Step::Switch => "switch",

@@ -298,7 +298,7 @@ pub async fn start(ctx: &Ctx<'_>, version: &str) -> Result<(), ReleaseError> {
         env.version,
         ctx.prefix
     ));
-    drive(ctx, j, Step::ReadOnly).await
+    drive(ctx, j, &Step::ALL).await
 }
 
 /// Continues an unfinished release after a crash or a failed clean-up.
@@ -319,7 +319,7 @@ pub async fn resume(ctx: &Ctx<'_>) -> Result<(), ReleaseError> {
             j.to,
             j.to_version
         ));
-        return drive(ctx, j, Step::Switch).await;
+        return drive(ctx, j, &[Step::Switch]).await;
     }
     if st.active != j.from {
         return Err(ReleaseError::Failed(format!("{} serves {}, but the journal expected {}; look at `switchyard status`, then `--abort`", ctx.name(), st.active, j.from)));
@@ -338,22 +338,20 @@ pub async fn resume(ctx: &Ctx<'_>) -> Result<(), ReleaseError> {
         }
         None => false,
     };
-    let from = if st.read_only && j.read_only_on && backup_ok {
+    let plan: &[Step] = if st.read_only && j.read_only_on && backup_ok {
         ctx.progress.line(format_args!(
-            "read-only is still on and backup {} verifies: resuming at step {}",
+            "read-only is still on and backup {} verifies: resuming with a fresh {} environment, then restore",
             j.backup.as_deref().unwrap_or(""),
-            Step::Create
+            j.to
         ));
-        Step::Create
+        &[Step::Create, Step::Restore, Step::Migrate, Step::Switch]
     } else {
-        ctx.progress.line(
-            "read-only was lifted or the backup is gone: starting again at step 1 (a fresh backup)",
-        );
+        ctx.progress.line("read-only was lifted or the backup is gone: starting again from step 1 (with a fresh backup)");
         j.backup = None;
-        Step::ReadOnly
+        &Step::ALL
     };
     journal::save(ctx.cfg, &mut j)?;
-    drive(ctx, j, from).await
+    drive(ctx, j, plan).await
 }
 
 /// Undoes an unfinished release: the failure path, run on purpose.
@@ -382,10 +380,10 @@ pub async fn abort(ctx: &Ctx<'_>) -> Result<(), ReleaseError> {
 }
 
 /// Runs the steps from `from`, racing Ctrl-C / SIGTERM; on any failure runs the failure path.
-async fn drive(ctx: &Ctx<'_>, j: Journal, from: Step) -> Result<(), ReleaseError> {
+async fn drive(ctx: &Ctx<'_>, j: Journal, plan: &[Step]) -> Result<(), ReleaseError> {
     let site = j.site.clone();
     let r = tokio::select! {
-        r = run_steps(ctx, j, from) => r,
+        r = run_steps(ctx, j, plan) => r,
         _ = interrupted() => Err(ReleaseError::Interrupted),
     };
     let Err(e) = r else { return Ok(()) };
@@ -422,13 +420,36 @@ async fn enter(ctx: &Ctx<'_>, j: &mut Journal, step: Step) -> Result<Instant, Re
     Ok(Instant::now())
 }
 
-async fn run_steps(ctx: &Ctx<'_>, mut j: Journal, from: Step) -> Result<(), ReleaseError> {
+async fn run_steps(ctx: &Ctx<'_>, mut j: Journal, plan: &[Step]) -> Result<(), ReleaseError> {
     let p = &ctx.progress;
     let old = ctx.env(j.from, j.from_version.as_deref().unwrap_or(""));
     let new = ctx.env(j.to, &j.to_version);
     let mut ro_since = None;
 
-    if from <= Step::ReadOnly {
+    if plan.contains(&Step::Create) {
+        let t = enter(ctx, &mut j, Step::Create).await?;
+        // The old idle environment (if any) goes: empty its pool first so nothing routes to it.
+        ctx.set_pool(j.to, Vec::new()).await?;
+        if let Some(e) = ctx.find_env(j.to).await? {
+            p.line(format_args!(
+                "          removing the previous {} environment ({}, version {})",
+                j.to, e.prefix, e.version
+            ));
+        }
+        ctx.engine.remove_env(&new, Some(ctx.rel)).await?;
+        ctx.create(&new).await?;
+        p.line(format_args!(
+            "{} done in {}: {}-{}-* on network {} with version {}",
+            Step::Create,
+            secs(t.elapsed()),
+            new.prefix,
+            new.color,
+            new.network(),
+            new.version
+        ));
+    }
+
+    if plan.contains(&Step::ReadOnly) {
         let t = enter(ctx, &mut j, Step::ReadOnly).await?;
         j.read_only_on = true;
         journal::save(ctx.cfg, &mut j)?;
@@ -448,7 +469,7 @@ async fn run_steps(ctx: &Ctx<'_>, mut j: Journal, from: Step) -> Result<(), Rele
         ));
     }
 
-    if from <= Step::Backup {
+    if plan.contains(&Step::Backup) {
         let t = enter(ctx, &mut j, Step::Backup).await?;
         let m = backup::take(&ctx.engine, ctx.rel, &old, p).await?;
         j.backup = Some(m.file.clone());
@@ -475,30 +496,7 @@ async fn run_steps(ctx: &Ctx<'_>, mut j: Journal, from: Step) -> Result<(), Rele
         ));
     }
 
-    if from <= Step::Create {
-        let t = enter(ctx, &mut j, Step::Create).await?;
-        // The old idle environment (if any) goes: empty its pool first so nothing routes to it.
-        ctx.set_pool(j.to, Vec::new()).await?;
-        if let Some(e) = ctx.find_env(j.to).await? {
-            p.line(format_args!(
-                "          removing the previous {} environment ({}, version {})",
-                j.to, e.prefix, e.version
-            ));
-        }
-        ctx.engine.remove_env(&new, Some(ctx.rel)).await?;
-        ctx.create(&new).await?;
-        p.line(format_args!(
-            "{} done in {}: {}-{}-* on network {} with version {}",
-            Step::Create,
-            secs(t.elapsed()),
-            new.prefix,
-            new.color,
-            new.network(),
-            new.version
-        ));
-    }
-
-    if from <= Step::Restore {
+    if plan.contains(&Step::Restore) {
         let t = enter(ctx, &mut j, Step::Restore).await?;
         let db = ctx.db()?;
         let cmd = db.restore.clone().ok_or_else(|| {
@@ -555,7 +553,7 @@ async fn run_steps(ctx: &Ctx<'_>, mut j: Journal, from: Step) -> Result<(), Rele
         ));
     }
 
-    if from <= Step::Migrate {
+    if plan.contains(&Step::Migrate) {
         let t = enter(ctx, &mut j, Step::Migrate).await?;
         match ctx.migrate_service() {
             Some((svc, cmd)) => {
@@ -656,7 +654,7 @@ async fn unwind(ctx: &Ctx<'_>, j: &Journal) -> (Vec<String>, bool) {
     let old = ctx.env(j.from, j.from_version.as_deref().unwrap_or(""));
     if switched {
         notes.push(format!("the switch to {} had already happened: {} serves {}; `switchyard rollback {}` goes back", j.to, j.to, j.to_version, j.site));
-    } else if j.step >= Step::Create && clean {
+    } else if clean {
         if let Err(e) = ctx.set_pool(j.to, Vec::new()).await {
             notes.push(format!("could not empty the {} pool: {e}", j.to));
         }

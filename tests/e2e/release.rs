@@ -424,7 +424,7 @@ async fn issue_5_release_under_load_then_guarded_rollback() {
         let t = Instant::now();
         let (mut child, rx, err) = s2.spawn(&["release", SITE, "--version", "2"]);
         let mut seen = Vec::new();
-        wait_line(&rx, "2/6 backup done", &mut seen);
+        wait_line(&rx, "3/6 backup done", &mut seen);
         let second = s2.release("2");
         for l in rx.iter() {
             seen.push(l);
@@ -465,9 +465,9 @@ async fn issue_5_release_under_load_then_guarded_rollback() {
         text(&second)
     );
     for step in [
-        "1/6 read-only",
-        "2/6 backup",
-        "3/6 create",
+        "1/6 create",
+        "2/6 read-only",
+        "3/6 backup",
         "4/6 restore",
         "5/6 migrate",
         "6/6 switch",
@@ -570,7 +570,7 @@ async fn issue_5_fault_read_only_step() {
             r#"on = ["/sy-testapp", "fail"]"#,
         )],
         "2",
-        "1/6 read-only",
+        "2/6 read-only",
     )
     .await;
     assert!(
@@ -590,7 +590,7 @@ async fn issue_5_fault_backup_command() {
             r#"backup = ["/sy-testapp", "fail"]"#,
         )],
         "2",
-        "2/6 backup",
+        "3/6 backup",
     )
     .await;
     let left: Vec<_> = std::fs::read_dir(s.backups_dir())
@@ -602,9 +602,25 @@ async fn issue_5_fault_backup_command() {
     );
     assert_eq!(
         s.container_state("green", "db"),
-        "",
-        "no environment may be created after a failed backup"
+        "exited",
+        "the new env is stopped and kept"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_5_fault_create() {
+    if !testapp() {
+        return;
+    }
+    // The new db exits at once: step 1 fails before read-only was ever turned on.
+    let s = fault(
+        "create",
+        &[(r#"command = ["db"]"#, r#"command = ["fail"]"#)],
+        "2",
+        "1/6 create",
+    )
+    .await;
+    assert!(!s.backups_dir().exists(), "no backup before the env exists");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -706,7 +722,8 @@ async fn issue_5_fault_web_never_healthy() {
     );
 }
 
-/// Ctrl-C in the middle (step 3, the new db is slow to start) undoes like a failure.
+/// Ctrl-C in the middle (step 6, waiting for a new web that never gets healthy) undoes like a
+/// failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_5_ctrl_c_during_release() {
     if !testapp() {
@@ -715,25 +732,22 @@ async fn issue_5_ctrl_c_during_release() {
     let s = Stack::start("sigint", testapp_release);
     s.ok(&["up", SITE, "--version", "1"]);
     assert_eq!(s.post_note("kept").await.status(), 201);
-    s.edit("DB_ENV = \"1\"", "STARTUP_DELAY_MS = \"20000\"");
+    s.edit("WEB_ENV = \"1\"", "SY_HEALTH_FAIL = \"1\"");
+    s.edit("health_timeout = \"30s\"", "health_timeout = \"90s\"");
     let (mut child, rx, err) = s.spawn(&["release", SITE, "--version", "2"]);
     let mut seen = Vec::new();
-    wait_line(&rx, "3/6 create …", &mut seen);
-    wait_until(
-        Duration::from_secs(30),
-        "the new db container to run",
-        || (s.container_state("green", "db") == "running").then_some(()),
-    );
+    wait_line(&rx, "6/6 switch …", &mut seen);
+    assert_eq!(s.site_status()["read_only"], true);
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait().unwrap();
     let err = err.lock().unwrap().join("\n");
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(
-        err.contains("3/6 create") && err.contains("interrupted"),
+        err.contains("6/6 switch") && err.contains("interrupted"),
         "{err}"
     );
     s.assert_recovered(1).await;
-    assert_eq!(s.container_state("green", "db"), "exited");
+    assert_eq!(s.container_state("green", "web"), "exited");
 }
 
 /// A release killed mid-way (as by a crash) leaves its journal and read-only on; `--abort`
@@ -746,11 +760,12 @@ async fn issue_5_crash_then_abort_then_resume() {
     let s = Stack::start("crash", testapp_release);
     s.ok(&["up", SITE, "--version", "1"]);
     assert_eq!(s.post_note("kept").await.status(), 201);
-    s.edit("DB_ENV = \"1\"", "STARTUP_DELAY_MS = \"3000\"");
+    s.edit("WEB_ENV = \"1\"", "SY_HEALTH_FAIL = \"1\"");
+    s.edit("health_timeout = \"30s\"", "health_timeout = \"90s\"");
     let crash = |s: &Stack| {
         let (mut child, rx, _) = s.spawn(&["release", SITE, "--version", "2"]);
         let mut seen = Vec::new();
-        wait_line(&rx, "3/6 create …", &mut seen);
+        wait_line(&rx, "6/6 switch …", &mut seen);
         child.kill().unwrap();
         child.wait().unwrap();
     };
@@ -771,9 +786,9 @@ async fn issue_5_crash_then_abort_then_resume() {
     s.assert_recovered(1).await;
 
     crash(&s);
-    s.edit("STARTUP_DELAY_MS = \"3000\"", "DB_ENV = \"1\"");
+    s.edit("SY_HEALTH_FAIL = \"1\"", "WEB_ENV = \"1\"");
     let r = s.ok(&["release", SITE, "--resume"]);
-    assert!(r.contains("resuming at step 3/6 create"), "{r}");
+    assert!(r.contains("resuming with a fresh green environment"), "{r}");
     assert_eq!(s.version().await, "2");
     assert_eq!(
         s.notes().await.len(),
@@ -889,7 +904,7 @@ async fn issue_5_mariadb_release_and_window_vs_size() {
                 &s,
                 color,
                 &format!(
-                    "insert into wiki.pages select seq, repeat('x', 200) from seq_{}_to_{n}",
+                    "insert into wiki.pages select seq, repeat('x', 200) from wiki.seq_{}_to_{n}",
                     have + 1
                 ),
             );
@@ -908,7 +923,7 @@ async fn issue_5_mariadb_release_and_window_vs_size() {
         );
         let size = out
             .lines()
-            .find(|l| l.contains("2/6 backup done"))
+            .find(|l| l.contains("3/6 backup done"))
             .and_then(|l| l.split(": ").nth(1))
             .and_then(|l| l.split(" verified").next())
             .unwrap_or("?")
