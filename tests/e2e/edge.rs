@@ -1288,3 +1288,46 @@ async fn sigterm_with_idle_keep_alive_connections_exits_promptly() {
     assert!(h1.closed_within(Duration::from_secs(1)).await);
     assert!(tls_h1.closed_within(Duration::from_secs(1)).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_streaming_far_past_the_limit_gets_413_not_a_reset() {
+    let a = Backend::start("a").await;
+    let p = Proxy::start(
+        "max_body_bytes = \"1MiB\"",
+        &site("a", &["a.test"], &[a.addr], &[], ""),
+    );
+    let h1 = reqwest::Client::builder().http1_only().build().unwrap();
+    let up = futures_util::stream::iter(
+        (0..64).map(|_| Ok::<_, std::io::Error>(Bytes::from_static(&CHUNK))),
+    );
+    let r = h1
+        .post(p.url("/count"))
+        .header("host", "a.test")
+        .body(reqwest::Body::wrap_stream(up))
+        .send()
+        .await;
+    assert_eq!(
+        r.map(|r| r.status().as_u16()).map_err(|e| format!("{e:?}")),
+        Ok(413),
+        "h1"
+    );
+    let c = client(&p, &["a.test"]);
+    let up = futures_util::stream::iter(
+        (0..64).map(|_| Ok::<_, std::io::Error>(Bytes::from_static(&CHUNK))),
+    );
+    let r = c
+        .post(p.surl("a.test", "/count"))
+        .body(reqwest::Body::wrap_stream(up))
+        .send()
+        .await;
+    assert_eq!(
+        r.map(|r| r.status().as_u16()).map_err(|e| format!("{e:?}")),
+        Ok(413),
+        "h2"
+    );
+    // Expect: 100-continue with a declared length over the limit: 413 instead of 100.
+    let mut r = raw(p.http.unwrap()).await;
+    r.send(b"POST /count HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2000000\r\nExpect: 100-continue\r\n\r\n").await;
+    let resp = r.response().await;
+    assert_eq!(resp.status(), 413, "{resp:?}");
+}
