@@ -181,6 +181,8 @@ pub fn server_config(store: Arc<ArcSwap<CertStore>>) -> Arc<ServerConfig> {
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Resolver(store)));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The server's suite order (strongest first) wins over the client's.
+    cfg.ignore_client_order = true;
     cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
     if let Ok(t) = rustls::crypto::aws_lc_rs::Ticketer::new() {
         cfg.ticketer = t;
@@ -190,13 +192,18 @@ pub fn server_config(store: Arc<ArcSwap<CertStore>>) -> Arc<ServerConfig> {
 
 /// Makes a self-signed certificate for `names` and writes NAME.crt/NAME.key into `dir`.
 pub fn write_self_signed(dir: &Path, stem: &str, names: &[&str]) -> anyhow::Result<()> {
-    let ck = rcgen::generate_simple_self_signed(
-        names.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-    )?;
+    let key_pair = rcgen::KeyPair::generate()?;
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    // A dev certificate valid for a year, like a real one, not rcgen's default of centuries.
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(365);
+    let cert = params.self_signed(&key_pair)?;
     std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join(format!("{stem}.crt")), ck.cert.pem())?;
+    std::fs::write(dir.join(format!("{stem}.crt")), cert.pem())?;
     let key = dir.join(format!("{stem}.key"));
-    std::fs::write(&key, ck.key_pair.serialize_pem())?;
+    std::fs::write(&key, key_pair.serialize_pem())?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
