@@ -3,14 +3,17 @@
 //! within a deadline, then close).
 
 use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio_rustls::TlsAcceptor;
@@ -59,7 +62,9 @@ pub fn builder(edge: &Edge) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(edge.limits.header_timeout)
+        // Off: hyper's timer also runs between keep-alive requests, which would cap the idle
+        // timeout at the header timeout. The watchdog in `serve` enforces both.
+        .header_read_timeout(None)
         .max_buf_size(edge.limits.max_header_bytes.max(8192))
         .keep_alive(true);
     b.http2()
@@ -139,6 +144,9 @@ async fn connection(
                 sni: None,
                 inflight: 0.into(),
                 activity: 0.into(),
+                reads: 0.into(),
+                reads_at_rest: 0.into(),
+                h2: false,
             });
             serve(stream, conn, edge, &builder, shutdown).await
         }
@@ -160,12 +168,16 @@ async fn connection(
             };
             edge.metrics.tls_handshakes.inc();
             let sni = tls.get_ref().1.server_name().map(Into::into);
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let conn = Arc::new(Conn {
                 peer,
                 https: true,
                 sni,
                 inflight: 0.into(),
                 activity: 0.into(),
+                reads: 0.into(),
+                reads_at_rest: 0.into(),
+                h2,
             });
             serve(tls, conn, edge, &builder, shutdown).await
         }
@@ -188,18 +200,29 @@ async fn serve<IO>(
         let conn = c2.clone();
         async move { Ok::<_, Infallible>(service::handle(edge, conn, req).await) }
     });
+    let io = Reads {
+        inner: io,
+        conn: conn.clone(),
+    };
     let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(c);
-    // The idle watchdog. `conn.activity` counts requests started (bumped in `service::handle`),
-    // `conn.inflight` the ones not finished. A connection is idle when no request was in flight at
-    // a tick and none started since the previous one. Counting requests, not socket reads and
-    // writes, matters: HTTP/2 keep-alive PINGs (and a client's acks) would otherwise keep an idle
-    // h2 connection alive forever, and a client trickling bytes would too.
-    // Before the first request: min(header, idle), which closes silent connections (plain or TLS,
-    // h1 or an h2 client that sends the preface and nothing more). hyper's own h1
-    // header_read_timeout closes a request head that trickles in, also between keep-alive requests.
-    let mut period = limits.header_timeout.min(limits.idle_timeout);
-    let mut seen = 0u64;
+    // The watchdog for the header and idle timeouts. `conn.activity` counts requests started
+    // (bumped in `service::handle`), `conn.inflight` the unfinished ones, `conn.reads` socket
+    // reads. Each tick, a connection with a request in flight or a new one started is busy;
+    // otherwise it has been quiet since the last change, and it is closed once quiet for:
+    // - min(header, idle) before its first request (silent, or a head trickling in; also an h2
+    //   client that sends the preface and nothing more);
+    // - the header timeout, counted from the first bytes, when bytes arrived since the last
+    //   request finished (a request head on its way);
+    // - the idle timeout when nothing arrived (an idle keep-alive connection).
+    // Counting requests, not bytes, for "busy" matters: HTTP/2 keep-alive PINGs would otherwise
+    // keep an idle h2 connection alive forever. hyper's own header_read_timeout is off (see
+    // `builder`): it runs between keep-alive requests too and would cap idle at the header timeout.
+    let tick = (limits.header_timeout.min(limits.idle_timeout) / 2).max(Duration::from_millis(20));
+    let mut last_req = 0u64;
+    let mut quiet = Duration::ZERO;
+    let mut first = true;
+    let mut head_coming = false;
     let mut draining = *shutdown.borrow();
     if draining {
         c.as_mut().graceful_shutdown();
@@ -217,17 +240,91 @@ async fn serve<IO>(
                 draining = true;
                 c.as_mut().graceful_shutdown();
             }
-            _ = tokio::time::sleep(period) => {
-                let now = conn.activity.load(Ordering::Relaxed);
-                if now == seen && conn.inflight.load(Ordering::Relaxed) == 0 {
-                    tracing::trace!(peer = %conn.peer, "closing idle connection");
+            _ = tokio::time::sleep(tick) => {
+                let req = conn.activity.load(Ordering::Relaxed);
+                if req != last_req || conn.inflight.load(Ordering::Relaxed) > 0 {
+                    first &= req == 0;
+                    last_req = req;
+                    quiet = Duration::ZERO;
+                    head_coming = false;
+                    continue;
+                }
+                // Bytes after a quiet spell: a head is on its way; the header clock starts now.
+                if !head_coming
+                    && !conn.h2
+                    && conn.reads.load(Ordering::Relaxed)
+                        != conn.reads_at_rest.load(Ordering::Relaxed)
+                {
+                    head_coming = true;
+                    if !first {
+                        quiet = Duration::ZERO;
+                    }
+                }
+                quiet += tick;
+                let limit = if first {
+                    limits.header_timeout.min(limits.idle_timeout)
+                } else if head_coming {
+                    limits.header_timeout
+                } else {
+                    limits.idle_timeout
+                };
+                if quiet >= limit {
+                    tracing::trace!(peer = %conn.peer, head_coming, first, "closing idle connection");
                     return;
                 }
-                if now != seen {
-                    period = limits.idle_timeout;
-                }
-                seen = now;
             }
         }
+    }
+}
+
+/// Counts socket reads that returned bytes, for the watchdog: one relaxed add on a counter of
+/// this connection per read.
+struct Reads<IO> {
+    inner: IO,
+    conn: Arc<Conn>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Reads<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.conn.reads.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Reads<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

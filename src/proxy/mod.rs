@@ -27,4 +27,11 @@ pub struct Conn {
     pub inflight: AtomicUsize,
     /// Requests started on this connection; the idle watchdog looks for movement.
     pub activity: AtomicU64,
+    /// Socket reads that returned bytes: with no new request, bytes mean a request head is on its
+    /// way (the header timeout applies), none mean the connection is idle (the idle timeout).
+    pub reads: AtomicU64,
+    /// `reads` when the last request finished: more than that, and a new head is on its way.
+    pub reads_at_rest: AtomicU64,
+    /// ALPN chose h2: reads there include PING acks, so they do not mean a head is coming.
+    pub h2: bool,
 }

@@ -106,6 +106,9 @@ impl Inflight {
 
 impl Drop for Inflight {
     fn drop(&mut self) {
+        // Reads up to here belonged to this request (its body): the watchdog's baseline.
+        let reads = self.0.reads.load(Ordering::Relaxed);
+        self.0.reads_at_rest.store(reads, Ordering::Relaxed);
         self.0.inflight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -357,7 +360,9 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
         match s.downcast_ref::<BodyError>() {
             Some(BodyError::TooLarge(n)) => return ProxyError::BodyTooLarge(*n),
             // The client's own body broke (bad chunk framing, cut off): its fault, not the backend's.
-            Some(BodyError::Hyper(_)) => return ProxyError::BadRequest("the request body is malformed or was cut off"),
+            Some(BodyError::Hyper(_)) => {
+                return ProxyError::BadRequest("the request body is malformed or was cut off")
+            }
             None => {}
         }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {

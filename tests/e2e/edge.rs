@@ -1331,3 +1331,55 @@ async fn a_client_streaming_far_past_the_limit_gets_413_not_a_reset() {
     let resp = r.response().await;
     assert_eq!(resp.status(), 413, "{resp:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_outlives_the_header_timeout_up_to_the_idle_timeout() {
+    // hyper's header_read_timeout also runs between keep-alive requests; it must not cut an idle
+    // connection at header_timeout when idle_timeout is longer. A head trickling in after the
+    // idle spell still gets only header_timeout.
+    let a = Backend::start("a").await;
+    let p = Proxy::start(
+        "idle_timeout = \"2s\"\nheader_timeout = \"400ms\"",
+        &site("a", &["a.test"], &[a.addr], &[], ""),
+    );
+    let mut r = raw(p.http.unwrap()).await;
+    r.send(&get("a.test", "/")).await;
+    assert_eq!(r.response().await.status(), 200);
+    let t = Instant::now();
+    assert!(
+        !r.closed_within(Duration::from_millis(1200)).await,
+        "keep-alive closed after {:?}, before idle_timeout",
+        t.elapsed()
+    );
+    r.send(&get("a.test", "/")).await;
+    assert_eq!(
+        r.response().await.body,
+        b"a",
+        "the kept connection still serves"
+    );
+    let t = Instant::now();
+    assert!(
+        r.closed_within(Duration::from_secs(5)).await,
+        "not closed after idle_timeout"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(1800),
+        "closed after {:?}",
+        t.elapsed()
+    );
+
+    let mut r = raw(p.http.unwrap()).await;
+    r.send(&get("a.test", "/")).await;
+    assert_eq!(r.response().await.status(), 200);
+    r.send(b"GET / HTTP/1.1\r\nHost: a.te").await;
+    let t = Instant::now();
+    assert!(
+        r.closed_within(Duration::from_secs(3)).await,
+        "a partial second head was not cut off"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "partial head lived {:?}, past header_timeout",
+        t.elapsed()
+    );
+}
