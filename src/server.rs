@@ -67,6 +67,10 @@ pub async fn serve(cfg: Config, on_ready: impl FnOnce(&Bound, &Config)) -> anyho
         _ => None,
     };
     let ops = Arc::new(Ops::new(cfg.clone(), certs.clone(), metrics.clone())?);
+    if let Some(note) = crate::release::pending_release_note(&cfg) {
+        // The state file still names the old environment, so it is what we serve.
+        tracing::warn!("{note}");
+    }
     let log = AccessLog::start(&cfg.proxy.access_log).context("cannot open the access log")?;
     let edge = Arc::new(Edge::new(
         ops.table.clone(),
