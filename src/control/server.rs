@@ -152,6 +152,7 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response
         .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("bad JSON body: {e}")))
 }
 
+#[allow(clippy::result_large_err)] // the error is the finished response, returned at once
 fn if_match(req: &Request<Incoming>) -> Result<Option<u64>, Response<Full<Bytes>>> {
     match req.headers().get(http::header::IF_MATCH) {
         None => Ok(None),

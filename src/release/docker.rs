@@ -578,7 +578,7 @@ impl Engine {
             .list(site, prefix)
             .await?
             .into_iter()
-            .filter(|e| color.map_or(true, |c| c == e.color))
+            .filter(|e| color.is_none_or(|c| c == e.color))
             .flat_map(|e| e.containers.into_values())
             .collect())
     }

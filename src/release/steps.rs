@@ -753,7 +753,7 @@ pub async fn up(ctx: &Ctx<'_>, version: &str, color: Option<Color>) -> Result<()
         id.container(&ctx.rel.web),
         ctx.name()
     ));
-    let active_empty = st.pools.get(&st.active).map_or(true, |v| v.is_empty());
+    let active_empty = st.pools.get(&st.active).is_none_or(|v| v.is_empty());
     if color != st.active && active_empty {
         ctx.switch(color).await?;
         p.line(format_args!("switched {} to {color}", ctx.name()));

@@ -157,7 +157,7 @@ impl RoutingTable {
                 }
             }
         }
-        t.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        t.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         t
     }
 

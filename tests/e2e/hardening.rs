@@ -366,7 +366,7 @@ async fn issue_7_h2_rapid_reset_is_bounded() {
         .unwrap();
     // h2c with prior knowledge on the plain listener (the auto builder accepts it).
     let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
-    let conn_task = tokio::spawn(async move { conn.await });
+    let conn_task = tokio::spawn(conn);
     let mut cut_off = false;
     for _ in 0..5000 {
         let req = http::Request::get("http://localhost/slow?ms=2000")

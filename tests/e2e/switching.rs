@@ -80,13 +80,15 @@ async fn issue_3_flip_1000_times_under_load() {
     for t in tasks {
         t.await.unwrap();
     }
-    let f = failures.lock().unwrap();
-    assert!(
-        f.is_empty(),
-        "{} failed requests, e.g. {:?}",
-        f.len(),
-        &f[..f.len().min(5)]
-    );
+    {
+        let f = failures.lock().unwrap();
+        assert!(
+            f.is_empty(),
+            "{} failed requests, e.g. {:?}",
+            f.len(),
+            &f[..f.len().min(5)]
+        );
+    }
     assert!(
         ok.load(Ordering::Relaxed) > 100,
         "too little load: {}",

@@ -440,10 +440,10 @@ async fn backend_answer(name: &str, seen: &Seen, mut req: Request<Incoming>) -> 
                     .await;
                     let (mut tx, mut rx) = futures_util::StreamExt::split(ws);
                     while let Some(Ok(m)) = futures_util::StreamExt::next(&mut rx).await {
-                        if m.is_text() || m.is_binary() {
-                            if futures_util::SinkExt::send(&mut tx, m).await.is_err() {
-                                break;
-                            }
+                        if (m.is_text() || m.is_binary())
+                            && futures_util::SinkExt::send(&mut tx, m).await.is_err()
+                        {
+                            break;
                         }
                     }
                 }
