@@ -331,3 +331,36 @@ async fn pool_set_applies_and_persists() {
         "green2"
     );
 }
+
+/// New certificates apply to new handshakes after `reload`; live connections are not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_new_certificates_to_new_handshakes() {
+    let (p, _b, _g) = proxy("").await;
+    let https = p.https.unwrap();
+    let before =
+        crate::edge::tls_connect(https, "reload.test", &[b"http/1.1"], crate::edge::BOTH).await;
+    assert!(
+        !before.names.contains(&"reload.test".to_string()),
+        "{:?}",
+        before.names
+    );
+    make_cert(&p.dir, "reload", &["reload.test"]);
+    let out = p.ok(&["reload"]);
+    assert!(out.contains("reload.test"), "{out}");
+    let after =
+        crate::edge::tls_connect(https, "reload.test", &[b"http/1.1"], crate::edge::BOTH).await;
+    assert_eq!(after.names, vec!["reload.test".to_string()]);
+    // A broken pair is refused with the file named; the old certificates keep serving.
+    std::fs::write(p.dir.join("certs/broken.crt"), "not a certificate").unwrap();
+    std::fs::write(p.dir.join("certs/broken.key"), "not a key").unwrap();
+    let o = p.cli(&["reload"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("broken"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let still =
+        crate::edge::tls_connect(https, "reload.test", &[b"http/1.1"], crate::edge::BOTH).await;
+    assert_eq!(still.names, vec!["reload.test".to_string()]);
+}

@@ -224,10 +224,10 @@ impl rustls::client::danger::ServerCertVerifier for Recorder {
     }
 }
 
-struct TlsConn {
-    stream: tokio_rustls::client::TlsStream<TcpStream>,
+pub(crate) struct TlsConn {
+    pub(crate) stream: tokio_rustls::client::TlsStream<TcpStream>,
     /// DNS names of the certificate the server presented.
-    names: Vec<String>,
+    pub(crate) names: Vec<String>,
 }
 
 impl TlsConn {
@@ -240,7 +240,7 @@ impl TlsConn {
     }
 }
 
-async fn tls_connect(
+pub(crate) async fn tls_connect(
     addr: SocketAddr,
     sni: &str,
     alpn: &[&[u8]],
@@ -293,7 +293,7 @@ fn san_names(der: &[u8]) -> Vec<String> {
         .collect()
 }
 
-const BOTH: &[&rustls::SupportedProtocolVersion] =
+pub(crate) const BOTH: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
 /// Peak resident memory of a process (VmHWM), in KiB.

@@ -458,3 +458,204 @@ async fn issue_7_ten_thousand_idle_connections() {
     assert!(per_conn < 64 * 1024, "{per_conn} bytes per idle connection");
     drop(conns);
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// See: issue 7. HTTP/2: the stream limit is advertised, and a client that never reads its
+/// responses (window starvation) cannot make the proxy buffer them: memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_7_h2_stream_limit_and_window_starvation() {
+    let b = Backend::start("b").await;
+    let p = Proxy::start(
+        "access_log = \"off\"",
+        &site("wiki", &["localhost", "127.0.0.1"], &[b.addr], &[], ""),
+    );
+    let pid = p.child.as_ref().unwrap().id();
+    let tcp = tokio::net::TcpStream::connect(p.http.unwrap())
+        .await
+        .unwrap();
+    let (h2, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    // One exchange first, so the server's SETTINGS have surely arrived.
+    let mut h2 = h2.ready().await.unwrap();
+    let (first, _) = h2
+        .send_request(
+            http::Request::get("http://localhost/").body(()).unwrap(),
+            true,
+        )
+        .unwrap();
+    tokio::select! {
+        r = first => assert_eq!(r.unwrap().status(), 200),
+        _ = &mut conn => panic!("connection ended"),
+    }
+    assert_eq!(
+        conn.max_concurrent_send_streams(),
+        250,
+        "the server's SETTINGS_MAX_CONCURRENT_STREAMS"
+    );
+    tokio::spawn(conn);
+    let before = rss_kib(pid);
+    // 100 streams × 20 MiB requested, none of it read: 2 GiB the proxy must not hold.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        h2 = h2.ready().await.unwrap();
+        let (resp, _) = h2
+            .send_request(
+                http::Request::get("http://localhost/big?mib=20")
+                    .body(())
+                    .unwrap(),
+                true,
+            )
+            .unwrap();
+        held.push(resp);
+    }
+    let mut heads = Vec::new();
+    for r in held {
+        heads.push(
+            tokio::time::timeout(Duration::from_secs(10), r)
+                .await
+                .expect("response head")
+                .unwrap(),
+        );
+    }
+    // Give the backends every chance to push; memory must stay flat anyway.
+    wait_until_async(
+        Duration::from_secs(10),
+        "the backend to have answered all 100",
+        || {
+            let n = b.hits();
+            async move { (n >= 101).then_some(()) }
+        },
+    )
+    .await;
+    let grown = rss_kib(pid).saturating_sub(before);
+    eprintln!("100 starved h2 streams of 20 MiB each: proxy RSS grew by {grown} KiB");
+    assert!(grown < 128 * 1024, "RSS grew by {grown} KiB");
+    drop(heads);
+    assert_eq!(reqwest::get(p.url("/")).await.unwrap().status(), 200);
+}
+
+/// See: issue 7. A flood of new TLS handshakes: memory and file descriptors come back down, and
+/// the proxy answers a normal request promptly during the flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_7_tls_handshake_flood_is_bounded() {
+    let b = Backend::start("b").await;
+    let p = Proxy::start(
+        "access_log = \"off\"",
+        &site("wiki", &["localhost", "127.0.0.1"], &[b.addr], &[], ""),
+    );
+    let pid = p.child.as_ref().unwrap().id();
+    let https = p.https.unwrap();
+    let fds_before = open_fds(pid);
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    #[derive(Debug)]
+    struct AnyCert(std::sync::Arc<rustls::crypto::CryptoProvider>);
+    impl rustls::client::danger::ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    // 64 concurrent clients, 25 handshakes each, half of them abandoned mid-way.
+    for t in 0..64 {
+        let connector = connector.clone();
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                let Ok(tcp) = tokio::net::TcpStream::connect(https).await else {
+                    continue;
+                };
+                if (t + i) % 2 == 0 {
+                    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                    if connector.connect(name, tcp).await.is_ok() {
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                } else {
+                    drop(tcp); // connect and leave
+                }
+            }
+        }));
+    }
+    let t = std::time::Instant::now();
+    assert_eq!(reqwest::get(p.url("/")).await.unwrap().status(), 200);
+    let during = t.elapsed();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(
+        done.load(std::sync::atomic::Ordering::Relaxed) > 700,
+        "handshakes done: {}",
+        done.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert!(
+        during < Duration::from_secs(3),
+        "a normal request took {during:?} during the flood"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "file descriptors to come back down",
+        || (open_fds(pid) <= fds_before + 8).then_some(()),
+    );
+    let rss = rss_kib(pid);
+    eprintln!(
+        "after 1600 handshakes: RSS {rss} KiB, fds {} (before {fds_before})",
+        open_fds(pid)
+    );
+    assert!(rss < 200 * 1024);
+}
