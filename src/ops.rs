@@ -256,13 +256,7 @@ impl Ops {
         let entry = next
             .sites
             .entry(site.to_string())
-            .or_insert_with(|| SiteState {
-                active: from,
-                previous: None,
-                switched_at: None,
-                pools: Default::default(),
-                written_since_switch: false,
-            });
+            .or_insert_with(|| SiteState::new(from));
         entry.active = req.to;
         entry.previous = Some(from);
         entry.switched_at = Some(now.clone());
@@ -438,13 +432,7 @@ impl Ops {
         let entry = next
             .sites
             .entry(site.to_string())
-            .or_insert_with(|| SiteState {
-                active: route.active,
-                previous: None,
-                switched_at: None,
-                pools: Default::default(),
-                written_since_switch: false,
-            });
+            .or_insert_with(|| SiteState::new(route.active));
         let before = serde_json::to_value(
             route
                 .pool(color)
@@ -535,13 +523,7 @@ impl Ops {
                 let e = next
                     .sites
                     .entry(s.name.to_string())
-                    .or_insert_with(|| SiteState {
-                        active: s.active,
-                        previous: None,
-                        switched_at: None,
-                        pools: Default::default(),
-                        written_since_switch: false,
-                    });
+                    .or_insert_with(|| SiteState::new(s.active));
                 if !e.written_since_switch {
                     e.written_since_switch = true;
                     changed = true;

@@ -56,6 +56,19 @@ pub struct SiteState {
     pub written_since_switch: bool,
 }
 
+impl SiteState {
+    /// A site's state before its first change: `active`, nothing else recorded yet.
+    pub fn new(active: Color) -> SiteState {
+        SiteState {
+            active,
+            previous: None,
+            switched_at: None,
+            pools: BTreeMap::new(),
+            written_since_switch: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ReadOnlyState {
     pub reason: String,

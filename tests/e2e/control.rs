@@ -236,17 +236,7 @@ async fn reload_refuses_bad_config_and_applies_good_one() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("switchyard.toml:") && e.contains("bogus"), "{e}");
     let c = reqwest::Client::new();
-    assert_eq!(
-        c.get(p.url("/"))
-            .header("host", "wiki.test")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "blue"
-    );
+    assert_eq!(text(&c, &p.url("/"), Some("wiki.test")).await, "blue");
     // Good config with a new host: applies.
     std::fs::write(
         &p.config,
@@ -255,17 +245,7 @@ async fn reload_refuses_bad_config_and_applies_good_one() {
     .unwrap();
     let out = p.ok(&["reload"]);
     assert!(out.contains("reloaded"), "{out}");
-    assert_eq!(
-        c.get(p.url("/"))
-            .header("host", "new.test")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "blue"
-    );
+    assert_eq!(text(&c, &p.url("/"), Some("new.test")).await, "blue");
     // SIGHUP does the same.
     std::fs::write(
         &p.config,
@@ -308,28 +288,10 @@ async fn pool_set_applies_and_persists() {
     p.ok(&["pool", "set", "wiki", "green", &other.addr.to_string()]);
     p.ok(&["switch", "wiki", "green"]);
     let c = reqwest::Client::new();
-    assert_eq!(
-        c.get(p.url("/"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "green2"
-    );
+    assert_eq!(text(&c, &p.url("/"), None).await, "green2");
     p.stop();
     let q = Proxy::spawn(None, &p.dir.clone(), &p.config.clone(), &[]).unwrap();
-    assert_eq!(
-        c.get(q.url("/"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "green2"
-    );
+    assert_eq!(text(&c, &q.url("/"), None).await, "green2");
 }
 
 /// New certificates apply to new handshakes after `reload`; live connections are not touched.

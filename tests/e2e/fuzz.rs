@@ -56,21 +56,63 @@ proptest! {
 async fn control_bodies_fuzz() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let p = Proxy::start("", &site("wiki", &["127.0.0.1"], &[blue.addr], &[green.addr], ""));
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 300, ..ProptestConfig::default() });
-    let endpoints = [("POST", "/v1/sites/wiki/switch"), ("PUT", "/v1/read-only"), ("PUT", "/v1/sites/wiki/pools/green"), ("POST", "/v1/reload")];
-    let strategy = || (0usize..4, prop_oneof![
-        "\\PC{0,200}",
-        // JSON-ish shapes, more likely to reach the deserializer's corners
-        proptest::collection::vec(prop_oneof![Just("{"), Just("}"), Just("\"to\":"), Just("\"green\""), Just("\"on\":"), Just("true"), Just(","), Just("\"backends\":"), Just("["), Just("]"), Just("1e999"), Just("-1"), Just("null"), Just("\"\\u0000\"")], 0..12).prop_map(|v| v.concat()),
-    ]);
+    let p = Proxy::start(
+        "",
+        &site("wiki", &["127.0.0.1"], &[blue.addr], &[green.addr], ""),
+    );
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 300,
+        ..ProptestConfig::default()
+    });
+    let endpoints = [
+        ("POST", "/v1/sites/wiki/switch"),
+        ("PUT", "/v1/read-only"),
+        ("PUT", "/v1/sites/wiki/pools/green"),
+        ("POST", "/v1/reload"),
+    ];
+    let strategy = || {
+        (
+            0usize..4,
+            prop_oneof![
+                "\\PC{0,200}",
+                // JSON-ish shapes, more likely to reach the deserializer's corners
+                proptest::collection::vec(
+                    prop_oneof![
+                        Just("{"),
+                        Just("}"),
+                        Just("\"to\":"),
+                        Just("\"green\""),
+                        Just("\"on\":"),
+                        Just("true"),
+                        Just(","),
+                        Just("\"backends\":"),
+                        Just("["),
+                        Just("]"),
+                        Just("1e999"),
+                        Just("-1"),
+                        Just("null"),
+                        Just("\"\\u0000\"")
+                    ],
+                    0..12
+                )
+                .prop_map(|v| v.concat()),
+            ],
+        )
+    };
     let rt = tokio::runtime::Handle::current();
     let ctl = p.control.clone();
     let result = tokio::task::spawn_blocking(move || {
         runner.run(&strategy(), |(i, body)| {
             let (m, uri) = endpoints[i];
             let (status, v) = rt.block_on(control(&ctl, m, uri, Some(&body), None));
-            prop_assert!(status == 200 || (400..500).contains(&status) || status == 504, "{} {} {:?} -> {}", m, uri, body, status);
+            prop_assert!(
+                status == 200 || (400..500).contains(&status) || status == 504,
+                "{} {} {:?} -> {}",
+                m,
+                uri,
+                body,
+                status
+            );
             if status != 200 {
                 prop_assert!(v["error"].is_string(), "{:?} -> {}", body, v);
             }

@@ -100,17 +100,7 @@ async fn issue_3_flip_1000_times_under_load() {
     );
     // After an even number of flips blue is active again, and new requests see it at once.
     let c = reqwest::Client::new();
-    assert_eq!(
-        c.get(p.url("/"))
-            .header("host", "wiki.test")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "blue"
-    );
+    assert_eq!(text(&c, &p.url("/"), Some("wiki.test")).await, "blue");
     assert!(blue.hits() > 0 && green.hits() > 0);
 }
 
@@ -125,28 +115,10 @@ async fn keepalive_connection_follows_switch() {
         .pool_max_idle_per_host(1)
         .build()
         .unwrap();
-    assert_eq!(
-        c.get(p.url("/"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "blue"
-    );
+    assert_eq!(text(&c, &p.url("/"), None).await, "blue");
     let (s, _) = switch(&p, "green").await;
     assert_eq!(s, 200);
-    assert_eq!(
-        c.get(p.url("/"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "green"
-    );
+    assert_eq!(text(&c, &p.url("/"), None).await, "green");
     let st = p.status();
     assert_eq!(st["sites"][0]["active"], "green");
     assert_eq!(st["sites"][0]["previous"], "blue");
@@ -299,18 +271,7 @@ async fn read_only_on_waits_for_writes_in_flight() {
         *d2.lock().unwrap() = Some(Instant::now());
         r.status().as_u16()
     });
-    wait_until_async(
-        Duration::from_secs(5),
-        "the slow write to be in flight",
-        || {
-            let ctl = p.control.clone();
-            async move {
-                let (_, v) = control(&ctl, "GET", "/v1/status", None, None).await;
-                (v["sites"][0]["writes_in_flight"].as_u64() == Some(1)).then_some(())
-            }
-        },
-    )
-    .await;
+    wait_writes_in_flight(&p, 1).await;
     let (s, v) = control(
         &p.control,
         "PUT",
@@ -351,18 +312,7 @@ async fn read_only_on_times_out_clearly() {
             .status()
             .as_u16()
     });
-    wait_until_async(
-        Duration::from_secs(5),
-        "the slow write to be in flight",
-        || {
-            let ctl = p.control.clone();
-            async move {
-                let (_, v) = control(&ctl, "GET", "/v1/status", None, None).await;
-                (v["sites"][0]["writes_in_flight"].as_u64() == Some(1)).then_some(())
-            }
-        },
-    )
-    .await;
+    wait_writes_in_flight(&p, 1).await;
     let (s, v) = control(
         &p.control,
         "PUT",
@@ -484,16 +434,7 @@ async fn restart_serves_the_switched_color_and_read_only() {
     let cfg = p.config.clone();
     let q = Proxy::spawn(None, &dir, &cfg, &[]).unwrap();
     let c = reqwest::Client::new();
-    assert_eq!(
-        c.get(q.url("/"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "green"
-    );
+    assert_eq!(text(&c, &q.url("/"), None).await, "green");
     assert_eq!(c.post(q.url("/")).send().await.unwrap().status(), 503);
     drop(q);
     drop(p);
@@ -616,16 +557,7 @@ async fn writes_since_switch_guard_rollback() {
     );
     let out = q.ok(&["rollback", "wiki", "--discard-writes"]);
     assert!(out.contains("blue"), "{out}");
-    assert_eq!(
-        c.get(q.url("/"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "blue"
-    );
+    assert_eq!(text(&c, &q.url("/"), None).await, "blue");
     // A clean switch back and forth without writes can be rolled back freely.
     q.ok(&["switch", "wiki", "green"]);
     q.ok(&["rollback", "wiki"]);

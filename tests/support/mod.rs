@@ -576,3 +576,28 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> Str
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// GET `url` (with `host` as the Host header when given) and return the body text.
+pub async fn text(c: &reqwest::Client, url: &str, host: Option<&str>) -> String {
+    let mut r = c.get(url);
+    if let Some(h) = host {
+        r = r.header("host", h);
+    }
+    r.send().await.unwrap().text().await.unwrap()
+}
+
+/// Waits until the site's writes in flight (status `writes_in_flight`) reach `n`.
+pub async fn wait_writes_in_flight(p: &Proxy, n: u64) {
+    wait_until_async(
+        std::time::Duration::from_secs(5),
+        "writes to be in flight",
+        || {
+            let ctl = p.control.clone();
+            async move {
+                let (_, v) = control(&ctl, "GET", "/v1/status", None, None).await;
+                (v["sites"][0]["writes_in_flight"].as_u64() == Some(n)).then_some(())
+            }
+        },
+    )
+    .await;
+}
