@@ -25,3 +25,6 @@ mod hardening;
 
 #[path = "e2e/fuzz.rs"]
 mod fuzz;
+
+#[path = "e2e/mediawiki.rs"]
+mod mediawiki;
