@@ -83,7 +83,10 @@ fn example_site(prefix: &str) -> String {
         .unwrap_or(all.len());
     let mut site = all[start..end].to_string();
     for (from, to) in [
-        ("hosts = [\"wiki.localhost\"]", format!("hosts = [\"{HOST}\"]")),
+        (
+            "hosts = [\"wiki.localhost\"]",
+            format!("hosts = [\"{HOST}\"]"),
+        ),
         (
             "[site.release]\n",
             format!("[site.release]\nprefix = \"{prefix}\"\n"),
@@ -94,7 +97,10 @@ fn example_site(prefix: &str) -> String {
         ),
         ("interval = \"1s\"", "interval = \"300ms\"".to_string()),
     ] {
-        assert!(site.contains(from), "the example's wiki site has no `{from}`");
+        assert!(
+            site.contains(from),
+            "the example's wiki site has no `{from}`"
+        );
         site = site.replacen(from, &to, 1);
     }
     site
@@ -142,7 +148,10 @@ fn form(fields: &[(&str, &str)]) -> String {
 enum Edit {
     Saved,
     /// 503 from the proxy with Retry-After, and the body the editor saw.
-    ReadOnly { retry_after: String, body: String },
+    ReadOnly {
+        retry_after: String,
+        body: String,
+    },
     Other(String),
 }
 
@@ -157,7 +166,9 @@ impl Wiki {
     }
 
     async fn version(&self) -> String {
-        let r = self.get("/api.php?action=query&meta=siteinfo&format=json").await;
+        let r = self
+            .get("/api.php?action=query&meta=siteinfo&format=json")
+            .await;
         assert_eq!(r.status(), 200, "siteinfo through the proxy");
         r.headers()
             .get("x-wiki-version")
@@ -222,7 +233,15 @@ impl Wiki {
 
     fn sql(&self, color: &str, q: &str) -> String {
         let o = Command::new("docker")
-            .args(["exec", &format!("{}-{color}-db", self.prefix), "mariadb", "-N", "-B", "-e", q])
+            .args([
+                "exec",
+                &format!("{}-{color}-db", self.prefix),
+                "mariadb",
+                "-N",
+                "-B",
+                "-e",
+                q,
+            ])
             .output()
             .unwrap();
         assert!(o.status.success(), "{q}: {}", text(&o));
@@ -330,7 +349,11 @@ async fn issue_8_mediawiki_up_edit_release_rollback() {
     let form_status = edit_form.status();
     let form_html = edit_form.text().await.unwrap();
     let refused = w
-        .edit("Release test 1", "appendtext", "\nREFUSED DURING THE RELEASE")
+        .edit(
+            "Release test 1",
+            "appendtext",
+            "\nREFUSED DURING THE RELEASE",
+        )
         .await;
     let status = child.wait().unwrap();
     let release_s = t.elapsed().as_secs_f64();
@@ -352,7 +375,10 @@ async fn issue_8_mediawiki_up_edit_release_rollback() {
 
     match &refused {
         Edit::ReadOnly { retry_after, body } => {
-            assert!(retry_after.parse::<u64>().is_ok(), "Retry-After: {retry_after}");
+            assert!(
+                retry_after.parse::<u64>().is_ok(),
+                "Retry-After: {retry_after}"
+            );
             assert!(
                 body.contains("upgraded to version 2"),
                 "the editor must see why: {body}"
@@ -369,7 +395,11 @@ async fn issue_8_mediawiki_up_edit_release_rollback() {
     // Version 2 serves everything written before, and its schema was migrated.
     assert_eq!(w.version().await, "2");
     for (title, body) in &pages {
-        assert_eq!(w.page(title).await.as_deref(), Some(body.as_str()), "{title} after the release");
+        assert_eq!(
+            w.page(title).await.as_deref(),
+            Some(body.as_str()),
+            "{title} after the release"
+        );
     }
     assert!(!w.page("Release test 1").await.unwrap().contains("REFUSED"));
     let editor_log = w.page("Editor log").await.unwrap();
@@ -379,7 +409,11 @@ async fn issue_8_mediawiki_up_edit_release_rollback() {
         match e {
             Edit::Saved => {
                 saved += 1;
-                assert!(present, "accepted edit `{}` is missing after the release", line.trim());
+                assert!(
+                    present,
+                    "accepted edit `{}` is missing after the release",
+                    line.trim()
+                );
             }
             Edit::ReadOnly { .. } => {
                 ro += 1;
@@ -388,7 +422,10 @@ async fn issue_8_mediawiki_up_edit_release_rollback() {
             Edit::Other(why) => other.push(format!("{}: {why}", line.trim())),
         }
     }
-    assert!(other.is_empty(), "edits neither saved nor refused with 503: {other:?}");
+    assert!(
+        other.is_empty(),
+        "edits neither saved nor refused with 503: {other:?}"
+    );
     assert!(ro > 0, "the editor never met the read-only window");
     assert_eq!(
         w.sql("green", "SHOW TABLES FROM wiki LIKE 'abuse_filter'"),
@@ -399,15 +436,26 @@ async fn issue_8_mediawiki_up_edit_release_rollback() {
 
     // Rollback: refused after writes reached version 2, done with --discard-writes.
     let r = w.p.cli(&["rollback", SITE]);
-    assert!(!r.status.success(), "rollback must be refused after writes: {}", text(&r));
+    assert!(
+        !r.status.success(),
+        "rollback must be refused after writes: {}",
+        text(&r)
+    );
     let t = Instant::now();
     w.p.ok(&["rollback", SITE, "--discard-writes"]);
     let rollback_s = t.elapsed().as_secs_f64();
     assert_eq!(w.version().await, "1");
     for (title, body) in &pages {
-        assert_eq!(w.page(title).await.as_deref(), Some(body.as_str()), "{title} after rollback");
+        assert_eq!(
+            w.page(title).await.as_deref(),
+            Some(body.as_str()),
+            "{title} after rollback"
+        );
     }
-    assert!(matches!(w.edit("After rollback", "text", "v1 again").await, Edit::Saved));
+    assert!(matches!(
+        w.edit("After rollback", "text", "v1 again").await,
+        Edit::Saved
+    ));
 
     println!(
         "RESULT mediawiki: up {up_s:.1}s, release {release_s:.1}s, read-only window {window:.2}s, \
