@@ -91,6 +91,15 @@ async fn page(
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
+    // What a well-behaved app sends; the proxy passes them through untouched.
+    for (k, v) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "same-origin"),
+        ("content-security-policy", "default-src 'self'; style-src 'unsafe-inline'"),
+    ] {
+        r.headers_mut().insert(k, http::HeaderValue::from_static(v));
+    }
     r.headers_mut().insert(
         "x-demo-color",
         http::HeaderValue::from_str(color).unwrap_or(http::HeaderValue::from_static("?")),
