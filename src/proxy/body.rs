@@ -9,6 +9,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::service::Done;
+use super::upstream::UpConn;
+
 /// Errors while streaming a body through.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -89,14 +92,11 @@ impl Body for ReqBody {
     }
 }
 
-/// Called once when a response body is done (fully sent, failed, or dropped) with the byte count.
-pub trait Finish: Send + Sync {
-    fn finish(&mut self, bytes: u64, complete: bool);
-}
-
 enum Inner {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    /// The backend's body, and its connection (driven here while the body streams; handed to
+    /// the bookkeeping at the end, which pools it after a clean end). None for upgrades.
+    Upstream(Incoming, Option<UpConn>),
 }
 
 /// The response body to the client.
@@ -104,7 +104,9 @@ pub struct RespBody {
     inner: Inner,
     bytes: u64,
     done: bool,
-    finish: Option<Box<dyn Finish>>,
+    /// The request's bookkeeping, run once when the body is done (fully sent, failed, or
+    /// dropped) with the byte count. Inline, not boxed: no allocation per request.
+    finish: Option<Done>,
 }
 
 impl RespBody {
@@ -121,33 +123,42 @@ impl RespBody {
         RespBody::full(Bytes::new())
     }
 
-    pub fn upstream(b: Incoming) -> RespBody {
+    pub fn upstream(b: Incoming, conn: Option<UpConn>) -> RespBody {
         RespBody {
-            inner: Inner::Upstream(b),
+            inner: Inner::Upstream(b, conn),
             bytes: 0,
             done: false,
             finish: None,
         }
     }
 
-    pub fn on_finish(&mut self, f: Box<dyn Finish>) {
+    pub(crate) fn on_finish(&mut self, f: Done) {
         self.finish = Some(f);
+    }
+
+    fn conn(&mut self) -> Option<UpConn> {
+        match &mut self.inner {
+            Inner::Upstream(_, c) => c.take(),
+            Inner::Full(_) => None,
+        }
     }
 
     fn complete(&mut self, ok: bool) {
         self.done = true;
-        if let Some(mut f) = self.finish.take() {
-            f.finish(self.bytes, ok);
+        if let Some(f) = self.finish.take() {
+            let conn = self.conn();
+            f.finish(self.bytes, ok, conn);
         }
     }
 }
 
 impl Drop for RespBody {
     fn drop(&mut self) {
-        if let Some(mut f) = self.finish.take() {
+        if let Some(f) = self.finish.take() {
             // hyper stops polling once `is_end_stream` says so; that is a complete body too.
             let complete = self.done || self.is_end_stream();
-            f.finish(self.bytes, complete);
+            let conn = self.conn();
+            f.finish(self.bytes, complete, conn);
         }
     }
 }
@@ -167,7 +178,12 @@ impl Body for RespBody {
                     .filter(|b| !b.is_empty())
                     .map(|b| Ok(Frame::data(b))),
             ),
-            Inner::Upstream(inc) => Pin::new(inc).poll_frame(cx),
+            Inner::Upstream(inc, conn) => {
+                if let Some(c) = conn {
+                    c.drive(cx);
+                }
+                Pin::new(inc).poll_frame(cx)
+            }
         };
         match &polled {
             Poll::Ready(Some(Ok(f))) => {
@@ -185,14 +201,14 @@ impl Body for RespBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Full(b) => !matches!(b, Some(b) if !b.is_empty()),
-            Inner::Upstream(i) => i.is_end_stream(),
+            Inner::Upstream(i, _) => i.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Inner::Upstream(i) => i.size_hint(),
+            Inner::Upstream(i, _) => i.size_hint(),
         }
     }
 }

@@ -25,6 +25,40 @@ pub static X_READ_ONLY: HeaderName = HeaderName::from_static("x-read-only");
 /// Removes hop-by-hop headers. When `keep_upgrade`, `Connection: upgrade` and `Upgrade` are kept
 /// (a WebSocket handshake must reach the backend intact).
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of them, or only `Connection: keep-alive`: one pass over the names
+    // (comparisons of known names are cheap) instead of a hash lookup per hop-by-hop name.
+    let mut connection = false;
+    let mut other = false;
+    for n in h.keys() {
+        if n == header::CONNECTION {
+            connection = true;
+        } else if n == header::UPGRADE || HOP_BY_HOP[1..].contains(n) {
+            other = true;
+            break;
+        }
+    }
+    if !other && !keep_upgrade {
+        if connection {
+            // Only what Connection names (other than keep-alive/close) needs the full treatment.
+            let plain = h.get_all(header::CONNECTION).iter().all(|v| {
+                v.as_bytes().split(|&b| b == b',').all(|t| {
+                    let t = t.trim_ascii();
+                    t.is_empty()
+                        || t.eq_ignore_ascii_case(b"keep-alive")
+                        || t.eq_ignore_ascii_case(b"close")
+                })
+            });
+            if !plain {
+                return strip_slow(h, keep_upgrade);
+            }
+            h.remove(header::CONNECTION);
+        }
+        return;
+    }
+    strip_slow(h, keep_upgrade)
+}
+
+fn strip_slow(h: &mut HeaderMap, keep_upgrade: bool) {
     // Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1), in every Connection line,
     // not only the first. Rare, so the Vec only allocates when Connection lists something other
     // than keep-alive/close/upgrade.
@@ -68,28 +102,37 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Adds the X-Forwarded-* headers for a request that came from `client` over `proto`.
-pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, https: bool, host: Option<&HeaderValue>) {
+/// The client's address as an `X-Forwarded-For` value (IPv4-mapped IPv6 shown as IPv4).
+pub fn ip_value(client: IpAddr) -> HeaderValue {
     let ip = crate::config::canonical_ip(client);
+    HeaderValue::try_from(ip.to_string()).expect("an IP address is a header value")
+}
+
+/// Adds the X-Forwarded-* headers for a request from the client whose address is `ip` (see
+/// [`ip_value`]). Without an incoming X-Forwarded-For, `ip` is used as is (no allocation).
+pub fn add_forwarded(h: &mut HeaderMap, ip: &HeaderValue, https: bool, host: Option<&HeaderValue>) {
     // Append to every X-Forwarded-For line the client sent (a header may legally be split over
     // several lines), in order; one String either way.
-    let mut chain = String::with_capacity(64);
+    let mut chain: Option<Vec<u8>> = None;
     for v in h.get_all(&X_FORWARDED_FOR) {
-        if let Ok(prev) = v.to_str() {
-            let prev = prev.trim();
-            if !prev.is_empty() {
-                chain.push_str(prev);
-                chain.push_str(", ");
-            }
+        let prev = v.as_bytes().trim_ascii();
+        if !prev.is_empty() && v.to_str().is_ok() {
+            let c = chain.get_or_insert_with(|| Vec::with_capacity(64));
+            c.extend_from_slice(prev);
+            c.extend_from_slice(b", ");
         }
     }
-    {
-        use std::fmt::Write as _;
-        let _ = write!(chain, "{ip}");
-    }
-    if let Ok(v) = HeaderValue::try_from(chain) {
-        h.insert(&X_FORWARDED_FOR, v);
-    }
+    let value = match chain {
+        None => ip.clone(),
+        Some(mut c) => {
+            c.extend_from_slice(ip.as_bytes());
+            match HeaderValue::from_maybe_shared(bytes::Bytes::from(c)) {
+                Ok(v) => v,
+                Err(_) => ip.clone(),
+            }
+        }
+    };
+    h.insert(&X_FORWARDED_FOR, value);
     h.insert(
         &X_FORWARDED_PROTO,
         HeaderValue::from_static(if https { "https" } else { "http" }),
@@ -136,12 +179,42 @@ mod tests {
     }
 
     #[test]
+    fn fast_path_only_connection_keep_alive() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.append(header::CONNECTION, HeaderValue::from_static("Close"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get(header::CONNECTION).is_none());
+        assert_eq!(h.len(), 1);
+        // a second Connection line naming a header
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-a"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+        // nothing to strip
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        // upgrade kept
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h[header::CONNECTION], "upgrade");
+        assert_eq!(h[header::UPGRADE], "websocket");
+    }
+
+    #[test]
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
         add_forwarded(
             &mut h,
-            "::ffff:192.0.2.7".parse().unwrap(),
+            &ip_value("::ffff:192.0.2.7".parse().unwrap()),
             true,
             Some(&HeaderValue::from_static("w.test")),
         );

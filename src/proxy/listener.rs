@@ -138,16 +138,7 @@ async fn connection(
 ) {
     match tls {
         None => {
-            let conn = Arc::new(Conn {
-                peer,
-                https: false,
-                sni: None,
-                inflight: 0.into(),
-                activity: 0.into(),
-                reads: 0.into(),
-                reads_at_rest: 0.into(),
-                h2: false,
-            });
+            let conn = Arc::new(Conn::new(peer, false, None, false));
             serve(stream, conn, edge, &builder, shutdown).await
         }
         Some(acceptor) => {
@@ -169,16 +160,7 @@ async fn connection(
             edge.metrics.tls_handshakes.inc();
             let sni = tls.get_ref().1.server_name().map(Into::into);
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let conn = Arc::new(Conn {
-                peer,
-                https: true,
-                sni,
-                inflight: 0.into(),
-                activity: 0.into(),
-                reads: 0.into(),
-                reads_at_rest: 0.into(),
-                h2,
-            });
+            let conn = Arc::new(Conn::new(peer, true, sni, h2));
             serve(tls, conn, edge, &builder, shutdown).await
         }
     }

@@ -2,6 +2,7 @@
 //! the `ArcSwap`s of the routing table and the certificate store. No Mutex or RwLock is taken here.
 
 pub mod body;
+pub mod deadline;
 pub mod error_page;
 pub mod gate;
 pub mod headers;
@@ -9,9 +10,13 @@ pub mod listener;
 pub mod service;
 pub mod tls;
 mod tunnel;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::OnceLock;
+
+use http::HeaderValue;
 
 pub use error_page::ProxyError;
 pub use service::Edge;
@@ -34,4 +39,29 @@ pub struct Conn {
     pub reads_at_rest: AtomicU64,
     /// ALPN chose h2: reads there include PING acks, so they do not mean a head is coming.
     pub h2: bool,
+    /// The client's address as an `X-Forwarded-For` value, made on the first request.
+    pub ip_value: OnceLock<HeaderValue>,
+}
+
+impl Conn {
+    pub fn new(peer: SocketAddr, https: bool, sni: Option<Box<str>>, h2: bool) -> Conn {
+        Conn {
+            peer,
+            https,
+            sni,
+            inflight: 0.into(),
+            activity: 0.into(),
+            reads: 0.into(),
+            reads_at_rest: 0.into(),
+            h2,
+            ip_value: OnceLock::new(),
+        }
+    }
+
+    /// The client's address as a header value (canonical: IPv4-mapped IPv6 as IPv4).
+    #[inline]
+    pub fn ip_value(&self) -> &HeaderValue {
+        self.ip_value
+            .get_or_init(|| headers::ip_value(self.peer.ip()))
+    }
 }

@@ -1,6 +1,15 @@
 //! One request: load the table once, find the site, gate, pick a backend, rewrite headers, forward,
 //! stream the answer back. The table guard is dropped before the first `.await`; only `Arc`s of the
 //! site and backend are held across the upstream call. No lock is taken here.
+//!
+//! What a request costs, besides hyper's own work: one `ArcSwap` load of the table (a hash lookup
+//! of the host), relaxed atomics for the connection's and backend's counters and round-robin, a
+//! SeqCst pair for writes (the read-only gate), an idle upstream connection from this worker
+//! thread's pool (`upstream.rs`, a `RefCell`, no lock), one timer for the upstream timeout, the
+//! metrics' atomics, and, with the access log on, a `try_send` of a [`Record`] holding
+//! reference-counted clones (formatting happens on the log thread). Allocations per request: the
+//! `X-Forwarded-For` value only when the client sent one (otherwise the connection's own, made
+//! once), `:authority` → Host for HTTP/2 requests.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -15,11 +24,12 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 
-use super::body::{BodyError, Finish, ReqBody, RespBody};
+use super::body::{BodyError, ReqBody, RespBody};
 use super::error_page::{wants_json, ProxyError};
 use super::gate::{self, Gate, WriteGuard};
 use super::headers;
 use super::tunnel;
+use super::upstream::{SendError, UpConn, Upstream};
 use super::Conn;
 use crate::accesslog::{AccessLog, Record};
 use crate::config::{Color, Limits};
@@ -31,6 +41,9 @@ pub type UpstreamClient = Client<HttpConnector, ReqBody>;
 /// Everything a request needs, shared by all connections of all listeners.
 pub struct Edge {
     pub table: Arc<arc_swap::ArcSwap<RoutingTable>>,
+    /// Plain requests: per-thread pools of HTTP/1.1 connections, no lock.
+    pub upstream: Upstream,
+    /// Upgrades (WebSocket): hyper-util's pooled client, which hands over the upgraded socket.
     pub client: UpstreamClient,
     pub limits: Limits,
     pub log: AccessLog,
@@ -62,6 +75,11 @@ impl Edge {
             .build(conn);
         Edge {
             table,
+            upstream: Upstream {
+                connect_timeout: limits.upstream_connect_timeout,
+                idle_timeout: Duration::from_secs(60),
+                max_buf_size: limits.max_header_bytes.max(8192) * 2,
+            },
             client,
             limits,
             log,
@@ -72,21 +90,25 @@ impl Edge {
     }
 }
 
-/// Bookkeeping that must happen when the response body ends: the access-log line, the write's
-/// in-flight count, the connection's in-flight count (both guards release on drop).
-struct Done {
+/// Bookkeeping that must happen when the response body ends: the access-log line, the upstream
+/// connection back into the pool (only after a clean end), the write's in-flight count, the
+/// connection's in-flight count (both guards release on drop).
+pub(crate) struct Done {
+    edge: Arc<Edge>,
     record: Option<Record>,
-    log: Option<AccessLog>,
     _write: Option<WriteGuard>,
     _inflight: Inflight,
 }
 
-impl Finish for Done {
-    fn finish(&mut self, bytes: u64, complete: bool) {
-        if let (Some(r), Some(log)) = (self.record.take(), self.log.take()) {
-            log.send(r.format(bytes, complete));
+impl Done {
+    /// `conn`: the backend connection the body came from, pooled again after a clean end.
+    pub(crate) fn finish(self, bytes: u64, complete: bool, conn: Option<UpConn>) {
+        if let Some(r) = self.record {
+            self.edge.log.send(r.finish(bytes, complete));
         }
-        self._write = None;
+        if let (Some(c), true) = (conn, complete) {
+            c.release(self.edge.upstream.idle_timeout);
+        }
     }
 }
 
@@ -127,18 +149,14 @@ pub async fn handle(
         backend: None,
         write: None,
     };
-    let (method, path, host) = if edge.log.enabled() {
+    // Reference-counted clones, no copies of the strings.
+    let logged = edge.log.enabled().then(|| {
         (
             req.method().clone(),
-            req.uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_default(),
-            req_host(&req).map(str::to_string).unwrap_or_default(),
+            req.uri().clone(),
+            req.headers().get(HOST).cloned(),
         )
-    } else {
-        Default::default()
-    };
+    });
     let json = wants_json(req.headers().get(ACCEPT));
     let mut resp = match forward(&edge, conn, req, &mut ctx).await {
         Ok(r) => r,
@@ -153,22 +171,22 @@ pub async fn handle(
     let status = resp.status().as_u16();
     edge.metrics
         .response(ctx.site.as_deref(), ctx.color, status, start.elapsed());
-    let record = edge.log.enabled().then(|| Record {
+    let record = logged.map(|(method, uri, host)| Record {
         start,
         client: conn.peer,
         host,
         method,
-        path,
+        uri,
         status,
         color: ctx.color.map(Color::as_str),
         backend: ctx.backend,
     });
-    resp.body_mut().on_finish(Box::new(Done {
+    resp.body_mut().on_finish(Done {
+        edge,
         record,
-        log: edge.log.enabled().then(|| edge.log.clone()),
         _write: ctx.write.take(),
         _inflight: inflight,
-    }));
+    });
     resp
 }
 
@@ -269,7 +287,12 @@ async fn forward(
         }
     };
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    headers::add_forwarded(&mut parts.headers, client_ip, conn.https, Some(&host_value));
+    headers::add_forwarded(
+        &mut parts.headers,
+        conn.ip_value(),
+        conn.https,
+        Some(&host_value),
+    );
     parts.headers.insert(HOST, host_value);
     if mark_read_only {
         parts
@@ -293,21 +316,31 @@ async fn forward(
     let is_write = !gate::is_safe(&parts.method);
 
     let mut backend = pool.pick(None).ok_or(ProxyError::NoBackend)?.clone();
-    parts.uri = upstream_uri(&backend, pq.clone());
+    // Origin form for our own connections; hyper-util's client wants the absolute URI.
+    let uri = |b: &Backend| {
+        if upgrade {
+            upstream_uri(b, pq.clone())
+        } else {
+            Uri::from(pq.clone())
+        }
+    };
+    parts.uri = uri(&backend);
     let mut attempt = Request::from_parts(parts, body);
     let mut tried_retry = false;
     let mut resp = loop {
         ctx.backend = Some(backend.addr);
-        let result =
-            tokio::time::timeout(edge.limits.upstream_timeout, edge.client.request(attempt)).await;
+        let result = super::deadline::timeout(
+            edge.limits.upstream_timeout,
+            send(edge, backend.addr, attempt, upgrade),
+        )
+        .await;
         match result {
             Ok(Ok(r)) => {
                 backend.clear_ejection();
                 break r;
             }
-            Ok(Err(e)) => {
-                let err = classify(&e);
-                if e.is_connect() {
+            Ok(Err(Failed { connect, err })) => {
+                if connect {
                     backend.eject(edge.eject_backoff);
                     edge.metrics.backend_failure();
                     if let (false, Some((m, h))) = (tried_retry, &retry) {
@@ -317,7 +350,7 @@ async fn forward(
                             let mut r = Request::new(ReqBody::Empty);
                             *r.method_mut() = m.clone();
                             *r.headers_mut() = h.clone();
-                            *r.uri_mut() = upstream_uri(&backend, pq.clone());
+                            *r.uri_mut() = uri(&backend);
                             attempt = r;
                             continue;
                         }
@@ -343,7 +376,49 @@ async fn forward(
     } else {
         headers::strip_hop_by_hop(resp.headers_mut(), false);
     }
-    Ok(resp.map(RespBody::upstream))
+    Ok(resp)
+}
+
+/// Why the upstream gave no response head; `connect`: nothing reached the backend.
+struct Failed {
+    connect: bool,
+    err: ProxyError,
+}
+
+async fn send(
+    edge: &Edge,
+    addr: SocketAddr,
+    req: Request<ReqBody>,
+    upgrade: bool,
+) -> Result<Response<RespBody>, Failed> {
+    if upgrade {
+        return match edge.client.request(req).await {
+            Ok(r) => Ok(r.map(|b| RespBody::upstream(b, None))),
+            Err(e) => Err(Failed {
+                connect: e.is_connect(),
+                err: classify(std::error::Error::source(&e), e.is_connect()),
+            }),
+        };
+    }
+    match edge.upstream.send(addr, req).await {
+        Ok((r, conn)) => Ok(r.map(|b| RespBody::upstream(b, Some(conn)))),
+        Err(SendError::Connect(e)) => Err(Failed {
+            connect: true,
+            err: if e.kind() == std::io::ErrorKind::TimedOut {
+                ProxyError::UpstreamTimeout
+            } else {
+                ProxyError::Upstream("the backend refused the connection".into())
+            },
+        }),
+        Err(SendError::Http(e)) => Err(Failed {
+            connect: false,
+            err: classify(Some(&e), false),
+        }),
+        Err(SendError::Closed) => Err(Failed {
+            connect: false,
+            err: classify(None, false),
+        }),
+    }
 }
 
 fn upstream_uri(b: &Backend, pq: PathAndQuery) -> Uri {
@@ -354,8 +429,7 @@ fn upstream_uri(b: &Backend, pq: PathAndQuery) -> Uri {
     Uri::from_parts(p).expect("scheme, authority and path make a URI")
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+fn classify(mut src: Option<&(dyn std::error::Error + 'static)>, connect: bool) -> ProxyError {
     while let Some(s) = src {
         match s.downcast_ref::<BodyError>() {
             Some(BodyError::TooLarge(n)) => return ProxyError::BodyTooLarge(*n),
@@ -375,7 +449,7 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
         }
         src = s.source();
     }
-    if e.is_connect() {
+    if connect {
         ProxyError::Upstream("the backend refused the connection".into())
     } else {
         ProxyError::Upstream("the backend closed the connection or sent an invalid response".into())
