@@ -10,7 +10,7 @@
 //! The site's config is the `wiki` site of examples/mediawiki/switchyard.toml, with this test's
 //! own host, prefix (`syt-mw-<pid>`) and backups folder. Without a Docker engine: loud skip, except
 //! with CI=true where it fails. Images: examples/mediawiki/build-images.sh, once per run (cached
-//! rootfs tarballs; ~6 min cold, seconds warm). Containers, networks and volumes of the prefix are
+//! rootfs tarballs; ~5 min cold, ~1 s warm). Containers, networks and volumes of the prefix are
 //! removed when the test ends.
 // See: issue 8
 
