@@ -149,7 +149,16 @@ impl Engine {
 
     /// Creates and starts an environment: network, per-environment volumes, one container per
     /// service (in config order), the web port published on 127.0.0.1 (ephemeral).
-    pub async fn create_env(&self, id: &EnvId, rel: &ReleaseConfig) -> Result<(), ReleaseError> {
+    /// Creates the environment's network, volumes and containers and starts them. With
+    /// `start_web == false` the web container is created but not started: a release starts it only
+    /// after the restore, so an app that sets itself up on an empty database cannot race the
+    /// restore (see `start_service`).
+    pub async fn create_env(
+        &self,
+        id: &EnvId,
+        rel: &ReleaseConfig,
+        start_web: bool,
+    ) -> Result<(), ReleaseError> {
         let labels = id.labels();
         let net = id.network();
         self.d
@@ -233,12 +242,21 @@ impl Engine {
                 )
                 .await
                 .map_err(docker_err(format!("create container {name}")))?;
-            self.d
-                .start_container(&name, None::<StartContainerOptions<String>>)
-                .await
-                .map_err(docker_err(format!("start container {name}")))?;
+            if is_web && !start_web {
+                continue;
+            }
+            self.start_service(id, &s.name).await?;
         }
         Ok(())
+    }
+
+    /// Starts one service's (already created) container.
+    pub async fn start_service(&self, id: &EnvId, service: &str) -> Result<(), ReleaseError> {
+        let name = id.container(service);
+        self.d
+            .start_container(&name, None::<StartContainerOptions<String>>)
+            .await
+            .map_err(docker_err(format!("start container {name}")))
     }
 
     /// Waits until a service's container is ready: its image's HEALTHCHECK says healthy, else one

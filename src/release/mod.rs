@@ -16,7 +16,9 @@
 //!     │ journal written (step = create)
 //!     ▼
 //!  1 create ──── idle color's pool emptied, its old env removed; new env {prefix}-{idle}-* created
-//!     │          and started with version V; non-web services waited for (HEALTHCHECK or port)
+//!     │          with version V; non-web services started and waited for (HEALTHCHECK or port);
+//!     │          the web container is created but NOT started (it starts at step 5, on restored
+//!     │          data, so an app that installs itself on an empty database cannot race the restore)
 //!  2 read-only ─ PUT /v1/read-only (returns once writes in flight are done) + app_read_only.on
 //!     │          in the active web                               ┐
 //!  3 backup ──── backup cmd in the active db → .partial file,    │
@@ -25,7 +27,7 @@
 //!     │          output of the active db remembered              │ backup + restore + migrate
 //!  4 restore ─── restore cmd in the new db, dump on stdin;        │ + health + switch
 //!     │          verify_restore must print the same               │
-//!  5 migrate ─── migrate cmd in the new web                       │
+//!  5 migrate ─── new web started; migrate cmd in it                │
 //!  6 switch ──── new web /health polled on its published port     │
 //!     │          (deadline health_timeout), PUT pool, POST switch │
 //!     │          (retried while the daemon still finds it         │

@@ -220,9 +220,10 @@ impl Ctx<'_> {
             })
     }
 
-    /// Creates and starts an environment and waits for its non-web services.
-    async fn create(&self, id: &EnvId) -> Result<(), ReleaseError> {
-        self.engine.create_env(id, self.rel).await?;
+    /// Creates an environment and waits for its non-web services. The web service is started
+    /// only when `start_web` (by `up`); a release starts it after the restore.
+    async fn create(&self, id: &EnvId, start_web: bool) -> Result<(), ReleaseError> {
+        self.engine.create_env(id, self.rel, start_web).await?;
         let deadline = Instant::now() + self.rel.health_timeout;
         for s in self.rel.services.iter().filter(|s| s.name != self.rel.web) {
             self.engine.wait_ready(id, &s.name, deadline).await?;
@@ -437,7 +438,7 @@ async fn run_steps(ctx: &Ctx<'_>, mut j: Journal, plan: &[Step]) -> Result<(), R
             ));
         }
         ctx.engine.remove_env(&new, Some(ctx.rel)).await?;
-        ctx.create(&new).await?;
+        ctx.create(&new, false).await?;
         p.line(format_args!(
             "{} done in {}: {}-{}-* on network {} with version {}",
             Step::Create,
@@ -555,6 +556,8 @@ async fn run_steps(ctx: &Ctx<'_>, mut j: Journal, plan: &[Step]) -> Result<(), R
 
     if plan.contains(&Step::Migrate) {
         let t = enter(ctx, &mut j, Step::Migrate).await?;
+        // The web service starts only now, on restored data (see `Engine::create_env`).
+        ctx.engine.start_service(&new, &ctx.rel.web).await?;
         match ctx.migrate_service() {
             Some((svc, cmd)) => {
                 let out = ctx
@@ -740,7 +743,7 @@ pub async fn up(ctx: &Ctx<'_>, version: &str, color: Option<Color>) -> Result<()
     }
     let p = &ctx.progress;
     let id = ctx.env(color, version);
-    ctx.create(&id).await?;
+    ctx.create(&id, true).await?;
     p.line(format_args!(
         "created {}-{color}-* with version {version}",
         ctx.prefix
