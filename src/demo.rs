@@ -96,7 +96,10 @@ async fn page(
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
         ("referrer-policy", "same-origin"),
-        ("content-security-policy", "default-src 'self'; style-src 'unsafe-inline'"),
+        (
+            "content-security-policy",
+            "default-src 'self'; style-src 'unsafe-inline'",
+        ),
     ] {
         r.headers_mut().insert(k, http::HeaderValue::from_static(v));
     }
