@@ -23,7 +23,7 @@ const QUEUE: usize = 4096;
 /// Under load (a batch of at least `BUSY_BATCH` lines), the writer waits this long before the
 /// next batch: a line then reaches the file at most this late.
 pub const BATCH_EVERY: Duration = Duration::from_millis(10);
-const BUSY_BATCH: usize = 32;
+const BUSY_BATCH: usize = 2;
 
 #[derive(Clone)]
 pub struct AccessLog {

@@ -1,6 +1,13 @@
 //! Accept loops and connection lifecycle: the connection limit, the TLS handshake deadline, the
 //! header and idle timeouts, and graceful shutdown (stop accepting, let requests in flight finish
 //! within a deadline, then close).
+//!
+//! Connections run on edge workers: one thread per CPU, each with a single-threaded tokio runtime
+//! and its own accept loop on a duplicate of the listening socket. A connection stays on the
+//! thread that accepted it, together with its backend connections (see `upstream.rs`), so a
+//! request never wakes another thread: no work stealing, no futex wake-ups between workers, no
+//! cache lines moving for the connection's state. The control plane (control socket, health
+//! checks, metrics page) stays on the main multi-threaded runtime.
 
 use std::convert::Infallible;
 use std::io;
@@ -78,19 +85,116 @@ pub fn builder(edge: &Edge) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Accepts on `listener` until `shutdown` turns true.
+/// One edge worker: a thread running a current-thread runtime.
+struct Worker {
+    handle: tokio::runtime::Handle,
+    /// Connections it serves (for balancing).
+    open: AtomicUsize,
+}
+
+/// Decrements a worker's connection count when the connection ends.
+struct WorkerSlot(&'static Worker);
+
+impl Drop for WorkerSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The edge workers: one thread per CPU (or `SWITCHYARD_WORKERS`), each running a
+/// current-thread runtime until the process exits. Started on first use.
+fn workers() -> &'static [Worker] {
+    static WORKERS: std::sync::OnceLock<Vec<Worker>> = std::sync::OnceLock::new();
+    WORKERS.get_or_init(|| {
+        let n = std::env::var("SWITCHYARD_WORKERS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        (0..n)
+            .filter_map(|i| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| tracing::warn!(error = %e, "cannot start an edge worker"))
+                    .ok()?;
+                let handle = rt.handle().clone();
+                std::thread::Builder::new()
+                    .name(format!("edge-{i}"))
+                    .spawn(move || rt.block_on(std::future::pending::<()>()))
+                    .map_err(|e| tracing::warn!(error = %e, "cannot start an edge worker"))
+                    .ok()?;
+                Some(Worker {
+                    handle,
+                    open: AtomicUsize::new(0),
+                })
+            })
+            .collect()
+    })
+}
+
+/// Accepts on `listener` until `shutdown` turns true: one accept loop per edge worker, each on a
+/// duplicate of the socket (the kernel hands each new connection to one of them). A worker that
+/// accepts while it serves more connections than another hands the connection over to the least
+/// busy one (a burst of connects tends to land on whichever worker is awake). Returns when all
+/// have stopped accepting.
 pub async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     edge: Arc<Edge>,
     tracker: Arc<Tracker>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     if tls.is_some() {
         if let Ok(a) = listener.local_addr() {
             edge.https_port.store(a.port(), Ordering::Relaxed);
         }
     }
+    let workers = workers();
+    let std_listener = match listener.into_std() {
+        Ok(l) if !workers.is_empty() => l,
+        Ok(l) => {
+            // No worker could start: serve from this runtime.
+            match TcpListener::from_std(l) {
+                Ok(l) => return worker_accept_loop(l, None, tls, edge, tracker, shutdown).await,
+                Err(e) => return tracing::error!(error = %e, "cannot accept connections"),
+            }
+        }
+        Err(e) => return tracing::error!(error = %e, "cannot accept connections"),
+    };
+    let mut loops = Vec::with_capacity(workers.len());
+    for (i, w) in workers.iter().enumerate() {
+        let l = match std_listener.try_clone() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot share the listening socket with a worker");
+                continue;
+            }
+        };
+        let (tls, edge, tracker, shutdown) =
+            (tls.clone(), edge.clone(), tracker.clone(), shutdown.clone());
+        loops.push(w.handle.spawn(async move {
+            match TcpListener::from_std(l) {
+                Ok(l) => worker_accept_loop(l, Some(i), tls, edge, tracker, shutdown).await,
+                Err(e) => tracing::error!(error = %e, "cannot accept connections"),
+            }
+        }));
+    }
+    drop(std_listener);
+    for l in loops {
+        let _ = l.await;
+    }
+}
+
+/// The accept loop of worker `me` (None: not on a worker).
+async fn worker_accept_loop(
+    listener: TcpListener,
+    me: Option<usize>,
+    tls: Option<TlsAcceptor>,
+    edge: Arc<Edge>,
+    tracker: Arc<Tracker>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let builder = Arc::new(builder(&edge));
     loop {
         let accepted = tokio::select! {
@@ -118,13 +222,49 @@ pub async fn accept_loop(
         let tls = tls.clone();
         let builder = builder.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        // `worker`: already counted in its `open` when the connection was assigned to it.
+        let run = move |stream: TcpStream, worker: Option<&'static Worker>| async move {
             let _slot = slot;
+            let _worker = worker.map(WorkerSlot);
             edge.metrics.connections_total.inc();
             edge.metrics.connections_open.inc();
             connection(stream, peer, tls, edge.clone(), builder, shutdown).await;
             edge.metrics.connections_open.dec();
-        });
+        };
+        let Some(me) = me else {
+            tokio::spawn(run(stream, None));
+            continue;
+        };
+        let workers = workers();
+        let (least, min) = workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (i, w.open.load(Ordering::Relaxed)))
+            .min_by_key(|&(_, n)| n)
+            .unwrap_or((me, 0));
+        if least != me && workers[me].open.load(Ordering::Relaxed) > min {
+            // Hand over: the socket moves to the other worker's reactor.
+            match stream.into_std() {
+                Ok(std) => {
+                    let w = &workers[least];
+                    // Counted at once, so the next accept sees it.
+                    w.open.fetch_add(1, Ordering::Relaxed);
+                    w.handle.spawn(async move {
+                        match TcpStream::from_std(std) {
+                            Ok(s) => run(s, Some(w)).await,
+                            Err(e) => {
+                                drop(WorkerSlot(w));
+                                tracing::warn!(error = %e, "cannot hand a connection over")
+                            }
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot hand a connection over"),
+            }
+        } else {
+            workers[me].open.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(run(stream, Some(&workers[me])));
+        }
     }
 }
 

@@ -226,7 +226,9 @@ impl Upstream {
                 Err(Failure::Failed(e)) => return Err(SendError::Http(e)),
             }
         }
-        let mut c = self.connect(addr).await?;
+        // Boxed: the connect and handshake futures are large and rarely needed; inline they would
+        // grow (and be copied with) every request's future.
+        let mut c = Box::pin(self.connect(addr)).await?;
         match c.exchange(req, true).await {
             Ok(resp) => Ok((resp, c)),
             Err(Failure::NotSent(_, Some(e)) | Failure::Failed(e)) => Err(SendError::Http(e)),
