@@ -1,10 +1,10 @@
 //! Metrics of the edge on the `prometheus` crate, whose counters and histograms are atomics.
 //! Labelled series are resolved once per site (when the site first appears in a table) into plain
 //! handles, so the request path only bumps atomics: no lock, no label hashing per request. The
-//! per-site handles are found through an `ArcSwap` map that the control plane replaces on change.
+//! per-site handles are found through an `ArcSwap`ed list that the control plane replaces on change
+//! (few sites: comparing names beats hashing them).
 //! Gauges that describe state (backend health, read-only) are computed at scrape time.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +38,8 @@ pub struct Metrics {
     rejected: IntCounterVec,
     switches_vec: IntCounterVec,
     bytes_vec: IntCounterVec,
-    sites: ArcSwap<HashMap<Arc<str>, Arc<SiteMetrics>>>,
+    /// Few sites: a list searched by name beats hashing the name.
+    sites: ArcSwap<Vec<(Arc<str>, Arc<SiteMetrics>)>>,
     pub unrouted: IntCounter,
     pub connections_open: IntGauge,
     pub connections_total: IntCounter,
@@ -155,10 +156,15 @@ impl Default for Metrics {
     }
 }
 
+#[inline]
+fn find<'a>(list: &'a [(Arc<str>, Arc<SiteMetrics>)], site: &str) -> Option<&'a Arc<SiteMetrics>> {
+    list.iter().find(|(k, _)| &**k == site).map(|(_, m)| m)
+}
+
 impl Metrics {
     /// The handles of `site`, made on first use (cold: control plane, or a request's first sight).
     pub fn site(&self, site: &str) -> Arc<SiteMetrics> {
-        if let Some(m) = self.sites.load().get(site) {
+        if let Some(m) = find(&self.sites.load(), site) {
             return m.clone();
         }
         let color = |c: Color| ColorMetrics {
@@ -172,9 +178,11 @@ impl Metrics {
             switches: self.switches_vec.with_label_values(&[site]),
             bytes_out: self.bytes_vec.with_label_values(&[site]),
         });
-        self.sites.rcu(|map| {
-            let mut next = HashMap::clone(map);
-            next.entry(site.into()).or_insert_with(|| m.clone());
+        self.sites.rcu(|list| {
+            let mut next = Vec::clone(list);
+            if find(&next, site).is_none() {
+                next.push((site.into(), m.clone()));
+            }
             next
         });
         m
@@ -188,7 +196,7 @@ impl Metrics {
             return;
         };
         let guard = self.sites.load();
-        let m = match guard.get(site) {
+        let m = match find(&guard, site) {
             Some(m) => m,
             None => {
                 drop(guard);
@@ -204,7 +212,7 @@ impl Metrics {
 
     #[inline]
     pub fn rejected_write(&self, site: &str) {
-        if let Some(m) = self.sites.load().get(site) {
+        if let Some(m) = find(&self.sites.load(), site) {
             m.rejected_writes.inc();
         } else {
             self.site(site).rejected_writes.inc();

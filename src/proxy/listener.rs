@@ -278,7 +278,7 @@ async fn connection(
 ) {
     match tls {
         None => {
-            let conn = Arc::new(Conn::new(peer, false, None, false));
+            let conn = Arc::new(Conn::new(edge.clone(), peer, false, None, false));
             serve(stream, conn, edge, &builder, shutdown).await
         }
         Some(acceptor) => {
@@ -300,7 +300,7 @@ async fn connection(
             edge.metrics.tls_handshakes.inc();
             let sni = tls.get_ref().1.server_name().map(Into::into);
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let conn = Arc::new(Conn::new(peer, true, sni, h2));
+            let conn = Arc::new(Conn::new(edge.clone(), peer, true, sni, h2));
             serve(tls, conn, edge, &builder, shutdown).await
         }
     }
@@ -318,9 +318,8 @@ async fn serve<IO>(
     let limits = edge.limits.clone();
     let c2 = conn.clone();
     let svc = service_fn(move |req| {
-        let edge = edge.clone();
         let conn = c2.clone();
-        async move { Ok::<_, Infallible>(service::handle(edge, conn, req).await) }
+        async move { Ok::<_, Infallible>(service::handle(conn, req).await) }
     });
     let io = Reads {
         inner: io,

@@ -22,7 +22,6 @@ pub use error_page::ProxyError;
 pub use service::Edge;
 
 /// One client connection, shared by the requests on it.
-#[derive(Debug)]
 pub struct Conn {
     pub peer: SocketAddr,
     pub https: bool,
@@ -41,10 +40,30 @@ pub struct Conn {
     pub h2: bool,
     /// The client's address as an `X-Forwarded-For` value, made on the first request.
     pub ip_value: OnceLock<HeaderValue>,
+    /// Shared by every connection; held here so that a request clones this connection's `Arc`
+    /// (a cache line of this thread) rather than the `Edge`'s (shared by all threads).
+    pub edge: std::sync::Arc<Edge>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("peer", &self.peer)
+            .field("https", &self.https)
+            .field("sni", &self.sni)
+            .field("h2", &self.h2)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Conn {
-    pub fn new(peer: SocketAddr, https: bool, sni: Option<Box<str>>, h2: bool) -> Conn {
+    pub fn new(
+        edge: std::sync::Arc<Edge>,
+        peer: SocketAddr,
+        https: bool,
+        sni: Option<Box<str>>,
+        h2: bool,
+    ) -> Conn {
         Conn {
             peer,
             https,
@@ -55,6 +74,7 @@ impl Conn {
             reads_at_rest: 0.into(),
             h2,
             ip_value: OnceLock::new(),
+            edge,
         }
     }
 

@@ -94,7 +94,6 @@ impl Edge {
 /// connection back into the pool (only after a clean end), the write's in-flight count, the
 /// connection's in-flight count (both guards release on drop).
 pub(crate) struct Done {
-    edge: Arc<Edge>,
     record: Option<Record>,
     _write: Option<WriteGuard>,
     _inflight: Inflight,
@@ -103,11 +102,12 @@ pub(crate) struct Done {
 impl Done {
     /// `conn`: the backend connection the body came from, pooled again after a clean end.
     pub(crate) fn finish(self, bytes: u64, complete: bool, conn: Option<UpConn>) {
+        let edge = &self._inflight.0.edge;
         if let Some(r) = self.record {
-            self.edge.log.send(r.finish(bytes, complete));
+            edge.log.send(r.finish(bytes, complete));
         }
         if let (Some(c), true) = (conn, complete) {
-            c.release(self.edge.upstream.idle_timeout);
+            c.release(edge.upstream.idle_timeout);
         }
     }
 }
@@ -135,13 +135,10 @@ impl Drop for Inflight {
     }
 }
 
-pub async fn handle(
-    edge: Arc<Edge>,
-    conn: Arc<Conn>,
-    req: Request<Incoming>,
-) -> Response<RespBody> {
+pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<RespBody> {
     let inflight = Inflight::enter(conn);
     let conn = &inflight.0;
+    let edge = &conn.edge;
     let start = Instant::now();
     let mut ctx = Ctx {
         site: None,
@@ -158,7 +155,7 @@ pub async fn handle(
         )
     });
     let json = wants_json(req.headers().get(ACCEPT));
-    let mut resp = match forward(&edge, conn, req, &mut ctx).await {
+    let mut resp = match forward(edge, conn, req, &mut ctx).await {
         Ok(r) => r,
         Err(e) => {
             edge.metrics.proxy_error(&e);
@@ -182,7 +179,6 @@ pub async fn handle(
         backend: ctx.backend,
     });
     resp.body_mut().on_finish(Done {
-        edge,
         record,
         _write: ctx.write.take(),
         _inflight: inflight,
@@ -273,7 +269,7 @@ async fn forward(
         site.active
     };
     ctx.color = Some(color);
-    let pool = site.pool(color).clone();
+    let pool = site.pool(color);
 
     // Prepare the upstream request.
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
@@ -315,7 +311,7 @@ async fn forward(
             .then(|| (parts.method.clone(), parts.headers.clone()));
     let is_write = !gate::is_safe(&parts.method);
 
-    let mut backend = pool.pick(None).ok_or(ProxyError::NoBackend)?.clone();
+    let mut backend = pool.pick(None).ok_or(ProxyError::NoBackend)?;
     // Origin form for our own connections; hyper-util's client wants the absolute URI.
     let uri = |b: &Backend| {
         if upgrade {
@@ -324,7 +320,7 @@ async fn forward(
             Uri::from(pq.clone())
         }
     };
-    parts.uri = uri(&backend);
+    parts.uri = uri(backend);
     let mut attempt = Request::from_parts(parts, body);
     let mut tried_retry = false;
     let mut resp = loop {
@@ -344,13 +340,13 @@ async fn forward(
                     backend.eject(edge.eject_backoff);
                     edge.metrics.backend_failure();
                     if let (false, Some((m, h))) = (tried_retry, &retry) {
-                        if let Some(next) = pool.pick(Some(&backend)) {
+                        if let Some(next) = pool.pick(Some(backend)) {
                             tried_retry = true;
-                            backend = next.clone();
+                            backend = next;
                             let mut r = Request::new(ReqBody::Empty);
                             *r.method_mut() = m.clone();
                             *r.headers_mut() = h.clone();
-                            *r.uri_mut() = uri(&backend);
+                            *r.uri_mut() = uri(backend);
                             attempt = r;
                             continue;
                         }
