@@ -135,5 +135,21 @@ fn access_log(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, lookup, rewrite, read_only, access_log);
+fn metrics(c: &mut Criterion) {
+    let m = switchyard::metrics::Metrics::default();
+    m.site("wiki");
+    let took = std::time::Duration::from_micros(350);
+    c.bench_function("metrics: one response (counter + histogram)", |b| {
+        b.iter(|| {
+            m.response(
+                black_box(Some("wiki")),
+                Some(switchyard::config::Color::Blue),
+                black_box(200),
+                took,
+            )
+        })
+    });
+}
+
+criterion_group!(benches, lookup, rewrite, read_only, access_log, metrics);
 criterion_main!(benches);
