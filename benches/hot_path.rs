@@ -108,9 +108,9 @@ fn access_log(c: &mut Criterion) {
     let record = || switchyard::accesslog::Record {
         start: Instant::now(),
         client: "192.0.2.7:51234".parse().expect("addr"),
-        host: Some(HeaderValue::from_static("wiki.example.org")),
+        host: "wiki.example.org".into(),
         method: Method::GET,
-        uri: "/wiki/Main_Page?action=history".parse().expect("uri"),
+        path: "/wiki/Main_Page?action=history".into(),
         status: 200,
         color: Some("green"),
         backend: Some("127.0.0.1:49153".parse().expect("addr")),

@@ -14,7 +14,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::{HeaderValue, Method, Uri};
+use http::Method;
 
 use crate::config::LogTarget;
 
@@ -109,14 +109,50 @@ fn writer(rx: Receiver<Line>, mut out: Box<dyn Write + Send>) {
     }
 }
 
+/// A short string copied inline (no allocation up to 118 bytes). The access log copies host and
+/// path rather than keeping hyper's `Bytes`: those point into the connection's read buffer, and
+/// holding them until the log thread is done would make hyper allocate a fresh read buffer for
+/// every request (and free the old one on another thread).
+pub enum Text {
+    Inline(u8, [u8; 118]),
+    Heap(Box<[u8]>),
+}
+
+impl Text {
+    #[inline]
+    pub fn new(b: &[u8]) -> Text {
+        if b.len() <= 118 {
+            let mut buf = [0u8; 118];
+            buf[..b.len()].copy_from_slice(b);
+            Text::Inline(b.len() as u8, buf)
+        } else {
+            Text::Heap(b.into())
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Text::Inline(n, b) => &b[..*n as usize],
+            Text::Heap(b) => b,
+        }
+    }
+}
+
+impl From<&str> for Text {
+    fn from(s: &str) -> Text {
+        Text::new(s.as_bytes())
+    }
+}
+
 /// What one access-log line says, captured when the response head is ready.
 pub struct Record {
     pub start: Instant,
     pub client: SocketAddr,
-    /// The Host header, else the URI's authority (HTTP/2).
-    pub host: Option<HeaderValue>,
+    /// The Host header, else the URI's authority (HTTP/2); empty if neither.
+    pub host: Text,
     pub method: Method,
-    pub uri: Uri,
+    /// Path and query.
+    pub path: Text,
     pub status: u16,
     pub color: Option<&'static str>,
     pub backend: Option<SocketAddr>,
@@ -216,23 +252,12 @@ impl Line {
         out.push(b' ');
         push_ip(out, r.client.ip());
         out.push(b' ');
-        let host = match &r.host {
-            Some(h) => h.as_bytes(),
-            None => r
-                .uri
-                .authority()
-                .map_or(&b""[..], |a| a.as_str().as_bytes()),
-        };
+        let host = r.host.as_bytes();
         out.extend_from_slice(if host.is_empty() { b"-" } else { host });
         out.push(b' ');
         out.extend_from_slice(r.method.as_str().as_bytes());
         out.push(b' ');
-        out.extend_from_slice(
-            r.uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .as_bytes(),
-        );
+        out.extend_from_slice(r.path.as_bytes());
         out.push(b' ');
         push_u64(out, r.status.into());
         out.push(b' ');
@@ -284,9 +309,9 @@ mod tests {
         let r = Record {
             start: Instant::now(),
             client: "127.0.0.1:5000".parse().unwrap(),
-            host: Some(HeaderValue::from_static("w.test")),
+            host: "w.test".into(),
             method: http::Method::POST,
-            uri: "/a?b".parse().unwrap(),
+            path: "/a?b".into(),
             status: 201,
             color: Some("green"),
             backend: Some("127.0.0.1:81".parse().unwrap()),
@@ -326,9 +351,9 @@ mod tests {
         let mut r = Record {
             start: Instant::now(),
             client: "127.0.0.1:1".parse().unwrap(),
-            host: None,
+            host: "".into(),
             method: http::Method::GET,
-            uri: "/".parse().unwrap(),
+            path: "/".into(),
             status: 200,
             color: None,
             backend: None,
@@ -347,13 +372,14 @@ mod tests {
     }
 
     #[test]
-    fn authority_when_no_host_and_aborted() {
+    fn long_path_and_aborted() {
+        let long = "/".repeat(200);
         let r = Record {
             start: Instant::now(),
             client: "[::1]:5000".parse().unwrap(),
-            host: None,
+            host: "h2.test:8443".into(),
             method: http::Method::GET,
-            uri: "https://h2.test:8443/x".parse().unwrap(),
+            path: long.as_str().into(),
             status: 200,
             color: None,
             backend: None,
@@ -366,7 +392,7 @@ mod tests {
                 "::1",
                 "h2.test:8443",
                 "GET",
-                "/x",
+                &long,
                 "200",
                 "3",
                 f[7],

@@ -31,7 +31,7 @@ use super::headers;
 use super::tunnel;
 use super::upstream::{SendError, UpConn, Upstream};
 use super::Conn;
-use crate::accesslog::{AccessLog, Record};
+use crate::accesslog::{AccessLog, Record, Text};
 use crate::config::{Color, Limits};
 use crate::metrics::Metrics;
 use crate::routing::{Backend, RoutingTable};
@@ -146,12 +146,17 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<RespBod
         backend: None,
         write: None,
     };
-    // Reference-counted clones, no copies of the strings.
+    // Copies (inline, no allocation): see `accesslog::Text`.
     let logged = edge.log.enabled().then(|| {
         (
             req.method().clone(),
-            req.uri().clone(),
-            req.headers().get(HOST).cloned(),
+            Text::new(
+                req.uri()
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .as_bytes(),
+            ),
+            Text::new(req_host(&req).unwrap_or("").as_bytes()),
         )
     });
     let json = wants_json(req.headers().get(ACCEPT));
@@ -168,12 +173,12 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<RespBod
     let status = resp.status().as_u16();
     edge.metrics
         .response(ctx.site.as_deref(), ctx.color, status, start.elapsed());
-    let record = logged.map(|(method, uri, host)| Record {
+    let record = logged.map(|(method, path, host)| Record {
         start,
         client: conn.peer,
         host,
         method,
-        uri,
+        path,
         status,
         color: ctx.color.map(Color::as_str),
         backend: ctx.backend,
