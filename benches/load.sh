@@ -84,6 +84,7 @@ for p in $BLUE $GREEN $HTTP $HTTPS; do listening $p && die "port $p is in use"; 
 mkdir -p "$TMP/up/www" "$TMP/certs"
 head -c 1023 /dev/zero | tr '\0' 'o' >"$TMP/up/www/index.html"; printf k >>"$TMP/up/www/index.html"
 head -c $((100 << 20)) /dev/urandom >"$TMP/up/www/big"
+chmod a+rx "$TMP" "$TMP/up" "$TMP/up/www"; chmod a+r "$TMP/up/www/"*   # nginx workers run as nobody
 cat >"$TMP/up/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -139,9 +140,12 @@ redirect_http = false
 blue = ["$L:$BLUE"]
 green = ["$L:$GREEN"]
 EOF
-start_bg "$TMP/switchyard.log" "$BIN" serve --config "$TMP/switchyard.toml"
-SY=$START_PID
-wait_port $HTTPS $SY || die "switchyard did not start: $(tail -5 "$TMP/switchyard.log")"
+start_sy() {
+  start_bg "$TMP/switchyard.log" "$BIN" serve --config "$TMP/switchyard.toml"
+  SY=$START_PID
+  wait_port $HTTPS $SY || die "switchyard did not start: $(tail -5 "$TMP/switchyard.log")"
+}
+start_sy
 got=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' "http://$L:$HTTP/")
 [[ $got == "200 1024" ]] || die "sanity check failed: $got"
 log "switchyard pid $SY ($BIN), access log: $ACCESS_LOG, $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -188,7 +192,8 @@ if want memory; then
   sleep 1
   row "idle RSS (after start and one request)" "$(awk '/^VmRSS:/{printf "%.1f MiB", $2/1024}' "/proc/$SY/status")"
   r=$(python3 "$HERE/idle_conns.py" "$SY" $L $HTTP "$IDLE_CONNS" 2>&1 | tail -1); row "$IDLE_CONNS idle h1 keep-alive connections" "$r"
-  sleep 2
+  # a fresh process for TLS: freed memory is not returned to the OS and would hide the cost
+  stop_pid "$SY"; start_sy; curl -s -o /dev/null "http://$L:$HTTP/"; sleep 1
   r=$(python3 "$HERE/idle_conns.py" "$SY" $L $HTTPS "$IDLE_CONNS" --tls 2>&1 | tail -1); row "$IDLE_CONNS idle https h1 keep-alive connections" "$r"
   sleep 2
 fi

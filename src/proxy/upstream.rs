@@ -95,11 +95,38 @@ impl UpConn {
     }
 
     /// Back into this thread's pool, for the next request to the same backend. Call only when
-    /// the response body ended cleanly.
-    pub fn release(self, idle_timeout: Duration) {
+    /// the response body ended cleanly. Usually the connection is ready for another request at
+    /// once; if the backend answered before the request body was all sent, a task drives the
+    /// connection until the body is through (as hyper's own connection task would have), then
+    /// pools it.
+    pub fn release(mut self, idle_timeout: Duration) {
+        // Let it take in the end of the exchange (nothing here needs a wake-up: whoever drives
+        // it next registers its own waker).
+        self.drive(&mut Context::from_waker(
+            futures_util::task::noop_waker_ref(),
+        ));
         if self.conn.is_none() || self.tx.is_closed() {
             return;
         }
+        if !self.tx.is_ready() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let ready = std::future::poll_fn(|cx| {
+                        self.drive(cx);
+                        self.tx.poll_ready(cx)
+                    })
+                    .await;
+                    if ready.is_ok() {
+                        self.pool(idle_timeout);
+                    }
+                });
+            }
+            return;
+        }
+        self.pool(idle_timeout);
+    }
+
+    fn pool(self, idle_timeout: Duration) {
         let now = Instant::now();
         POOL.with(|p| {
             let mut p = p.borrow_mut();
