@@ -165,8 +165,8 @@ impl Proxy {
             Ok(None) | Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                // let the reader thread drain
-                std::thread::sleep(Duration::from_millis(50));
+                // The reader sends None once it has pushed the last line (the pipe closed).
+                while let Ok(Some(_)) = rx.recv_timeout(Duration::from_secs(5)) {}
                 return Err(stderr.lock().unwrap().join("\n"));
             }
         };
