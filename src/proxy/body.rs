@@ -132,6 +132,14 @@ impl RespBody {
         }
     }
 
+    /// The whole body of a page we made (empty for an upstream body).
+    pub(crate) fn take_full(&mut self) -> Bytes {
+        match &mut self.inner {
+            Inner::Full(b) => b.take().unwrap_or_default(),
+            Inner::Upstream(..) => Bytes::new(),
+        }
+    }
+
     pub(crate) fn on_finish(&mut self, f: Done) {
         self.finish = Some(f);
     }

@@ -12,11 +12,12 @@
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, BytesMut};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -25,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
-use super::{service, Conn, Edge};
+use super::{fast, service, Conn, Edge};
 
 /// Counts open connections, for the limit and for the shutdown drain.
 #[derive(Default)]
@@ -325,8 +326,49 @@ async fn serve<IO>(
         inner: io,
         conn: conn.clone(),
     };
-    let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(c);
+    // HTTP/1.1 connections start on the fast path (`fast.rs`); hyper takes over the first
+    // request the fast path does not take, and serves HTTP/2.
+    let fast_phase = AtomicBool::new(!conn.h2);
+    let hyper_shutdown = shutdown.clone();
+    let work = async {
+        let io = if fast_phase.load(Ordering::Relaxed) {
+            match fast::serve(io, &conn).await {
+                fast::Outcome::Closed => return,
+                fast::Outcome::Handoff(io, prefix) => {
+                    fast_phase.store(false, Ordering::Relaxed);
+                    Prefixed { prefix, inner: io }
+                }
+            }
+        } else {
+            Prefixed {
+                prefix: BytesMut::new(),
+                inner: io,
+            }
+        };
+        let mut shutdown = hyper_shutdown;
+        let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+        tokio::pin!(c);
+        let mut draining = *shutdown.borrow();
+        if draining {
+            c.as_mut().graceful_shutdown();
+        }
+        loop {
+            tokio::select! {
+                r = c.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::trace!(peer = %conn.peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                changed = shutdown.changed(), if !draining => {
+                    let _ = changed;
+                    draining = true;
+                    c.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    };
+    tokio::pin!(work);
     // The watchdog for the header and idle timeouts. `conn.activity` counts requests started
     // (bumped in `service::handle`), `conn.inflight` the unfinished ones, `conn.reads` socket
     // reads. Each tick, a connection with a request in flight or a new one started is busy;
@@ -345,21 +387,22 @@ async fn serve<IO>(
     let mut first = true;
     let mut head_coming = false;
     let mut draining = *shutdown.borrow();
-    if draining {
-        c.as_mut().graceful_shutdown();
-    }
+    conn.draining.store(draining, Ordering::Relaxed);
     loop {
         tokio::select! {
-            r = c.as_mut() => {
-                if let Err(e) = r {
-                    tracing::trace!(peer = %conn.peer, error = %e, "connection ended with an error");
-                }
-                return;
-            }
+            () = work.as_mut() => return,
             changed = shutdown.changed(), if !draining => {
                 let _ = changed;
                 draining = true;
-                c.as_mut().graceful_shutdown();
+                conn.draining.store(true, Ordering::Relaxed);
+                // The fast path closes after the response in flight; between requests (nothing
+                // in flight, no new head arriving) the connection closes now.
+                if fast_phase.load(Ordering::Relaxed)
+                    && conn.inflight.load(Ordering::Relaxed) == 0
+                    && conn.reads.load(Ordering::Relaxed) == conn.reads_at_rest.load(Ordering::Relaxed)
+                {
+                    return;
+                }
             }
             _ = tokio::time::sleep(tick) => {
                 let req = conn.activity.load(Ordering::Relaxed);
@@ -395,6 +438,58 @@ async fn serve<IO>(
                 }
             }
         }
+    }
+}
+
+/// A connection handed from the fast path to hyper: the bytes the fast path read come first.
+struct Prefixed<IO> {
+    prefix: BytesMut,
+    inner: IO,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -4,8 +4,10 @@
 pub mod body;
 pub mod deadline;
 pub mod error_page;
+pub mod fast;
 pub mod gate;
 pub mod headers;
+mod idle;
 pub mod listener;
 pub mod service;
 pub mod tls;
@@ -38,6 +40,8 @@ pub struct Conn {
     pub reads_at_rest: AtomicU64,
     /// ALPN chose h2: reads there include PING acks, so they do not mean a head is coming.
     pub h2: bool,
+    /// Set when the server shuts down: the fast path closes after the response in flight.
+    pub draining: std::sync::atomic::AtomicBool,
     /// The client's address as an `X-Forwarded-For` value, made on the first request.
     pub ip_value: OnceLock<HeaderValue>,
     /// Shared by every connection; held here so that a request clones this connection's `Arc`
@@ -73,6 +77,7 @@ impl Conn {
             reads: 0.into(),
             reads_at_rest: 0.into(),
             h2,
+            draining: false.into(),
             ip_value: OnceLock::new(),
             edge,
         }

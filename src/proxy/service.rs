@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_LENGTH, HOST, LOCATION};
 use http::uri::{PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -34,7 +34,7 @@ use super::Conn;
 use crate::accesslog::{AccessLog, Record, Text};
 use crate::config::{Color, Limits};
 use crate::metrics::Metrics;
-use crate::routing::{Backend, RoutingTable};
+use crate::routing::{Backend, RoutingTable, SiteRoute};
 
 pub type UpstreamClient = Client<HttpConnector, ReqBody>;
 
@@ -116,10 +116,10 @@ impl Done {
 /// decrement at the end of `handle`: hyper drops the handler future when an HTTP/2 client resets
 /// the stream (or the connection goes away) before the answer is ready, and the idle watchdog
 /// must not see that request as in flight forever.
-struct Inflight(Arc<Conn>);
+pub(crate) struct Inflight(pub(crate) Arc<Conn>);
 
 impl Inflight {
-    fn enter(conn: Arc<Conn>) -> Inflight {
+    pub(crate) fn enter(conn: Arc<Conn>) -> Inflight {
         conn.inflight.fetch_add(1, Ordering::Relaxed);
         conn.activity.fetch_add(1, Ordering::Relaxed);
         Inflight(conn)
@@ -191,11 +191,11 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<RespBod
     resp
 }
 
-struct Ctx {
-    site: Option<Arc<str>>,
-    color: Option<Color>,
-    backend: Option<SocketAddr>,
-    write: Option<WriteGuard>,
+pub(crate) struct Ctx {
+    pub site: Option<Arc<str>>,
+    pub color: Option<Color>,
+    pub backend: Option<SocketAddr>,
+    pub write: Option<WriteGuard>,
 }
 
 fn req_host<B>(req: &Request<B>) -> Option<&str> {
@@ -205,13 +205,31 @@ fn req_host<B>(req: &Request<B>) -> Option<&str> {
     }
 }
 
-async fn forward(
+/// Where a request goes, decided before anything is sent: the site, the color (the active one,
+/// or the idle one for a preview host), the read-only mark, and the write's in-flight guard.
+/// Shared by hyper's path (`forward`) and the HTTP/1.1 fast path (`fast.rs`).
+pub(crate) enum Decision {
+    Forward {
+        site: Arc<SiteRoute>,
+        color: Color,
+        mark_read_only: bool,
+    },
+    /// Plain HTTP to a site that redirects: to this HTTPS port.
+    Redirect(u16),
+}
+
+/// Routes and gates a request: host → site (and the SNI check), the HTTP → HTTPS redirect, the
+/// Content-Length limit (`content_length`: the header, if any, not yet checked), the read-only
+/// gate, the preview hosts. Fills `ctx` as it learns things, for the log and the metrics.
+pub(crate) fn decide(
     edge: &Edge,
-    conn: &Arc<Conn>,
-    mut req: Request<Incoming>,
+    conn: &Conn,
+    host: &str,
+    method: &Method,
+    path: &str,
+    content_length: Option<&HeaderValue>,
     ctx: &mut Ctx,
-) -> Result<Response<RespBody>, ProxyError> {
-    let host = req_host(&req).ok_or(ProxyError::BadRequest("the request has no Host header"))?;
+) -> Result<Decision, ProxyError> {
     let (site, preview, https_port) = {
         let table = edge.table.load();
         let route = table.lookup(host).ok_or(ProxyError::UnknownHost)?;
@@ -237,10 +255,10 @@ async fn forward(
                 0 => port,
                 bound => bound,
             };
-            return Ok(redirect(host, port, req.uri()));
+            return Ok(Decision::Redirect(port));
         }
     }
-    if let Some(len) = req.headers().get(CONTENT_LENGTH) {
+    if let Some(len) = content_length {
         let len: u64 =
             len.to_str()
                 .ok()
@@ -253,7 +271,7 @@ async fn forward(
         }
     }
     let client_ip = conn.peer.ip();
-    let mark_read_only = match gate::check(&site, req.method(), req.uri().path(), client_ip) {
+    let mark_read_only = match gate::check(&site, method, path, client_ip) {
         Gate::Refuse(notice) => {
             edge.metrics.rejected_write(&site.name);
             return Err(ProxyError::ReadOnly(notice));
@@ -274,6 +292,47 @@ async fn forward(
         site.active
     };
     ctx.color = Some(color);
+    Ok(Decision::Forward {
+        site,
+        color,
+        mark_read_only,
+    })
+}
+
+/// Counts a write answered by `color` (the rollback guard reads these).
+pub(crate) fn count_write(site: &SiteRoute, color: Color) {
+    let prev = site.shared.writes_since_switch[color.idx()].fetch_add(1, Ordering::Relaxed);
+    if prev == 0 && color == site.active {
+        site.shared.write_seen.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn forward(
+    edge: &Edge,
+    conn: &Arc<Conn>,
+    mut req: Request<Incoming>,
+    ctx: &mut Ctx,
+) -> Result<Response<RespBody>, ProxyError> {
+    let host = req_host(&req).ok_or(ProxyError::BadRequest("the request has no Host header"))?;
+    let (site, color, mark_read_only) = match decide(
+        edge,
+        conn,
+        host,
+        req.method(),
+        req.uri().path(),
+        req.headers().get(CONTENT_LENGTH),
+        ctx,
+    )? {
+        Decision::Redirect(port) => {
+            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            return Ok(redirect(host, port, pq));
+        }
+        Decision::Forward {
+            site,
+            color,
+            mark_read_only,
+        } => (site, color, mark_read_only),
+    };
     let pool = site.pool(color);
 
     // Prepare the upstream request.
@@ -363,10 +422,7 @@ async fn forward(
         }
     };
     if is_write {
-        let prev = site.shared.writes_since_switch[color.idx()].fetch_add(1, Ordering::Relaxed);
-        if prev == 0 && color == site.active {
-            site.shared.write_seen.store(true, Ordering::Relaxed);
-        }
+        count_write(&site, color);
     }
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -457,18 +513,13 @@ fn classify(mut src: Option<&(dyn std::error::Error + 'static)>, connect: bool) 
     }
 }
 
-fn redirect(host: &str, https_port: u16, uri: &Uri) -> Response<RespBody> {
+/// The 308 to HTTPS; `pq`: the request's path and query.
+pub(crate) fn redirect(host: &str, https_port: u16, pq: &str) -> Response<RespBody> {
     let bare = crate::routing::strip_port(host);
     let loc = if https_port == 443 {
-        format!(
-            "https://{bare}{}",
-            uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
-        )
+        format!("https://{bare}{pq}")
     } else {
-        format!(
-            "https://{bare}:{https_port}{}",
-            uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
-        )
+        format!("https://{bare}:{https_port}{pq}")
     };
     let mut r = Response::new(RespBody::full(Bytes::from_static(b"")));
     *r.status_mut() = StatusCode::PERMANENT_REDIRECT;

@@ -23,12 +23,11 @@
 //! how to hand over the upgraded socket.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -37,9 +36,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::body::ReqBody;
-
-/// Idle connections kept per backend per worker thread; more are closed when they come back.
-const MAX_IDLE_PER_THREAD: usize = 512;
+use super::idle::IdlePool;
 
 /// Settings for new connections.
 #[derive(Debug, Clone)]
@@ -127,29 +124,7 @@ impl UpConn {
     }
 
     fn pool(self, idle_timeout: Duration) {
-        let now = Instant::now();
-        POOL.with(|p| {
-            let mut p = p.borrow_mut();
-            let q = match p.iter().position(|(a, _)| *a == self.addr) {
-                Some(i) => &mut p[i].1,
-                None => {
-                    p.push((self.addr, VecDeque::new()));
-                    &mut p.last_mut().expect("just pushed").1
-                }
-            };
-            // The oldest sit at the front: drop the expired ones and keep within the cap.
-            while q
-                .front()
-                .is_some_and(|i| now.duration_since(i.since) >= idle_timeout)
-                || q.len() >= MAX_IDLE_PER_THREAD
-            {
-                q.pop_front();
-            }
-            q.push_back(Idle {
-                conn: self,
-                since: now,
-            });
-        });
+        POOL.with(|p| p.borrow_mut().put(self.addr, self, idle_timeout));
     }
 
     /// Sends `req` and waits for the response head, driving the connection meanwhile. `fresh`:
@@ -188,26 +163,14 @@ impl UpConn {
     }
 }
 
-struct Idle {
-    conn: UpConn,
-    since: Instant,
-}
-
 thread_local! {
-    /// (backend, idle connections, most recently used last). Few backends: a Vec beats a map.
-    static POOL: RefCell<Vec<(SocketAddr, VecDeque<Idle>)>> = const { RefCell::new(Vec::new()) };
+    static POOL: RefCell<IdlePool<UpConn>> = const { RefCell::new(IdlePool::new()) };
 }
 
 fn take(addr: SocketAddr, idle_timeout: Duration) -> Option<UpConn> {
     POOL.with(|p| {
-        let mut p = p.borrow_mut();
-        let (_, q) = p.iter_mut().find(|(a, _)| *a == addr)?;
-        while let Some(i) = q.pop_back() {
-            if !i.conn.tx.is_closed() && i.since.elapsed() < idle_timeout {
-                return Some(i.conn);
-            }
-        }
-        None
+        p.borrow_mut()
+            .take(addr, idle_timeout, |c| !c.tx.is_closed())
     })
 }
 
