@@ -354,7 +354,7 @@ pub fn write_client_head(out: &mut Vec<u8>, resp: &RespHead<'_, '_>, close: bool
             19 => is(n, "proxy-authorization"),
             _ => false,
         };
-        if !hop && !(has_named && named(n)) {
+        if !(hop || (has_named && named(n))) {
             line(out, n.as_bytes(), h.value);
         }
     }

@@ -104,80 +104,86 @@ where
                 Ok(_) => {}
             }
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_REQ_HEADERS];
-        let req = match head::parse_request(&buf, &mut headers) {
-            Parsed::Head(r) => r,
-            Parsed::Partial | Parsed::Handoff => return Outcome::Handoff(io, buf),
-        };
-        if req.content_length > max_body {
-            return Outcome::Handoff(io, buf);
-        }
-        let total = req.len + req.content_length as usize;
-        if buf.len() < total {
-            need = total;
-            continue;
-        }
-        need = 0;
+        // In a block: the parsed head (and its 2 KiB of header slots) must not live across an
+        // await, or it would sit in every connection's future.
+        let (inflight, mut x, mut ctx, forward, no_body) = {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_REQ_HEADERS];
+            let req = match head::parse_request(&buf, &mut headers) {
+                Parsed::Head(r) => r,
+                Parsed::Partial | Parsed::Handoff => return Outcome::Handoff(io, buf),
+            };
+            // Over the header limit, or a body hyper should stream: hyper answers or takes it.
+            if req.len > max_head || req.content_length > max_body {
+                return Outcome::Handoff(io, buf);
+            }
+            let total = req.len + req.content_length as usize;
+            if buf.len() < total {
+                need = total;
+                continue;
+            }
+            need = 0;
 
-        let inflight = Inflight::enter(conn.clone());
-        let start = Instant::now();
-        let record = edge.log.enabled().then(|| Record {
-            start,
-            client: conn.peer,
-            host: Text::new(req.host.as_bytes()),
-            method: req.method.clone(),
-            path: Text::new(req.target.as_bytes()),
-            status: 0,
-            color: None,
-            backend: None,
-        });
-        let mut ctx = Ctx {
-            site: None,
-            color: None,
-            backend: None,
-            write: None,
-        };
-        let mut x = Exchange {
-            start,
-            record,
-            method: req.method.clone(),
-            close: req.close,
-            json: req.json,
-            head_only: req.method == http::Method::HEAD,
-        };
-        let decided = service::decide(
-            edge,
-            conn,
-            req.host,
-            &req.method,
-            req.path(),
-            None,
-            &mut ctx,
-        );
-        let forward = match decided {
-            Ok(Decision::Forward {
-                site,
-                color,
-                mark_read_only,
-            }) => {
-                req_out.clear();
-                head::write_upstream_head(
-                    &mut req_out,
-                    &req,
-                    conn.ip_value().as_bytes(),
-                    conn.https,
+            let inflight = Inflight::enter(conn.clone());
+            let start = Instant::now();
+            let record = edge.log.enabled().then(|| Record {
+                start,
+                client: conn.peer,
+                host: Text::new(req.host.as_bytes()),
+                method: req.method.clone(),
+                path: Text::new(req.target.as_bytes()),
+                status: 0,
+                color: None,
+                backend: None,
+            });
+            let mut ctx = Ctx {
+                site: None,
+                color: None,
+                backend: None,
+                write: None,
+            };
+            let x = Exchange {
+                start,
+                record,
+                method: req.method.clone(),
+                close: req.close,
+                json: req.json,
+                head_only: req.method == http::Method::HEAD,
+            };
+            let decided = service::decide(
+                edge,
+                conn,
+                req.host,
+                &req.method,
+                req.path(),
+                None,
+                &mut ctx,
+            );
+            let forward = match decided {
+                Ok(Decision::Forward {
+                    site,
+                    color,
                     mark_read_only,
-                );
-                req_out.extend_from_slice(&buf[req.len..total]);
-                Ok((site, color))
-            }
-            Ok(Decision::Redirect(port)) => {
-                Err(Made::Page(service::redirect(req.host, port, req.target)))
-            }
-            Err(e) => Err(Made::Error(e, req.json)),
+                }) => {
+                    req_out.clear();
+                    head::write_upstream_head(
+                        &mut req_out,
+                        &req,
+                        conn.ip_value().as_bytes(),
+                        conn.https,
+                        mark_read_only,
+                    );
+                    req_out.extend_from_slice(&buf[req.len..total]);
+                    Ok((site, color))
+                }
+                Ok(Decision::Redirect(port)) => Err(Made::Page(Box::new(service::redirect(
+                    req.host, port, req.target,
+                )))),
+                Err(e) => Err(Made::Error(e, req.json)),
+            };
+            let no_body = req.content_length == 0;
+            buf.advance(total);
+            (inflight, x, ctx, forward, no_body)
         };
-        let no_body = req.content_length == 0;
-        buf.advance(total);
 
         let keep = match forward {
             Ok((site, color)) => {
@@ -210,7 +216,7 @@ where
 enum Made {
     /// An error page; JSON when the client prefers it.
     Error(ProxyError, bool),
-    Page(Response<RespBody>),
+    Page(Box<Response<RespBody>>),
 }
 
 /// Forwards one request (`request`: head and body) to a backend of `site`'s `color` and relays
@@ -417,7 +423,7 @@ where
             }
             e.response(json)
         }
-        Made::Page(r) => r,
+        Made::Page(r) => *r,
     };
     let status = resp.status();
     edge.metrics.response(
