@@ -5,6 +5,9 @@ mod support;
 #[path = "e2e/edge.rs"]
 mod edge;
 
+#[path = "e2e/fastpath.rs"]
+mod fastpath;
+
 #[path = "e2e/config.rs"]
 mod config;
 

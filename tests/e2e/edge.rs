@@ -18,21 +18,21 @@ use crate::support::*;
 // Helpers: raw HTTP/1.1 over any stream, and a TLS client that records the presented certificate.
 
 /// A raw HTTP/1.1 connection with a read buffer, for what reqwest cannot express.
-struct Raw<S> {
+pub(crate) struct Raw<S> {
     s: S,
     buf: Vec<u8>,
 }
 
 /// One response as read off the wire.
 #[derive(Debug)]
-struct RawResp {
-    head: String,
-    body: Vec<u8>,
-    trailers: String,
+pub(crate) struct RawResp {
+    pub(crate) head: String,
+    pub(crate) body: Vec<u8>,
+    pub(crate) trailers: String,
 }
 
 impl RawResp {
-    fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         self.head
             .split_whitespace()
             .nth(1)
@@ -40,7 +40,7 @@ impl RawResp {
             .unwrap_or(0)
     }
 
-    fn header(&self, name: &str) -> Option<String> {
+    pub(crate) fn header(&self, name: &str) -> Option<String> {
         self.head.lines().skip(1).find_map(|l| {
             let (k, v) = l.split_once(':')?;
             k.trim()
@@ -53,11 +53,16 @@ impl RawResp {
 const IO_DEADLINE: Duration = Duration::from_secs(10);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
-    fn new(s: S) -> Self {
+    pub(crate) fn new(s: S) -> Self {
         Raw { s, buf: Vec::new() }
     }
 
-    async fn send(&mut self, b: &[u8]) {
+    /// What was read and not consumed yet.
+    pub(crate) fn buf_text(&self) -> String {
+        String::from_utf8_lossy(&self.buf).into_owned()
+    }
+
+    pub(crate) async fn send(&mut self, b: &[u8]) {
         self.s.write_all(b).await.unwrap();
         self.s.flush().await.unwrap();
     }
@@ -73,7 +78,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
     }
 
     /// Reads up to and including the first `\r\n\r\n`; returns the head.
-    async fn read_head(&mut self) -> String {
+    pub(crate) async fn read_head(&mut self) -> String {
         loop {
             if let Some(i) = find(&self.buf, b"\r\n\r\n") {
                 let head: Vec<u8> = self.buf.drain(..i + 4).collect();
@@ -105,7 +110,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
     }
 
     /// Reads a whole response (Content-Length or chunked, with trailers).
-    async fn response(&mut self) -> RawResp {
+    pub(crate) async fn response(&mut self) -> RawResp {
         let head = self.read_head().await;
         let mut r = RawResp {
             head,
@@ -144,7 +149,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
     }
 
     /// True when the peer closes (EOF or reset) within `deadline`; bytes sent before are kept.
-    async fn closed_within(&mut self, deadline: Duration) -> bool {
+    pub(crate) async fn closed_within(&mut self, deadline: Duration) -> bool {
         let end = tokio::time::Instant::now() + deadline;
         let mut tmp = [0u8; 4096];
         loop {
@@ -161,11 +166,11 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
     h.windows(n.len()).position(|w| w == n)
 }
 
-async fn raw(addr: SocketAddr) -> Raw<TcpStream> {
+pub(crate) async fn raw(addr: SocketAddr) -> Raw<TcpStream> {
     Raw::new(TcpStream::connect(addr).await.unwrap())
 }
 
-fn get(host: &str, path: &str) -> Vec<u8> {
+pub(crate) fn get(host: &str, path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()
 }
 
