@@ -160,7 +160,10 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<RespBod
         )
     });
     let json = wants_json(req.headers().get(ACCEPT));
-    let mut resp = match forward(edge, conn, req, &mut ctx).await {
+    // Boxed: the forwarding state (request parts, the upstream exchange, the timer) is several
+    // KiB, and hyper moves the handler's future at least twice (into its stream future, then
+    // into a spawned task) — one allocation is cheaper than copying it each time.
+    let mut resp = match Box::pin(forward(edge, conn, req, &mut ctx)).await {
         Ok(r) => r,
         Err(e) => {
             edge.metrics.proxy_error(&e);
