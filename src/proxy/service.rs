@@ -26,6 +26,7 @@ use hyper_util::client::legacy::Client;
 
 use super::body::{BodyError, ReqBody, RespBody};
 use super::error_page::{wants_json, ProxyError};
+use super::fast;
 use super::gate::{self, Gate, WriteGuard};
 use super::headers;
 use super::tunnel;
@@ -43,6 +44,8 @@ pub struct Edge {
     pub table: Arc<arc_swap::ArcSwap<RoutingTable>>,
     /// Plain requests: per-thread pools of HTTP/1.1 connections, no lock.
     pub upstream: Upstream,
+    /// Settings of the raw backend connections (fast path, and bodiless requests from hyper's).
+    pub raw: fast::backend::Settings,
     /// Upgrades (WebSocket): hyper-util's pooled client, which hands over the upgraded socket.
     pub client: UpstreamClient,
     pub limits: Limits,
@@ -79,6 +82,11 @@ impl Edge {
                 connect_timeout: limits.upstream_connect_timeout,
                 idle_timeout: Duration::from_secs(60),
                 max_buf_size: limits.max_header_bytes.max(8192) * 2,
+            },
+            raw: fast::backend::Settings {
+                connect_timeout: limits.upstream_connect_timeout,
+                idle_timeout: Duration::from_secs(60),
+                max_head: limits.max_header_bytes.max(8192) * 2,
             },
             client,
             limits,
@@ -451,6 +459,9 @@ async fn send(
     req: Request<ReqBody>,
     upgrade: bool,
 ) -> Result<Response<RespBody>, Failed> {
+    if !upgrade && matches!(req.body(), ReqBody::Empty) {
+        return send_raw(edge, addr, req).await;
+    }
     if upgrade {
         return match edge.client.request(req).await {
             Ok(r) => Ok(r.map(|b| RespBody::upstream(b, None))),
@@ -481,6 +492,72 @@ async fn send(
     }
 }
 
+/// A request without a body goes out on a raw pooled connection (`fast::backend`, as on the
+/// HTTP/1.1 fast path): one write, the response head parsed in place, the body read straight off
+/// the socket by the response body. Requests with a body stream through hyper's client.
+async fn send_raw(
+    edge: &Edge,
+    addr: SocketAddr,
+    req: Request<ReqBody>,
+) -> Result<Response<RespBody>, Failed> {
+    let (parts, _) = req.into_parts();
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(pq.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (n, v) in &parts.headers {
+        out.extend_from_slice(n.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let mut head = None;
+    let answer = fast::backend::exchange(
+        addr,
+        &out,
+        &parts.method,
+        gate::is_safe(&parts.method),
+        &edge.raw,
+        &mut |h: &fast::head::RespHead<'_, '_>| {
+            let bad = || fast::head::BadResponse("the backend sent an invalid header");
+            let status = StatusCode::from_u16(h.status).map_err(|_| bad())?;
+            let mut map = http::HeaderMap::with_capacity(h.headers.len());
+            for x in h.headers {
+                if h.hop_by_hop(x.name) || x.name.eq_ignore_ascii_case("transfer-encoding") {
+                    continue;
+                }
+                let n = http::HeaderName::from_bytes(x.name.as_bytes()).map_err(|_| bad())?;
+                map.append(n, HeaderValue::from_bytes(x.value).map_err(|_| bad())?);
+            }
+            head = Some((status, map));
+            Ok(())
+        },
+    )
+    .await
+    .map_err(|f| Failed {
+        connect: f.connect,
+        err: f.err,
+    })?;
+    let Some((status, headers)) = head else {
+        return Err(Failed {
+            connect: false,
+            err: classify(None, false),
+        });
+    };
+    let mut resp = Response::new(RespBody::raw(
+        answer.conn,
+        answer.framing,
+        !answer.backend_close,
+        edge.raw.idle_timeout,
+    ));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    Ok(resp)
+}
+
 fn upstream_uri(b: &Backend, pq: PathAndQuery) -> Uri {
     let mut p = http::uri::Parts::default();
     p.scheme = Some(Scheme::HTTP);
@@ -494,7 +571,7 @@ fn classify(mut src: Option<&(dyn std::error::Error + 'static)>, connect: bool) 
         match s.downcast_ref::<BodyError>() {
             Some(BodyError::TooLarge(n)) => return ProxyError::BodyTooLarge(*n),
             // The client's own body broke (bad chunk framing, cut off): its fault, not the backend's.
-            Some(BodyError::Hyper(_)) => {
+            Some(BodyError::Hyper(_) | BodyError::Upstream(_)) => {
                 return ProxyError::BadRequest("the request body is malformed or was cut off")
             }
             None => {}

@@ -77,7 +77,7 @@ pub struct Failed {
     pub err: ProxyError,
 }
 
-/// The response head, already written for the client.
+/// The response head has been handed to `on_head`; the body follows on `conn`.
 pub struct Answer {
     pub conn: RawConn,
     pub status: u16,
@@ -101,21 +101,23 @@ pub struct Settings {
     pub max_head: usize,
 }
 
-/// Sends `request` (the whole message) to `addr` and reads the response head, which is written
-/// for the client into `out` (`client_close`: the client connection ends after this response).
+/// Sends `request` (the whole message) to `addr` and reads the response head, which `on_head`
+/// turns into what the client gets (bytes for the fast path, a `Response` for hyper's).
 /// A pooled connection is tried first; if it turns out to be closed before anything came back,
 /// a GET/HEAD (`retry_stale`) goes again on a fresh connection.
-pub async fn exchange(
+pub async fn exchange<H>(
     addr: SocketAddr,
     request: &[u8],
     method: &Method,
     retry_stale: bool,
-    client_close: bool,
-    out: &mut Vec<u8>,
     s: &Settings,
-) -> Result<Answer, Failed> {
+    on_head: &mut H,
+) -> Result<Answer, Failed>
+where
+    H: FnMut(&head::RespHead<'_, '_>) -> Result<(), head::BadResponse>,
+{
     if let Some(conn) = take(addr, s.idle_timeout) {
-        match attempt(conn, request, method, client_close, out, s, true).await {
+        match attempt(conn, request, method, s, on_head, true).await {
             Attempt::Answer(a) => return Ok(a),
             Attempt::Failed(f) => return Err(f),
             Attempt::Stale if retry_stale => {}
@@ -142,7 +144,7 @@ pub async fn exchange(
             })
         }
     };
-    match attempt(conn, request, method, client_close, out, s, false).await {
+    match attempt(conn, request, method, s, on_head, false).await {
         Attempt::Answer(a) => Ok(a),
         Attempt::Failed(f) => Err(f),
         Attempt::Stale => Err(Failed {
@@ -163,15 +165,17 @@ fn failed(msg: &'static str) -> Attempt {
     })
 }
 
-async fn attempt(
+async fn attempt<H>(
     mut conn: RawConn,
     request: &[u8],
     method: &Method,
-    client_close: bool,
-    out: &mut Vec<u8>,
     s: &Settings,
+    on_head: &mut H,
     reused: bool,
-) -> Attempt {
+) -> Attempt
+where
+    H: FnMut(&head::RespHead<'_, '_>) -> Result<(), head::BadResponse>,
+{
     if conn.stream.write_all(request).await.is_err() {
         return if reused {
             Attempt::Stale
@@ -191,8 +195,9 @@ async fn attempt(
                     Ok(head::Response::Partial) => None,
                     Ok(head::Response::Interim(n)) => Some(Err(n)),
                     Ok(head::Response::Head(h)) => {
-                        out.clear();
-                        head::write_client_head(out, &h, client_close || h.close);
+                        if let Err(e) = on_head(&h) {
+                            return failed(e.0);
+                        }
                         Some(Ok((h.len, h.status, h.framing, h.close)))
                     }
                     Err(e) => return failed(e.0),

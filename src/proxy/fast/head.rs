@@ -227,6 +227,33 @@ pub struct RespHead<'b, 'h> {
     pub headers: &'h [httparse::Header<'b>],
 }
 
+impl RespHead<'_, '_> {
+    /// True for the response headers a client never gets: hop-by-hop ones, those named in
+    /// `Connection`, and a Content-Length beside chunked framing.
+    pub fn hop_by_hop(&self, n: &str) -> bool {
+        let chunked = self.framing == Framing::Chunked;
+        let hop = match n.len() {
+            2 => is(n, "te"),
+            7 => is(n, "upgrade"),
+            10 => is(n, "connection") || is(n, "keep-alive"),
+            14 => chunked && is(n, "content-length"),
+            16 => is(n, "proxy-connection"),
+            18 => is(n, "proxy-authenticate"),
+            19 => is(n, "proxy-authorization"),
+            _ => false,
+        };
+        // Headers named in Connection (rare: only then is there a second look).
+        hop || self.headers.iter().any(|h| {
+            is(h.name, "connection")
+                && tokens(h.value).any(|t| {
+                    !t.eq_ignore_ascii_case(b"close")
+                        && !t.eq_ignore_ascii_case(b"keep-alive")
+                        && t.eq_ignore_ascii_case(n.as_bytes())
+                })
+        })
+    }
+}
+
 /// What the backend sent.
 pub enum Response<'b, 'h> {
     Partial,
@@ -327,36 +354,8 @@ pub fn write_client_head(out: &mut Vec<u8>, resp: &RespHead<'_, '_>, close: bool
     out.push(b' ');
     out.extend_from_slice(resp.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    // Headers named in Connection are hop-by-hop (rare: only then is there work to do).
-    let named = |n: &str| {
-        resp.headers
-            .iter()
-            .filter(|h| is(h.name, "connection"))
-            .flat_map(|h| tokens(h.value))
-            .any(|t| t.eq_ignore_ascii_case(n.as_bytes()))
-    };
-    let has_named = resp.headers.iter().any(|h| {
-        is(h.name, "connection")
-            && tokens(h.value).any(|t| {
-                !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
-            })
-    });
-    let chunked = resp.framing == Framing::Chunked;
-    for h in resp.headers {
-        let n = h.name;
-        let hop = match n.len() {
-            2 => is(n, "te"),
-            7 => is(n, "upgrade"),
-            10 => is(n, "connection") || is(n, "keep-alive"),
-            14 => chunked && is(n, "content-length"),
-            16 => is(n, "proxy-connection"),
-            18 => is(n, "proxy-authenticate"),
-            19 => is(n, "proxy-authorization"),
-            _ => false,
-        };
-        if !(hop || (has_named && named(n))) {
-            line(out, n.as_bytes(), h.value);
-        }
+    for h in resp.headers.iter().filter(|h| !resp.hop_by_hop(h.name)) {
+        line(out, h.name.as_bytes(), h.value);
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
@@ -466,6 +465,56 @@ impl Chunked {
             i += 1;
         }
         Ok((i, self.state == State::Done))
+    }
+}
+
+/// One step of decoding a chunked body (for clients that do not speak HTTP/1.1 framing).
+pub enum Decoded {
+    /// More bytes are needed.
+    More,
+    Data(bytes::Bytes),
+    /// The body ended; the trailer section (lines with their CRLFs), if any.
+    End(Vec<u8>),
+}
+
+impl Chunked {
+    /// Takes the next piece of the body out of `buf`; trailer lines gather in `trailers`.
+    pub fn decode(
+        &mut self,
+        buf: &mut bytes::BytesMut,
+        trailers: &mut Vec<u8>,
+    ) -> Result<Decoded, BadChunk> {
+        use bytes::Buf;
+        loop {
+            if self.state == State::Done {
+                return Ok(Decoded::End(std::mem::take(trailers)));
+            }
+            if buf.is_empty() {
+                return Ok(Decoded::More);
+            }
+            if self.state == State::Data {
+                let n = self.size.min(buf.len() as u64) as usize;
+                self.size -= n as u64;
+                if self.size == 0 {
+                    self.state = State::DataCr;
+                }
+                return Ok(Decoded::Data(buf.split_to(n).freeze()));
+            }
+            // Framing: a byte at a time (a few per chunk).
+            let in_trailer = match self.state {
+                State::TrailerStart => buf[0] != b'\r',
+                State::Trailer | State::TrailerLf => true,
+                _ => false,
+            };
+            if in_trailer {
+                if trailers.len() >= 16 * 1024 {
+                    return Err(BadChunk);
+                }
+                trailers.push(buf[0]);
+            }
+            self.feed(&buf[..1])?;
+            buf.advance(1);
+        }
     }
 }
 

@@ -76,11 +76,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let edge = &*conn.edge;
-    let settings = Settings {
-        connect_timeout: edge.limits.upstream_connect_timeout,
-        idle_timeout: edge.upstream.idle_timeout,
-        max_head: edge.upstream.max_buf_size,
-    };
+    let settings = &edge.raw;
     let max_head = edge.limits.max_header_bytes;
     let max_body = MAX_BODY.min(edge.limits.max_body_bytes);
     let mut buf = BytesMut::with_capacity(READ_BUF);
@@ -197,7 +193,7 @@ where
                     &req_out,
                     no_body,
                     &mut resp_out,
-                    &settings,
+                    settings,
                 )
                 .await
             }
@@ -254,6 +250,7 @@ where
     // A GET/HEAD without a body is tried once more on another backend if the first refuses the
     // connection (nothing reached it), as on hyper's path.
     let mut tried_another = false;
+    let close = x.close;
     let a = loop {
         ctx.backend = Some(backend.addr);
         let sent = super::deadline::timeout(
@@ -263,9 +260,12 @@ where
                 request,
                 &x.method,
                 safe && no_body,
-                x.close,
-                out,
                 settings,
+                &mut |h: &head::RespHead<'_, '_>| {
+                    out.clear();
+                    head::write_client_head(out, h, close || h.close);
+                    Ok(())
+                },
             ),
         )
         .await;
