@@ -280,7 +280,7 @@ async fn connection(
     match tls {
         None => {
             let conn = Arc::new(Conn::new(edge.clone(), peer, false, None, false));
-            serve(stream, conn, edge, &builder, shutdown).await
+            serve(stream, conn, edge, builder, shutdown).await
         }
         Some(acceptor) => {
             let hs =
@@ -302,7 +302,7 @@ async fn connection(
             let sni = tls.get_ref().1.server_name().map(Into::into);
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let conn = Arc::new(Conn::new(edge.clone(), peer, true, sni, h2));
-            serve(tls, conn, edge, &builder, shutdown).await
+            serve(tls, conn, edge, builder, shutdown).await
         }
     }
 }
@@ -311,7 +311,7 @@ async fn serve<IO>(
     io: IO,
     conn: Arc<Conn>,
     edge: Arc<Edge>,
-    builder: &auto::Builder<TokioExecutor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -328,9 +328,11 @@ async fn serve<IO>(
     };
     // HTTP/1.1 connections start on the fast path (`fast.rs`); hyper takes over the first
     // request the fast path does not take, and serves HTTP/2.
-    let fast_phase = AtomicBool::new(!conn.h2);
+    let fast_phase = Arc::new(AtomicBool::new(!conn.h2));
     let hyper_shutdown = shutdown.clone();
-    let work = async {
+    let (c3, phase) = (conn.clone(), fast_phase.clone());
+    let work = async move {
+        let (conn, fast_phase) = (c3, phase);
         let io = if fast_phase.load(Ordering::Relaxed) {
             match fast::serve(io, &conn).await {
                 fast::Outcome::Closed => return,
@@ -368,7 +370,10 @@ async fn serve<IO>(
             }
         }
     };
-    tokio::pin!(work);
+    // The connection runs as its own task; this one only keeps the watch (timeouts, shutdown),
+    // so a socket wake-up polls the connection alone, not this timer and shutdown signal too.
+    // Returning from here ends the connection (the guard aborts its task).
+    let mut task = AbortOnDrop(tokio::spawn(work));
     // The watchdog for the header and idle timeouts. `conn.activity` counts requests started
     // (bumped in `service::handle`), `conn.inflight` the unfinished ones, `conn.reads` socket
     // reads. Each tick, a connection with a request in flight or a new one started is busy;
@@ -390,7 +395,7 @@ async fn serve<IO>(
     conn.draining.store(draining, Ordering::Relaxed);
     loop {
         tokio::select! {
-            () = work.as_mut() => return,
+            _ = &mut task.0 => return,
             changed = shutdown.changed(), if !draining => {
                 let _ = changed;
                 draining = true;
@@ -438,6 +443,15 @@ async fn serve<IO>(
                 }
             }
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -225,6 +225,8 @@ pub struct RespHead<'b, 'h> {
     pub close: bool,
     pub len: usize,
     pub headers: &'h [httparse::Header<'b>],
+    /// `Connection` names other headers (rare): only then are names checked against it.
+    named: bool,
 }
 
 impl RespHead<'_, '_> {
@@ -243,14 +245,15 @@ impl RespHead<'_, '_> {
             _ => false,
         };
         // Headers named in Connection (rare: only then is there a second look).
-        hop || self.headers.iter().any(|h| {
-            is(h.name, "connection")
-                && tokens(h.value).any(|t| {
-                    !t.eq_ignore_ascii_case(b"close")
-                        && !t.eq_ignore_ascii_case(b"keep-alive")
-                        && t.eq_ignore_ascii_case(n.as_bytes())
-                })
-        })
+        hop || self.named
+            && self.headers.iter().any(|h| {
+                is(h.name, "connection")
+                    && tokens(h.value).any(|t| {
+                        !t.eq_ignore_ascii_case(b"close")
+                            && !t.eq_ignore_ascii_case(b"keep-alive")
+                            && t.eq_ignore_ascii_case(n.as_bytes())
+                    })
+            })
     }
 }
 
@@ -287,7 +290,9 @@ pub fn parse_response<'b, 'h>(
     if (100..200).contains(&status) {
         return Ok(Response::Interim(len));
     }
+    // An HTTP/1.0 backend's connection is not reused, whatever it says.
     let mut close = version == 0;
+    let mut named = false;
     let mut chunked = None;
     let mut length: Option<u64> = None;
     for h in resp.headers.iter() {
@@ -312,9 +317,8 @@ pub fn parse_response<'b, 'h>(
             for t in tokens(h.value) {
                 if t.eq_ignore_ascii_case(b"close") {
                     close = true;
-                } else if version == 0 && t.eq_ignore_ascii_case(b"keep-alive") {
-                    // An HTTP/1.0 backend keeps the connection only if it says so; we still
-                    // do not reuse it (no pipelining of 1.0 framing subtleties).
+                } else if !t.eq_ignore_ascii_case(b"keep-alive") {
+                    named = true;
                 }
             }
         }
@@ -340,6 +344,7 @@ pub fn parse_response<'b, 'h>(
         close,
         len,
         headers: resp.headers,
+        named,
     }))
 }
 
