@@ -210,6 +210,16 @@ impl Metrics {
         cm.duration.observe(took.as_secs_f64());
     }
 
+    /// Response body bytes sent for `site` (counted when the body ends).
+    #[inline]
+    pub fn response_bytes(&self, site: Option<&str>, n: u64) {
+        if let (Some(site), true) = (site, n > 0) {
+            if let Some(m) = find(&self.sites.load(), site) {
+                m.bytes_out.inc_by(n);
+            }
+        }
+    }
+
     #[inline]
     pub fn rejected_write(&self, site: &str) {
         if let Some(m) = find(&self.sites.load(), site) {

@@ -102,6 +102,7 @@ impl Edge {
 /// connection back into the pool (only after a clean end), the write's in-flight count, the
 /// connection's in-flight count (both guards release on drop).
 pub(crate) struct Done {
+    site: Option<Arc<str>>,
     record: Option<Record>,
     _write: Option<WriteGuard>,
     _inflight: Inflight,
@@ -111,6 +112,7 @@ impl Done {
     /// `conn`: the backend connection the body came from, pooled again after a clean end.
     pub(crate) fn finish(self, bytes: u64, complete: bool, conn: Option<UpConn>) {
         let edge = &self._inflight.0.edge;
+        edge.metrics.response_bytes(self.site.as_deref(), bytes);
         if let Some(r) = self.record {
             edge.log.send(r.finish(bytes, complete));
         }
@@ -195,6 +197,7 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<RespBod
         backend: ctx.backend,
     });
     resp.body_mut().on_finish(Done {
+        site: ctx.site.take(),
         record,
         _write: ctx.write.take(),
         _inflight: inflight,

@@ -212,6 +212,11 @@ async fn metrics_and_status_page() {
         "{after}"
     );
     assert_eq!(d("switchyard_unrouted_requests_total"), 1.0, "{after}");
+    // ten bodies of "blue" (4 bytes each), plus the read-only page
+    assert!(
+        d("switchyard_response_bytes_total{site=\"wiki\"}") > 40.0,
+        "{after}"
+    );
     assert_eq!(
         d("switchyard_read_only_rejected_writes_total{site=\"wiki\"}"),
         1.0,

@@ -456,6 +456,7 @@ where
 }
 
 fn log(conn: &Conn, x: &mut Exchange, ctx: &Ctx, status: u16, bytes: u64, complete: bool) {
+    conn.edge.metrics.response_bytes(ctx.site.as_deref(), bytes);
     if let Some(mut r) = x.record.take() {
         r.status = status;
         r.color = ctx.color.map(Color::as_str);
