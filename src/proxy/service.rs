@@ -1,11 +1,12 @@
-//! One request: load the table once, find the site, gate, pick a backend, rewrite headers, forward,
-//! stream the answer back. The table guard is dropped before the first `.await`; only `Arc`s of the
+//! One request on hyper's side (HTTP/2, and HTTP/1.1 the fast path handed over): load the table
+//! once, find the site, gate, pick a backend, rewrite headers, forward, stream the answer back.
+//! The routing and gating (`decide`) are shared with the fast path (`fast/`). The table guard is dropped before the first `.await`; only `Arc`s of the
 //! site and backend are held across the upstream call. No lock is taken here.
 //!
 //! What a request costs, besides hyper's own work: one `ArcSwap` load of the table (a hash lookup
 //! of the host), relaxed atomics for the connection's and backend's counters and round-robin, a
 //! SeqCst pair for writes (the read-only gate), an idle upstream connection from this worker
-//! thread's pool (`upstream.rs`, a `RefCell`, no lock), one timer for the upstream timeout, the
+//! thread's pool (`fast/backend.rs` or `upstream.rs`, a `RefCell`, no lock), one timer for the upstream timeout, the
 //! metrics' atomics, and, with the access log on, a `try_send` of a [`Record`] holding
 //! reference-counted clones (formatting happens on the log thread). Allocations per request: the
 //! `X-Forwarded-For` value only when the client sent one (otherwise the connection's own, made
@@ -42,7 +43,7 @@ pub type UpstreamClient = Client<HttpConnector, ReqBody>;
 /// Everything a request needs, shared by all connections of all listeners.
 pub struct Edge {
     pub table: Arc<arc_swap::ArcSwap<RoutingTable>>,
-    /// Plain requests: per-thread pools of HTTP/1.1 connections, no lock.
+    /// Requests with a body: hyper's HTTP/1.1 client, connections pooled per thread, no lock.
     pub upstream: Upstream,
     /// Settings of the raw backend connections (fast path, and bodiless requests from hyper's).
     pub raw: fast::backend::Settings,

@@ -1,5 +1,7 @@
-//! HTTP/1.1 connections to backends, driven by the client's own task and pooled per worker
-//! thread: no lock and no extra task on the request path.
+//! HTTP/1.1 connections to backends through hyper's client, for requests with a body arriving
+//! on hyper's side (HTTP/2, or HTTP/1.1 handed over by the fast path): hyper streams the body
+//! with flow control. Requests without a body use the raw connections of `fast::backend`.
+//! Driven by the client's own task and pooled per worker thread: no lock and no extra task.
 //!
 //! hyper's client splits a connection into a `SendRequest` handle and a `Connection` future that
 //! does the I/O, normally spawned as a task of its own; then every request crosses tasks twice
