@@ -214,6 +214,8 @@ if want handshakes; then
   r=$(wrk_run "$TMP/raw/hs.txt" "https://$L:$HTTPS/" -H "Connection: close"); row "new TLS connection per request" "$(fmt "$r")"
 fi
 if want body; then
+  # a fresh process, so that the peak below is the bodies' and not the idle connections' earlier
+  stop_pid "$SY"; start_sy; curl -s -o /dev/null "http://$L:$HTTP/"
   for what in download upload; do
     for via in direct proxy; do
       if [[ $via == direct ]]; then base="http://$L:$BLUE"; else base="http://$L:$HTTP"; fi
