@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::edge::{get, raw, tls_connect, Raw, BOTH};
@@ -82,6 +82,46 @@ impl RawBackend {
     }
 }
 
+/// A chunked body with trailers, three times on one connection.
+async fn chunked_thrice<S: AsyncRead + AsyncWrite + Unpin>(r: &mut Raw<S>) {
+    for _ in 0..3 {
+        r.send(&get("fast.test", "/chunked")).await;
+        let c = r.response().await;
+        assert_eq!(c.status(), 200);
+        assert_eq!(c.body, b"hello world");
+        assert!(
+            c.trailers.contains("x-sum: 11"),
+            "trailers: {:?}",
+            c.trailers
+        );
+    }
+}
+
+/// A Content-Length body, served by the fast path: it relays heads as they are, where hyper's
+/// path would have added a Date header.
+async fn length_on_the_fast_path<S: AsyncRead + AsyncWrite + Unpin>(r: &mut Raw<S>) {
+    r.send(&get("fast.test", "/len")).await;
+    let len = r.response().await;
+    assert_eq!(len.body, b"five!");
+    assert!(
+        len.header("date").is_none(),
+        "served by hyper: {}",
+        len.head
+    );
+}
+
+/// A body delimited by the backend closing: relayed, then the client connection closes.
+async fn until_close<S: AsyncRead + AsyncWrite + Unpin>(r: &mut Raw<S>) {
+    r.send(&get("fast.test", "/until-close")).await;
+    let head = r.read_head().await;
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    assert!(r.closed_within(Duration::from_secs(5)).await);
+    assert_eq!(r.buf_text(), "until-close");
+}
+
 fn proxy_for(addr: SocketAddr) -> Proxy {
     Proxy::start("", &site("fast", &["fast.test"], &[addr], &[], ""))
 }
@@ -141,17 +181,7 @@ async fn every_response_framing_passes_and_backend_connections_are_reused() {
     let b = RawBackend::start().await;
     let p = proxy_for(b.addr);
     let mut r = raw(p.http.unwrap()).await;
-    for _ in 0..3 {
-        r.send(&get("fast.test", "/chunked")).await;
-        let c = r.response().await;
-        assert_eq!(c.status(), 200);
-        assert_eq!(c.body, b"hello world");
-        assert!(
-            c.trailers.contains("x-sum: 11"),
-            "trailers: {:?}",
-            c.trailers
-        );
-    }
+    chunked_thrice(&mut r).await;
     assert_eq!(
         b.conns.load(Ordering::SeqCst),
         1,
@@ -176,15 +206,7 @@ async fn every_response_framing_passes_and_backend_connections_are_reused() {
         head.to_ascii_lowercase().contains("content-length: 5"),
         "{head}"
     );
-    r.send(&get("fast.test", "/len")).await;
-    let len = r.response().await;
-    assert_eq!(len.body, b"five!");
-    // The fast path relays heads as they are; hyper's path would have added a Date header.
-    assert!(
-        len.header("date").is_none(),
-        "served by hyper, not the fast path: {}",
-        len.head
-    );
+    length_on_the_fast_path(&mut r).await;
 
     // The backend closes after each answer: the pooled connection is stale every time.
     for _ in 0..3 {
@@ -195,15 +217,7 @@ async fn every_response_framing_passes_and_backend_connections_are_reused() {
     r.send(&get("fast.test", "/garbage")).await;
     assert_eq!(r.response().await.status(), 502);
 
-    // A body delimited by the backend closing: relayed, then the client connection closes.
-    r.send(&get("fast.test", "/until-close")).await;
-    let head = r.read_head().await;
-    assert!(
-        head.to_ascii_lowercase().contains("connection: close"),
-        "{head}"
-    );
-    assert!(r.closed_within(Duration::from_secs(5)).await);
-    assert_eq!(r.buf_text(), "until-close");
+    until_close(&mut r).await;
 }
 
 #[tokio::test]
@@ -220,22 +234,7 @@ async fn http11_over_tls_takes_the_fast_path() {
     let p = Proxy::start_in(Some(t), &dir, &toml).unwrap();
     let c = tls_connect(p.https.unwrap(), "fast.test", &[b"http/1.1"], BOTH).await;
     let mut r = Raw::new(c.stream);
-    for _ in 0..3 {
-        r.send(&get("fast.test", "/chunked")).await;
-        let c = r.response().await;
-        assert_eq!(c.body, b"hello world");
-        assert!(c.trailers.contains("x-sum: 11"));
-    }
-    r.send(&get("fast.test", "/len")).await;
-    let len = r.response().await;
-    assert_eq!(len.body, b"five!");
-    assert!(
-        len.header("date").is_none(),
-        "served by hyper, not the fast path: {}",
-        len.head
-    );
-    r.send(&get("fast.test", "/until-close")).await;
-    r.read_head().await;
-    assert!(r.closed_within(Duration::from_secs(5)).await);
-    assert_eq!(r.buf_text(), "until-close");
+    chunked_thrice(&mut r).await;
+    length_on_the_fast_path(&mut r).await;
+    until_close(&mut r).await;
 }
