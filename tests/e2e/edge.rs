@@ -339,16 +339,7 @@ async fn routes_by_host_over_h1_h2_and_tls() {
     let r = c.get(p.surl("a.test", "/")).send().await.unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.text().await.unwrap(), "a-blue");
-    assert_eq!(
-        c.get(p.surl("x.b.test", "/"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "b-blue"
-    );
+    assert_eq!(text(&c, &p.surl("x.b.test", "/"), None).await, "b-blue");
     let r = c.get(p.surl("nope.test", "/")).send().await.unwrap();
     assert!(r.status() == 404 || r.status() == 421, "{}", r.status());
     let h1 = reqwest::Client::builder().http1_only().build().unwrap();
@@ -709,16 +700,7 @@ async fn plain_http_redirects_to_https_with_port_and_path() {
     assert_eq!(a.hits(), 0, "a redirect never reaches the backend");
     // and the https side serves
     let c = client(&p, &["a.test"]);
-    assert_eq!(
-        c.get(p.surl("a.test", "/"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "a"
-    );
+    assert_eq!(text(&c, &p.surl("a.test", "/"), None).await, "a");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1250,16 +1232,7 @@ async fn a_stalled_tls_handshake_is_cut_off() {
     }
     // A real handshake afterwards is fine.
     let c = client(&p, &["a.test"]);
-    assert_eq!(
-        c.get(p.surl("a.test", "/"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "a"
-    );
+    assert_eq!(text(&c, &p.surl("a.test", "/"), None).await, "a");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
