@@ -10,6 +10,7 @@
 //! checks, metrics page) stays on the main multi-threaded runtime.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -26,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
+use super::gather::{next_pass, Gather, Passes};
 use super::{fast, service, Conn, Edge};
 
 /// Counts open connections, for the limit and for the shutdown drain.
@@ -333,18 +335,23 @@ async fn serve<IO>(
     let (c3, phase) = (conn.clone(), fast_phase.clone());
     let work = async move {
         let (conn, fast_phase) = (c3, phase);
+        // h2's writes are gathered per pass of the connection future (see `gather.rs`).
+        let passes = Passes::default();
         let io = if fast_phase.load(Ordering::Relaxed) {
             match fast::serve(io, &conn).await {
                 fast::Outcome::Closed => return,
                 fast::Outcome::Handoff(io, prefix) => {
                     fast_phase.store(false, Ordering::Relaxed);
-                    Prefixed { prefix, inner: io }
+                    Prefixed {
+                        prefix,
+                        inner: Gather::new(io, None),
+                    }
                 }
             }
         } else {
             Prefixed {
                 prefix: BytesMut::new(),
-                inner: io,
+                inner: Gather::new(io, conn.h2.then(|| passes.clone())),
             }
         };
         let mut shutdown = hyper_shutdown;
@@ -356,7 +363,10 @@ async fn serve<IO>(
         }
         loop {
             tokio::select! {
-                r = c.as_mut() => {
+                r = std::future::poll_fn(|cx| {
+                    next_pass(&passes);
+                    c.as_mut().poll(cx)
+                }) => {
                     if let Err(e) = r {
                         tracing::trace!(peer = %conn.peer, error = %e, "connection ended with an error");
                     }

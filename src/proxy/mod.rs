@@ -6,6 +6,7 @@ pub mod deadline;
 pub mod error_page;
 pub mod fast;
 pub mod gate;
+mod gather;
 pub mod headers;
 mod idle;
 pub mod listener;
