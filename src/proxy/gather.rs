@@ -30,7 +30,10 @@ pub(crate) type Passes = Arc<AtomicU64>;
 /// Counts a pass: the poller is the only writer, so no read-modify-write is needed.
 #[inline]
 pub(crate) fn next_pass(passes: &Passes) {
-    passes.store(passes.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    passes.store(
+        passes.load(Ordering::Relaxed).wrapping_add(1),
+        Ordering::Relaxed,
+    );
 }
 
 /// One TLS record's plaintext: a write this large, with nothing buffered, is not copied.
@@ -121,7 +124,10 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Gather<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         if self.passes.is_some() {
-            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &**b);
             return self.poll_write(cx, first);
         }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
@@ -219,7 +225,9 @@ mod tests {
         g.write_all(b"head").await.unwrap();
         g.write_all(&vec![7u8; 5 * RECORD]).await.unwrap();
         g.write_all(b"tail").await.unwrap();
-        poll_fn(|cx| Pin::new(&mut g).poll_shutdown(cx)).await.unwrap();
+        poll_fn(|cx| Pin::new(&mut g).poll_shutdown(cx))
+            .await
+            .unwrap();
         let mut got = Vec::new();
         b.read_to_end(&mut got).await.unwrap();
         let mut want = Vec::new();

@@ -520,6 +520,38 @@ TE: trailers, deflate\r\nX-Keep: 1\r\n\r\n",
     assert_eq!(h["x-forwarded-host"], format!("a.test:{port}"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_streams_answered_together_arrive_whole_and_in_order() {
+    // Many streams on one h2 connection, answered at about the same time, so their frames are
+    // gathered into shared TLS records (gather.rs); sizes around the h2 copy threshold (1 KiB),
+    // a TLS record (16 KiB) and the gathering limit (64 KiB).
+    let a = Backend::start("a").await;
+    let p = Proxy::start("", &site("a", &["a.test"], &[a.addr], &[], ""));
+    let c = client(&p, &["a.test"]);
+    let sizes = [
+        0usize, 1, 100, 1023, 1024, 1025, 5000, 16383, 16384, 16385, 65535, 65536, 70000, 300_000,
+    ];
+    for round in 0..3 {
+        let gets = sizes.iter().chain(sizes.iter().rev()).map(|&n| {
+            let c = c.clone();
+            let url = p.surl("a.test", &format!("/bytes?n={n}"));
+            async move {
+                let r = c.get(url).send().await.unwrap();
+                assert_eq!(r.version(), reqwest::Version::HTTP_2);
+                assert_eq!(r.status(), 200);
+                (n, r.bytes().await.unwrap())
+            }
+        });
+        for (n, body) in futures_util::future::join_all(gets).await {
+            assert_eq!(body.len(), n, "round {round}: body of {n} bytes");
+            assert!(
+                body == pattern(n),
+                "round {round}: body of {n} bytes differs"
+            );
+        }
+    }
+}
+
 static CHUNK: [u8; 1 << 20] = [b'y'; 1 << 20];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

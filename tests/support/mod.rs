@@ -407,6 +407,7 @@ async fn backend_answer(name: &str, seen: &Seen, mut req: Request<Incoming>) -> 
             );
             Response::new(http_body_util::StreamBody::new(stream).boxed())
         }
+        "/bytes" => Response::new(full(pattern(query(&req, "n").unwrap_or(0) as usize))),
         "/count" => {
             // Reads (and discards) the body, answering with its length: streaming uploads.
             let mut n = 0u64;
@@ -475,6 +476,11 @@ async fn backend_answer(name: &str, seen: &Seen, mut req: Request<Incoming>) -> 
     resp.headers_mut()
         .insert("connection", "keep-alive".parse().unwrap());
     resp
+}
+
+/// `n` bytes that differ with `n` and along the body, so a mix-up or a gap shows.
+pub fn pattern(n: usize) -> Bytes {
+    (0..n).map(|i| b'a' + ((i + n) % 26) as u8).collect()
 }
 
 /// A site named `name` routing `hosts` to the given blue/green pools.
