@@ -78,12 +78,9 @@ impl<IO: AsyncWrite + Unpin> Gather<IO> {
         }
         self.held = None;
         self.sent = 0;
-        if self.buf.capacity() > 2 * RECORD {
-            // A download grew it; an idle connection keeps no more than a small one.
-            self.buf = Vec::new();
-        } else {
-            self.buf.clear();
-        }
+        // Freed, not kept: an idle h2 connection holds no buffer here (one allocation per
+        // gathered batch, against the write it saves).
+        self.buf = Vec::new();
         Poll::Ready(Ok(()))
     }
 }
@@ -113,6 +110,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Gather<IO> {
         }
         if this.buf.is_empty() && data.len() >= RECORD {
             return Pin::new(&mut this.inner).poll_write(cx, data);
+        }
+        if this.buf.capacity() == 0 {
+            this.buf.reserve(RECORD);
         }
         this.buf.extend_from_slice(data);
         Poll::Ready(Ok(data.len()))
