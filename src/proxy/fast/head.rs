@@ -359,12 +359,40 @@ pub fn write_client_head(out: &mut Vec<u8>, resp: &RespHead<'_, '_>, close: bool
     out.push(b' ');
     out.extend_from_slice(resp.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
+    let mut dated = false;
     for h in resp.headers.iter().filter(|h| !resp.hop_by_hop(h.name)) {
+        dated |= h.name.len() == 4 && h.name.eq_ignore_ascii_case("date");
         line(out, h.name.as_bytes(), h.value);
+    }
+    if !dated {
+        // RFC 9110 6.6.1: a proxy forwarding an answer without Date adds one (hyper's path does).
+        date_line(out);
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `date: <now as an HTTP date>`; formatted at most once a second per thread.
+fn date_line(out: &mut Vec<u8>) {
+    use std::cell::Cell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static DATE: Cell<(u64, [u8; 29])> = const { Cell::new((u64::MAX, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (at, mut text) = DATE.get();
+    if at != secs {
+        let s = httpdate::fmt_http_date(now);
+        if s.len() == text.len() {
+            text.copy_from_slice(s.as_bytes());
+            DATE.set((secs, text));
+        }
+    }
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(&text);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -581,7 +609,17 @@ mod tests {
             Response::Head(r) => {
                 let mut out = Vec::new();
                 write_client_head(&mut out, &r, r.close);
-                Ok((String::from_utf8(out).unwrap(), r.framing, r.close))
+                let out = String::from_utf8(out).unwrap();
+                // The Date we add when the backend sent none (checked in `adds_date_if_missing`).
+                let ours = out
+                    .lines()
+                    .find(|l| l.starts_with("date: "))
+                    .map(|l| format!("{l}\r\n"));
+                Ok((
+                    out.replace(ours.as_deref().unwrap_or("\u{0}"), ""),
+                    r.framing,
+                    r.close,
+                ))
             }
             _ => Err(BadResponse("partial")),
         }
@@ -629,6 +667,46 @@ mod tests {
             ),
             Ok(Response::Interim(25))
         ));
+    }
+
+    #[test]
+    fn adds_date_if_missing() {
+        let mut h = [httparse::EMPTY_HEADER; MAX_RESP_HEADERS];
+        let Ok(Response::Head(r)) = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            &mut h,
+            &Method::GET,
+        ) else {
+            panic!("a head")
+        };
+        let mut out = Vec::new();
+        write_client_head(&mut out, &r, false);
+        let out = String::from_utf8(out).unwrap();
+        let date = out
+            .lines()
+            .find_map(|l| l.strip_prefix("date: "))
+            .expect("a Date is added");
+        assert!(httpdate::parse_http_date(date).is_ok(), "{date:?}");
+        let mut h = [httparse::EMPTY_HEADER; MAX_RESP_HEADERS];
+        let Ok(Response::Head(r)) = parse_response(
+            b"HTTP/1.1 200 OK\r\nDATE: Tue, 01 Jan 2030 00:00:00 GMT\r\nContent-Length: 0\r\n\r\n",
+            &mut h,
+            &Method::GET,
+        ) else {
+            panic!("a head")
+        };
+        let mut out = Vec::new();
+        write_client_head(&mut out, &r, false);
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(
+            out.to_ascii_lowercase().matches("date:").count(),
+            1,
+            "{out}"
+        );
+        assert!(
+            out.contains("DATE: Tue, 01 Jan 2030 00:00:00 GMT\r\n"),
+            "the backend's is kept"
+        );
     }
 
     #[test]
