@@ -671,38 +671,26 @@ mod tests {
 
     #[test]
     fn adds_date_if_missing() {
-        let mut h = [httparse::EMPTY_HEADER; MAX_RESP_HEADERS];
-        let Ok(Response::Head(r)) = parse_response(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-            &mut h,
-            &Method::GET,
-        ) else {
-            panic!("a head")
+        let client_head = |raw: &[u8]| {
+            let mut h = [httparse::EMPTY_HEADER; MAX_RESP_HEADERS];
+            let Ok(Response::Head(r)) = parse_response(raw, &mut h, &Method::GET) else {
+                panic!("a head")
+            };
+            let mut out = Vec::new();
+            write_client_head(&mut out, &r, false);
+            String::from_utf8(out).unwrap()
         };
-        let mut out = Vec::new();
-        write_client_head(&mut out, &r, false);
-        let out = String::from_utf8(out).unwrap();
+        let out = client_head(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
         let date = out
             .lines()
             .find_map(|l| l.strip_prefix("date: "))
             .expect("a Date is added");
         assert!(httpdate::parse_http_date(date).is_ok(), "{date:?}");
-        let mut h = [httparse::EMPTY_HEADER; MAX_RESP_HEADERS];
-        let Ok(Response::Head(r)) = parse_response(
+        let out = client_head(
             b"HTTP/1.1 200 OK\r\nDATE: Tue, 01 Jan 2030 00:00:00 GMT\r\nContent-Length: 0\r\n\r\n",
-            &mut h,
-            &Method::GET,
-        ) else {
-            panic!("a head")
-        };
-        let mut out = Vec::new();
-        write_client_head(&mut out, &r, false);
-        let out = String::from_utf8(out).unwrap();
-        assert_eq!(
-            out.to_ascii_lowercase().matches("date:").count(),
-            1,
-            "{out}"
         );
+        let dates = out.to_ascii_lowercase().matches("date:").count();
+        assert_eq!(dates, 1, "{out}");
         assert!(
             out.contains("DATE: Tue, 01 Jan 2030 00:00:00 GMT\r\n"),
             "the backend's is kept"
