@@ -41,7 +41,7 @@ const RECORD: usize = 16 * 1024;
 /// The buffer is written out before it grows past this.
 const LIMIT: usize = 4 * RECORD;
 
-pub(crate) struct Gather<IO> {
+pub(crate) struct Gather<IO: AsyncWrite + Unpin> {
     inner: IO,
     /// None: every call goes straight to `inner` (HTTP/1 connections handed to hyper, whose
     /// upgraded tunnels must not wait for a flush).
@@ -51,22 +51,28 @@ pub(crate) struct Gather<IO> {
     sent: usize,
     /// The pass in which a flush was held back; the buffer goes out in a later one.
     held: Option<u64>,
+    /// Whether the first bytes read have been checked for the HTTP/2 preface.
+    checked: bool,
 }
 
-impl<IO> Gather<IO> {
-    /// Gathers when `passes` is given.
+/// What an HTTP/2 client sends first.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl<IO: AsyncWrite + Unpin> Gather<IO> {
+    /// Gathers when `passes` is given, once the client's first bytes are the HTTP/2 preface (a
+    /// client that chose h2 by ALPN and then speaks HTTP/1 is served by hyper's HTTP/1, whose
+    /// upgraded tunnels must not wait for a pass that will not come).
     pub(crate) fn new(inner: IO, passes: Option<Passes>) -> Gather<IO> {
         Gather {
             inner,
+            checked: passes.is_none(),
             passes,
             buf: Vec::new(),
             sent: 0,
             held: None,
         }
     }
-}
 
-impl<IO: AsyncWrite + Unpin> Gather<IO> {
     /// Writes the buffer out; Ready once it is empty.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.sent < self.buf.len() {
@@ -85,13 +91,37 @@ impl<IO: AsyncWrite + Unpin> Gather<IO> {
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for Gather<IO> {
+/// Bytes held back when the connection ends without a shutdown (the client closed without
+/// close_notify, or hyper returned early) are still sent if the socket takes them now, as they
+/// would have been without gathering.
+impl<IO: AsyncWrite + Unpin> Drop for Gather<IO> {
+    fn drop(&mut self) {
+        if self.buf.len() > self.sent {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            if let Poll::Ready(Ok(())) = self.poll_drain(&mut cx) {
+                let _ = Pin::new(&mut self.inner).poll_flush(&mut cx);
+            }
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Gather<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if !self.checked && buf.filled().len() > before {
+            self.checked = true;
+            let got = &buf.filled()[before..];
+            let n = got.len().min(PREFACE.len());
+            if got[..n] != PREFACE[..n] {
+                self.passes = None;
+            }
+        }
+        r
     }
 }
 
@@ -239,5 +269,49 @@ mod tests {
         want.extend_from_slice(b"tail");
         assert_eq!(got.len(), want.len());
         assert!(got == want, "bytes arrive in the order written");
+    }
+
+    impl<IO: AsyncRead + Unpin> AsyncRead for Counting<IO> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    #[tokio::test]
+    async fn http1_after_h2_alpn_writes_through_and_held_bytes_leave_on_drop() {
+        // A client that chose h2 and speaks HTTP/1: nothing is held back.
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let mut g = Gather::new(
+            Counting {
+                inner: a,
+                writes: 0,
+            },
+            Some(Passes::default()),
+        );
+        b.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let mut first = [0u8; 64];
+        let n = g.read(&mut first).await.unwrap();
+        assert_eq!(&first[..n], b"GET / HTTP/1.1\r\n");
+        g.write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(g.inner.writes, 1, "written at once");
+
+        // An h2 client: held back, and still sent when the connection is dropped.
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let mut g = Gather::new(a, Some(Passes::default()));
+        b.write_all(PREFACE).await.unwrap();
+        let n = g.read(&mut first).await.unwrap();
+        assert_eq!(&first[..n], PREFACE);
+        g.write_all(b"frames").await.unwrap();
+        flush_now(&mut g);
+        drop(g);
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"frames");
     }
 }
