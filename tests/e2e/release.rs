@@ -255,7 +255,7 @@ impl Stack {
     ) -> (
         std::process::Child,
         std::sync::mpsc::Receiver<String>,
-        Arc<Mutex<Vec<String>>>,
+        std::thread::JoinHandle<Vec<String>>,
     ) {
         let mut child = Command::new(BIN)
             .arg("--control")
@@ -274,13 +274,14 @@ impl Stack {
                 let _ = tx.send(l);
             }
         });
-        let err_lines = Arc::new(Mutex::new(Vec::new()));
+        // stderr whole, once the process has closed it: joined after `wait`, so the last lines
+        // (the interruption message) are never still in the pipe.
         let err = child.stderr.take().unwrap();
-        let e2 = err_lines.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                e2.lock().unwrap().push(l);
-            }
+        let err_lines = std::thread::spawn(move || {
+            BufReader::new(err)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<_>>()
         });
         (child, rx, err_lines)
     }
@@ -434,7 +435,7 @@ async fn issue_5_release_under_load_then_guarded_rollback() {
             status.success(),
             "release failed:\n{}\n{}",
             seen.join("\n"),
-            err.lock().unwrap().join("\n")
+            err.join().unwrap_or_default().join("\n")
         );
         (seen.join("\n"), second, t.elapsed())
     })
@@ -740,7 +741,7 @@ async fn issue_5_ctrl_c_during_release() {
     assert_eq!(s.site_status()["read_only"], true);
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait().unwrap();
-    let err = err.lock().unwrap().join("\n");
+    let err = err.join().unwrap_or_default().join("\n");
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(
         err.contains("6/6 switch") && err.contains("interrupted"),
