@@ -862,6 +862,27 @@ async fn oversized_headers_are_431() {
         .await;
     assert_eq!(r.response().await.status(), 200);
     assert_eq!(a.hits(), 1);
+    // HTTP/2: the same limit, answered 431 on the stream; the connection serves on.
+    let c = client(&p, &["a.test"]);
+    let resp = c
+        .get(p.surl("a.test", "/"))
+        .header("x-big", &big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 431, "{resp:?}");
+    let resp = c
+        .get(p.surl("a.test", "/"))
+        .header("x-big", &ok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (resp.version(), resp.status().as_u16()),
+        (reqwest::Version::HTTP_2, 200)
+    );
+    assert_eq!(a.hits(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
