@@ -402,6 +402,8 @@ pub struct Chunked {
     state: State,
     size: u64,
     digits: u8,
+    /// Data bytes seen so far, without the framing (what the access log and metrics count).
+    pub data: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -462,6 +464,7 @@ impl Chunked {
                 State::Data => {
                     let n = (self.size.min((b.len() - i) as u64)) as usize;
                     self.size -= n as u64;
+                    self.data += n as u64;
                     i += n;
                     if self.size == 0 {
                         self.state = State::DataCr;
@@ -703,6 +706,7 @@ mod tests {
         // whole, and one byte at a time
         let mut c = Chunked::default();
         assert_eq!(c.feed(body).unwrap(), (body.len() - 4, true));
+        assert_eq!(c.data, 21, "data bytes, without the framing");
         let mut c = Chunked::default();
         let mut n = 0;
         for (i, b) in body.iter().enumerate() {
@@ -714,6 +718,7 @@ mod tests {
             }
         }
         assert_eq!(n, body.len() - 4);
+        assert_eq!(c.data, 21);
         let mut c = Chunked::default();
         assert_eq!(c.feed(b"0\r\n\r\n").unwrap(), (5, true));
         for bad in [

@@ -329,8 +329,13 @@ where
         Framing::Length(n) => n,
         _ => 0,
     };
+    // Body bytes as relayed; a chunked body's are counted without the framing (`body_bytes`).
     let mut bytes = 0u64;
     let mut head_sent = false;
+    let body_bytes = |chunked: &Chunked, wire: u64| match framing {
+        Framing::Chunked => chunked.data,
+        _ => wire,
+    };
     let broken = |bytes| Relayed {
         bytes,
         complete: false,
@@ -347,7 +352,7 @@ where
             }
             Framing::Chunked => match chunked.feed(&conn.buf) {
                 Ok(r) => r,
-                Err(_) => return broken(bytes),
+                Err(_) => return broken(body_bytes(&chunked, bytes)),
             },
             Framing::UntilClose => (conn.buf.len(), false),
         };
@@ -366,7 +371,7 @@ where
             }
         };
         if written.is_err() {
-            return broken(bytes);
+            return broken(body_bytes(&chunked, bytes));
         }
         conn.buf.advance(take);
         bytes += take as u64;
@@ -380,23 +385,23 @@ where
             Ok(0) if framing == Framing::UntilClose => {
                 let _ = io.flush().await;
                 return Relayed {
-                    bytes,
+                    bytes: body_bytes(&chunked, bytes),
                     complete: true,
                     keep: false,
                 };
             }
-            Ok(0) | Err(_) => return broken(bytes),
+            Ok(0) | Err(_) => return broken(body_bytes(&chunked, bytes)),
             Ok(_) => {}
         }
     }
     if io.flush().await.is_err() {
-        return broken(bytes);
+        return broken(body_bytes(&chunked, bytes));
     }
     if !backend_close && conn.buf.is_empty() {
         RawConn::release(conn, idle);
     }
     Relayed {
-        bytes,
+        bytes: body_bytes(&chunked, bytes),
         complete: true,
         keep: true,
     }
