@@ -11,8 +11,10 @@
 #   h2-tls     h2load -t2 -c32 -m10 (many streams per connection)
 #   handshakes wrk   -t2 -c64 'Connection: close' over https: one TLS handshake per request
 #   100 MiB    curl download and upload of a 100 MiB body through the proxy (time, MiB/s)
-#   switching  wrk h1 without switches, then with 10 switches/s on the control socket, alternated
-#              SWITCH_ROUNDS times (median of each)
+#   switching  one long wrk h1 run in which windows of 10 switches/s on the control socket alternate
+#              with quiet windows; each switching window's rate (the proxy's own request counter)
+#              against its two quiet neighbours (benches/switch-interleave.py), plus a control run
+#              with no switches at all
 #   memory     (first, on the fresh process) idle RSS, then RSS per idle keep-alive connection
 #              with 10 000 plain and then 10 000 TLS connections (benches/idle_conns.py)
 # plus h1 direct to the backend as the reference. Prints a Markdown table on stdout, progress on
@@ -20,7 +22,9 @@
 #
 # Knobs: DURATION=10 (seconds per test), CONNS=64, H2_CONNS=32, H2_STREAMS=10, THREADS=2,
 #        ACCESS_LOG=file|off (default file: the access log on, written to a file in the temp dir),
-#        SWITCH_RATE=10 (switches per second), SWITCH_ROUNDS=2, KEY_TYPE=ec|rsa, KEEP_TMP=1,
+#        SWITCH_RATE=10 (switches per second), SWITCH_WINDOW=2 (seconds), SWITCH_PAIRS=20,
+#        SWITCH_CONTROL=1 (also the run without switches), STATE_DIR=dir (state file and audit log;
+#        default the temp dir, on disk), KEY_TYPE=ec|rsa, KEEP_TMP=1,
 #        TESTS="memory h1 h1-tls h2-tls handshakes body switching" (subset), IDLE_CONNS=10000.
 set -uo pipefail
 
@@ -33,13 +37,15 @@ H2_STREAMS=${H2_STREAMS:-10}
 THREADS=${THREADS:-2}
 ACCESS_LOG=${ACCESS_LOG:-file}
 SWITCH_RATE=${SWITCH_RATE:-10}
-SWITCH_ROUNDS=${SWITCH_ROUNDS:-2}
+SWITCH_WINDOW=${SWITCH_WINDOW:-2}
+SWITCH_PAIRS=${SWITCH_PAIRS:-20}
+SWITCH_CONTROL=${SWITCH_CONTROL:-1}
 KEY_TYPE=${KEY_TYPE:-ec}
 TESTS=${TESTS:-"memory h1 h1-tls h2-tls handshakes body switching"}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 HERE=$(cd "$(dirname "$0")" && pwd)
 L=127.0.0.1
-BLUE=19080 GREEN=19081 HTTP=19181 HTTPS=19443
+BLUE=19080 GREEN=19081 HTTP=19181 HTTPS=19443 METRICS=19901
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
@@ -50,6 +56,7 @@ done
 ulimit -n 65536 2>/dev/null || true
 
 TMP=$(mktemp -d /tmp/switchyard-load.XXXXXX)
+STATE_DIR=${STATE_DIR:-$TMP}
 PIDS=()
 stop_pid() {
   local pid=$1 i
@@ -78,7 +85,7 @@ wait_port() {
   for i in $(seq 1 150); do listening "$1" && return 0; kill -0 "$2" 2>/dev/null || return 1; sleep 0.1; done
   return 1
 }
-for p in $BLUE $GREEN $HTTP $HTTPS; do listening $p && die "port $p is in use"; done
+for p in $BLUE $GREEN $HTTP $HTTPS $METRICS; do listening $p && die "port $p is in use"; done
 
 # ------------------------------------------------------------------ backend --
 mkdir -p "$TMP/up/www" "$TMP/certs"
@@ -127,7 +134,8 @@ http = "$L:$HTTP"
 https = "$L:$HTTPS"
 certs = "$TMP/certs"
 control = "$TMP/control.sock"
-state = "$TMP/state.json"
+state = "$STATE_DIR/state.json"
+metrics = "$L:$METRICS"
 max_body_bytes = "1GiB"
 $ALOG
 
@@ -233,19 +241,26 @@ if want body; then
   row "switchyard peak RSS after the 100 MiB bodies" "$((rss / 1024)) MiB"
 fi
 if want switching; then
-  no=(); yes=(); nsw=()
-  for i in $(seq 1 "$SWITCH_ROUNDS"); do
-    r=$(wrk_run "$TMP/raw/sw0.$i.txt" "http://$L:$HTTP/"); no+=("${r%% *}"); log "  without switches: $(fmt "$r")"
-    python3 "$HERE/switcher.py" "$TMP/control.sock" bench "$SWITCH_RATE" "$((DURATION + 1))" >"$TMP/raw/switcher.$i.txt" 2>&1 &
-    sw=$!
-    sleep 0.5
-    r=$(wrk_run "$TMP/raw/sw1.$i.txt" "http://$L:$HTTP/"); yes+=("${r%% *}"); log "  with switches:    $(fmt "$r")"
-    wait $sw; nsw+=("$(cat "$TMP/raw/switcher.$i.txt")")
-    [[ $(awk '{print $4}' <<<"$r") == 0 ]] || log "WARNING: errors during switching: $r"
+  # One continuous wrk run; inside it, quiet and switching windows alternate and the proxy's own
+  # request counter is read at every boundary (benches/switch-interleave.py). Each switching
+  # window is compared with its two neighbours, so the machine's drift cancels out. A control run
+  # with the same windows and no switches shows the instrument's own spread.
+  span=$(awk -v w="$SWITCH_WINDOW" -v p="$SWITCH_PAIRS" 'BEGIN{printf "%d", (2*p+1)*w + 3}')
+  for rate in $SWITCH_RATE $([[ $SWITCH_CONTROL == 1 ]] && echo 0); do
+    DURATION=$span wrk_run "$TMP/raw/sw.$rate.txt" "http://$L:$HTTP/" >"$TMP/raw/sw.$rate.wrk" &
+    wk=$!
+    sleep 1
+    r=$(python3 "$HERE/switch-interleave.py" "$L:$METRICS" "$TMP/control.sock" bench "$rate" \
+          "$SWITCH_WINDOW" "$SWITCH_PAIRS" 2>"$TMP/raw/sw.$rate.windows")
+    wait $wk
+    w=$(cat "$TMP/raw/sw.$rate.wrk")
+    [[ $(awk '{print $4}' <<<"$w") == 0 ]] || log "WARNING: errors during switching: $w"
+    set -- $r
+    label="h1 keep-alive, windows with $rate switches/s against quiet neighbours"
+    [[ $rate == 0 ]] && label="control: the same windows with no switches"
+    row "$label ($SWITCH_PAIRS pairs of ${SWITCH_WINDOW} s)" \
+      "$(awk -v m="$2" -v h="$4" -v d="$6" 'BEGIN{printf "%+.2f%% (95%% CI ±%.2f%%, median %+.2f%%)", 100*(m-1), 100*h, 100*(d-1)}'); ${10} switches, ${12} switch errors; wrk: $(fmt "$w")"
   done
-  a=$(printf '%s\n' "${no[@]}" | median); b=$(printf '%s\n' "${yes[@]}" | median)
-  row "h1 keep-alive without switches (median of $SWITCH_ROUNDS)" "$a rps"
-  row "h1 keep-alive during $SWITCH_RATE switches/s (median of $SWITCH_ROUNDS)" "$b rps ($(awk -v a="$a" -v b="$b" 'BEGIN{printf "%+.1f%%", 100*(b-a)/a}')); switcher: ${nsw[*]}"
 fi
 
 idle=$(awk '/^VmRSS:/{print $2}' "/proc/$SY/status")
