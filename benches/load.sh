@@ -23,7 +23,9 @@
 # Knobs: DURATION=10 (seconds per test), CONNS=64, H2_CONNS=32, H2_STREAMS=10, THREADS=2,
 #        ACCESS_LOG=file|off (default file: the access log on, written to a file in the temp dir),
 #        SWITCH_RATE=10 (switches per second), SWITCH_WINDOW=2 (seconds), SWITCH_PAIRS=20,
-#        SWITCH_CONTROL=1 (also the run without switches), STATE_DIR=dir (state file and audit log;
+#        SWITCH_CONTROL=1 (also the run without switches), SWITCHER_NICE=19 (the switcher's own
+#        priority: on two shared cores any extra runnable process costs the traffic far more than
+#        its CPU time, so by default it runs niced, like switchyard's control thread), STATE_DIR=dir (state file and audit log;
 #        default the temp dir, on disk), KEY_TYPE=ec|rsa, KEEP_TMP=1,
 #        TESTS="memory h1 h1-tls h2-tls handshakes body switching" (subset), IDLE_CONNS=10000.
 set -uo pipefail
@@ -40,6 +42,7 @@ SWITCH_RATE=${SWITCH_RATE:-10}
 SWITCH_WINDOW=${SWITCH_WINDOW:-2}
 SWITCH_PAIRS=${SWITCH_PAIRS:-20}
 SWITCH_CONTROL=${SWITCH_CONTROL:-1}
+SWITCHER_NICE=${SWITCHER_NICE:-19}
 KEY_TYPE=${KEY_TYPE:-ec}
 TESTS=${TESTS:-"memory h1 h1-tls h2-tls handshakes body switching"}
 IDLE_CONNS=${IDLE_CONNS:-10000}
@@ -244,13 +247,14 @@ if want switching; then
   # One continuous wrk run; inside it, quiet and switching windows alternate and the proxy's own
   # request counter is read at every boundary (benches/switch-interleave.py). Each switching
   # window is compared with its two neighbours, so the machine's drift cancels out. A control run
-  # with the same windows and no switches shows the instrument's own spread.
+  # with the same windows and no switches shows the instrument's own spread. SWITCHER_NICE=0 shows
+  # what the switching client itself costs on this machine.
   span=$(awk -v w="$SWITCH_WINDOW" -v p="$SWITCH_PAIRS" 'BEGIN{printf "%d", (2*p+1)*w + 3}')
   for rate in $SWITCH_RATE $([[ $SWITCH_CONTROL == 1 ]] && echo 0); do
     DURATION=$span wrk_run "$TMP/raw/sw.$rate.txt" "http://$L:$HTTP/" >"$TMP/raw/sw.$rate.wrk" &
     wk=$!
     sleep 1
-    r=$(python3 "$HERE/switch-interleave.py" "$L:$METRICS" "$TMP/control.sock" bench "$rate" \
+    r=$(nice -n "$SWITCHER_NICE" python3 "$HERE/switch-interleave.py" "$L:$METRICS" "$TMP/control.sock" bench "$rate" \
           "$SWITCH_WINDOW" "$SWITCH_PAIRS" 2>"$TMP/raw/sw.$rate.windows")
     wait $wk
     w=$(cat "$TMP/raw/sw.$rate.wrk")

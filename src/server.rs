@@ -116,7 +116,7 @@ pub async fn serve(cfg: Config, on_ready: impl FnOnce(&Bound, &Config)) -> anyho
         tokio::spawn(crate::statuspage::run(l, ops.clone()));
     }
     let control = crate::control::server::bind(&cfg.proxy.control)?;
-    tokio::spawn(crate::control::server::run(control, ops.clone()));
+    crate::control::server::start(control, ops.clone())?;
     tokio::spawn(crate::health::run(ops.table.clone()));
     let marks = ops.clone();
     tokio::spawn(async move {

@@ -326,3 +326,52 @@ async fn reload_applies_new_certificates_to_new_handshakes() {
         crate::edge::tls_connect(https, "reload.test", &[b"http/1.1"], crate::edge::BOTH).await;
     assert_eq!(still.names, vec!["reload.test".to_string()]);
 }
+
+/// The nice value of each of the daemon's threads, by thread name (/proc/PID/task/*/stat: the
+/// name is in parentheses, nice is the 19th field).
+fn thread_nice(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(stat) = std::fs::read_to_string(t.unwrap().path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        // After ") ": state is field 3, so nice (field 19) is the 17th from there.
+        let nice = stat[close + 2..]
+            .split(' ')
+            .nth(16)
+            .unwrap()
+            .parse()
+            .unwrap();
+        out.push((name, nice));
+    }
+    out
+}
+
+/// The control socket is served by its own thread, niced below the edge workers: a switch or a
+/// status call never takes a CPU from a thread that is moving requests (benches/README.md,
+/// switching). It still answers, and a switch still applies at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_thread_runs_below_the_edge_workers() {
+    let (p, _b, green) = proxy("").await;
+    let pid = p.child.as_ref().unwrap().id();
+    let (s, r) = control(
+        &p.control,
+        "POST",
+        "/v1/sites/wiki/switch",
+        Some(r#"{"to":"green"}"#),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    let c = reqwest::Client::new();
+    assert_eq!(text(&c, &p.url("/"), Some("wiki.test")).await, green.name);
+    let threads = thread_nice(pid);
+    let nice_of = |n: &str| threads.iter().find(|(t, _)| t == n).map(|(_, v)| *v);
+    let control = nice_of("control").unwrap_or_else(|| panic!("no control thread: {threads:?}"));
+    let edge = nice_of("edge-0").unwrap_or_else(|| panic!("no edge worker: {threads:?}"));
+    assert_eq!(control, (edge + 10).min(19), "{threads:?}");
+}
