@@ -25,7 +25,7 @@
 #        SWITCH_RATE=10 (switches per second), SWITCH_WINDOW=2 (seconds), SWITCH_PAIRS=20,
 #        SWITCH_CONTROL=1 (also the run without switches), SWITCHER_NICE=19 (the switcher's own
 #        priority: on two shared cores any extra runnable process costs the traffic far more than
-#        its CPU time, so by default it runs niced, like switchyard's control thread), STATE_DIR=dir (state file and audit log;
+#        its CPU time, so by default it runs niced; 0 shows what the client itself costs), STATE_DIR=dir (state file and audit log;
 #        default the temp dir, on disk), KEY_TYPE=ec|rsa, KEEP_TMP=1,
 #        TESTS="memory h1 h1-tls h2-tls handshakes body switching" (subset), IDLE_CONNS=10000.
 set -uo pipefail
@@ -259,6 +259,10 @@ if want switching; then
     wait $wk
     w=$(cat "$TMP/raw/sw.$rate.wrk")
     [[ $(awk '{print $4}' <<<"$w") == 0 ]] || log "WARNING: errors during switching: $w"
+    if [[ -z $r ]]; then
+      log "WARNING: the switching measurement failed: $(tail -3 "$TMP/raw/sw.$rate.windows" | tr '\n' ' ')"
+      continue
+    fi
     set -- $r
     label="h1 keep-alive, windows with $rate switches/s against quiet neighbours"
     [[ $rate == 0 ]] && label="control: the same windows with no switches"

@@ -6,9 +6,19 @@ Usage: benches/switch-latency.py CONTROL_SOCKET HTTP_ADDR SITE [N]
 Example: benches/switch-latency.py .switchyard-demo/control.sock 127.0.0.1:8080 demo 200
 The demo backends answer with an `x-demo-color` header; other backends need one too.
 """
-import http.client, json, statistics, sys, time
+import http.client, json, socket, statistics, sys, time
 
-from switcher import UnixConn  # same folder
+
+class UnixConn(http.client.HTTPConnection):
+    """http.client over the control socket."""
+
+    def __init__(self, path):
+        super().__init__("localhost")
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.path)
 
 
 def main():
