@@ -32,7 +32,8 @@ pub struct Conn {
     pub sni: Option<Box<str>>,
     /// Requests on this connection whose response has not ended yet.
     pub inflight: AtomicUsize,
-    /// Requests started on this connection; the idle watchdog looks for movement.
+    /// Requests started on this connection, and on the fast path also reads of a request body
+    /// still arriving; the idle watchdog looks for movement.
     pub activity: AtomicU64,
     /// Socket reads that returned bytes: with no new request, bytes mean a request head is on its
     /// way (the header timeout applies), none mean the connection is idle (the idle timeout).

@@ -208,6 +208,68 @@ async fn issue_7_slowloris_does_not_starve_others() {
     assert_eq!(closed, 500);
 }
 
+/// A small upload (the fast path buffers bodies up to 64 KiB) that arrives slowly but steadily
+/// takes longer than the header timeout in all and still goes through: the header clock stops
+/// once the head is in. A body that stalls for a header timeout still ends the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_steady_upload_outlives_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Backend::start("b").await;
+    let p = Proxy::start(
+        "header_timeout = \"1s\"",
+        &site("wiki", &["127.0.0.1"], &[b.addr], &[], ""),
+    );
+    let addr = p.http.unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /count HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 6000\r\n\r\n")
+        .await
+        .unwrap();
+    // 20 pieces 150 ms apart: 3 s in all, three header timeouts, never a 1 s gap.
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        s.write_all(&[b'u'; 300]).await.unwrap();
+    }
+    assert!(started.elapsed() > Duration::from_secs(2));
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            let text = String::from_utf8_lossy(&got);
+            if text.starts_with("HTTP/1.1 ") && text.ends_with("\r\n\r\n6000") {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&got).to_string()
+    })
+    .await
+    .expect("no answer to the slow upload");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("6000"),
+        "the slow upload was cut off or changed: {answer:?}"
+    );
+
+    // A stalled body: the head and a part, then nothing. Closed at about the header timeout.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /count HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 6000\r\n\r\nxxxx")
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a stalled body kept its connection open");
+}
+
 /// See: issue 7. Garbage on the TLS port and old protocol versions are refused; the proxy keeps
 /// serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

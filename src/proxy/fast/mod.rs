@@ -97,6 +97,13 @@ where
             }
             match io.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => return Outcome::Closed,
+                // The head is in and its body is arriving: progress, as on hyper's path, where
+                // the request has started. Without this the watchdog would time the whole body
+                // by the header timeout and cut off a slow but steady upload; with it, a stall
+                // of a header timeout between reads still ends the connection.
+                Ok(_) if need > 0 => {
+                    conn.activity.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(_) => {}
             }
         }
