@@ -514,7 +514,17 @@ impl Ops {
     /// Persists "a write reached the active color since the switch" the first time it happens,
     /// so the rollback guard survives a restart. Runs in the background, off the request path.
     pub async fn persist_write_marks(&self) {
+        let t = self.table.load_full();
+        // The common case, every 200 ms: no write since the last switch; nothing to lock.
+        if !t
+            .sites
+            .iter()
+            .any(|s| s.shared.write_seen.load(Ordering::Relaxed))
+        {
+            return;
+        }
         let mut inner = self.inner.lock().await;
+        // Loaded again under the lock: a switch may have come in between.
         let t = self.table.load_full();
         let mut next = inner.state.clone();
         let mut changed = false;
