@@ -387,9 +387,9 @@ async fn serve<IO>(
     // The watchdog for the header and idle timeouts. `conn.activity` counts requests started
     // (bumped in `service::handle`, and by the fast path for each read of a body still arriving,
     // so an upload is timed by its progress, not by the header clock), `conn.inflight` the
-    // unfinished ones, `conn.reads` socket
-    // reads. Each tick, a connection with a request in flight or a new one started is busy;
-    // otherwise it has been quiet since the last change, and it is closed once quiet for:
+    // unfinished ones, `conn.reads` socket reads. Each tick, a connection with a request in
+    // flight or a new one started is busy; otherwise it has been quiet since the last change,
+    // and it is closed once quiet for:
     // - min(header, idle) before its first request (silent, or a head trickling in; also an h2
     //   client that sends the preface and nothing more);
     // - the header timeout, counted from the first bytes, when bytes arrived since the last
