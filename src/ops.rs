@@ -515,7 +515,7 @@ impl Ops {
     /// so the rollback guard survives a restart. Runs in the background, off the request path.
     pub async fn persist_write_marks(&self) {
         let t = self.table.load_full();
-        // The common case, every 200 ms: no write since the last switch; nothing to lock.
+        // The common case on the slow tick: no write since the last switch; nothing to lock.
         if !t
             .sites
             .iter()

@@ -120,9 +120,10 @@ pub async fn serve(cfg: Config, on_ready: impl FnOnce(&Bound, &Config)) -> anyho
     tokio::spawn(crate::health::run(ops.table.clone()));
     let marks = ops.clone();
     tokio::spawn(async move {
-        let mut t = tokio::time::interval(Duration::from_millis(200));
         loop {
-            t.tick().await;
+            // Woken by the first write after a switch; the slow tick retries a save that failed.
+            let first = crate::routing::FIRST_WRITE.notified();
+            let _ = tokio::time::timeout(Duration::from_secs(5), first).await;
             marks.persist_write_marks().await;
         }
     });

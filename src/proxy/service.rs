@@ -317,8 +317,8 @@ pub(crate) fn decide(
 /// Counts a write answered by `color` (the rollback guard reads these).
 pub(crate) fn count_write(site: &SiteRoute, color: Color) {
     let prev = site.shared.writes_since_switch[color.idx()].fetch_add(1, Ordering::Relaxed);
-    if prev == 0 && color == site.active {
-        site.shared.write_seen.store(true, Ordering::Relaxed);
+    if prev == 0 && color == site.active && !site.shared.write_seen.swap(true, Ordering::Relaxed) {
+        crate::routing::FIRST_WRITE.notify_one();
     }
 }
 

@@ -10,5 +10,5 @@ mod table;
 
 pub use pool::{Backend, Pool};
 pub use table::{
-    same_host, strip_port, ReadOnlyNotice, Route, RoutingTable, SiteRoute, SiteShared,
+    same_host, strip_port, ReadOnlyNotice, Route, RoutingTable, SiteRoute, SiteShared, FIRST_WRITE,
 };

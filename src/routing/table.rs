@@ -12,6 +12,10 @@ use super::pool::Pool;
 use crate::config::{Color, Config, HealthConfig, HostPattern, ReadOnlyPolicy};
 use crate::state::State;
 
+/// Rung by the first write after a switch (`write_seen` turning true), so that the control
+/// plane records it in the state file at once instead of polling for it.
+pub static FIRST_WRITE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 /// Per-site live counters and flags that outlive any one table.
 #[derive(Debug)]
 pub struct SiteShared {

@@ -537,9 +537,10 @@ async fn writes_since_switch_guard_rollback() {
         e.contains("3 write(s)") && e.contains("--discard-writes"),
         "{e}"
     );
-    // The guard survives a restart (the exact count does not; the mark does).
+    // The guard survives a restart (the exact count does not; the mark does). The first write
+    // rings the persister at once; within its 5 s retry tick would mean the ring was lost.
     wait_until(
-        Duration::from_secs(5),
+        Duration::from_secs(2),
         "the first write to be recorded in the state file",
         || {
             std::fs::read_to_string(p.dir.join("state.json"))
