@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# callgrind.sh — user-space instructions per request of the real binary, the repeatable instrument
+# for one change (callgrind counts instructions, not seconds: the same binary and load give the
+# same total whatever else the machine does).
+#
+# Usage: benches/callgrind.sh [PATH-TO-switchyard]     (default target/release/switchyard)
+#
+# One nginx (1 worker, 1 KiB body at /) as the backend, switchyard under
+# `valgrind --tool=callgrind` in front of it, and for each route a warm-up batch, then
+# `callgrind_control -z` (counters to zero), N requests with h2load, `--dump` (just those):
+#   h1      h2load --h1 -c8 http://         (the HTTP/1.1 fast path)
+#   https   h2load --h1 -c8 https://        (ALPN http/1.1: TLS + the fast path)
+#   h2      h2load -c8 -m10 https://        (hyper's h2 server)
+#   h2post  h2load -c8 -m10 -d 1KiB https:// (HTTP/2 with a request body: the streamed path)
+# Prints "route instructions/request" lines (Ir of every thread, summed) and a Markdown row.
+# Knobs: N=3000 (measured requests per route), WARM=500, ROUTES="h1 https h2 h2post", KEEP_TMP=1.
+# All traffic on 127.0.0.1.
+set -uo pipefail
+
+BIN=$(readlink -f "${1:-target/release/switchyard}")
+N=${N:-3000}
+WARM=${WARM:-500}
+ROUTES=${ROUTES:-"h1 https h2 h2post"}
+L=127.0.0.1
+UP=19280 HTTP=19281 HTTPS=19282
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "FATAL: $*"; exit 1; }
+for b in nginx h2load valgrind callgrind_control openssl ss; do
+  command -v "$b" >/dev/null || die "missing $b (apt-get install -y nginx nghttp2-client valgrind openssl)"
+done
+[[ -x $BIN ]] || die "no binary at $BIN (cargo build --release)"
+
+TMP=$(mktemp -d /tmp/switchyard-callgrind.XXXXXX)
+PIDS=()
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  if [[ ${KEEP_TMP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+wait_port() { # wait_port PORT PID SECONDS
+  local i
+  for i in $(seq 1 $(($3 * 10))); do listening "$1" && return 0; kill -0 "$2" 2>/dev/null || return 1; sleep 0.1; done
+  return 1
+}
+for p in $UP $HTTP $HTTPS; do listening $p && die "port $p is in use"; done
+
+mkdir -p "$TMP/up" "$TMP/certs"
+chmod a+rx "$TMP" "$TMP/up"
+body=$(head -c 1024 /dev/zero | tr '\0' 'o')
+cat >"$TMP/up/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $TMP/up/nginx.pid;
+error_log $TMP/up/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $TMP/up/cbt; proxy_temp_path $TMP/up/pt; fastcgi_temp_path $TMP/up/ft;
+  uwsgi_temp_path $TMP/up/ut; scgi_temp_path $TMP/up/st;
+  keepalive_requests 10000000;
+  server {
+    listen $L:$UP;
+    location / { default_type text/plain; return 200 "$body"; }
+  }
+}
+EOF
+nginx -c "$TMP/up/nginx.conf" >/dev/null 2>&1 &
+PIDS+=($!)
+wait_port $UP $! 10 || die "nginx did not start"
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+  -keyout "$TMP/certs/localhost.key" -out "$TMP/certs/localhost.crt" >/dev/null 2>&1 || die "openssl"
+cat >"$TMP/switchyard.toml" <<TOML
+[proxy]
+http = "$L:$HTTP"
+https = "$L:$HTTPS"
+certs = "$TMP/certs"
+control = "$TMP/control.sock"
+state = "$TMP/state.json"
+access_log = "$TMP/access.log"
+
+[[site]]
+name = "bench"
+hosts = ["localhost", "127.0.0.1"]
+redirect_http = false
+[site.pools]
+blue = ["$L:$UP"]
+TOML
+
+head -c 1024 /dev/zero | tr '\0' 'p' >"$TMP/post.body"
+run_load() { # run_load ROUTE COUNT
+  local n=$2
+  case $1 in
+    h1) h2load --h1 -n "$n" -c8 -t1 "http://$L:$HTTP/" ;;
+    https) h2load --h1 -n "$n" -c8 -t1 "https://$L:$HTTPS/" ;;
+    h2) h2load -n "$n" -c8 -m10 -t1 "https://$L:$HTTPS/" ;;
+    h2post) h2load -n "$n" -c8 -m10 -t1 -d "$TMP/post.body" "https://$L:$HTTPS/" ;;
+    *) die "unknown route $1" ;;
+  esac >"$TMP/h2load.$1.log" 2>&1
+  grep -q "requests: $n total, $n started, $n done, $n succeeded" "$TMP/h2load.$1.log"
+}
+
+row=""
+for route in $ROUTES; do
+  SWITCHYARD_WORKERS=2 valgrind --tool=callgrind --callgrind-out-file="$TMP/cg.$route.%p" \
+    "$BIN" serve --config "$TMP/switchyard.toml" >"$TMP/serve.$route.log" 2>&1 &
+  pid=$!
+  wait_port $HTTPS $pid 60 || die "switchyard did not start under valgrind (see $TMP/serve.$route.log)"
+  run_load "$route" "$WARM" || die "warm-up of $route failed: $(tail -5 "$TMP/h2load.$route.log")"
+  callgrind_control -z $pid >/dev/null
+  run_load "$route" "$N" || die "$route failed: $(tail -5 "$TMP/h2load.$route.log")"
+  callgrind_control --dump $pid >/dev/null
+  total=$(cat "$TMP"/cg.$route.$pid.* | awk '/^summary:/ {s += $2} END {print s + 0}')
+  kill -TERM $pid; wait $pid 2>/dev/null
+  per=$((total / N))
+  echo "$route $per instructions/request"
+  row="$row | $per"
+  [[ ${KEEP_TMP:-0} == 1 ]] || rm -f "$TMP"/cg.$route.$pid*
+done
+echo "| $(git -C "$(dirname "$0")" rev-parse --short HEAD 2>/dev/null || echo build)$row |"
