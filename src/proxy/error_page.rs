@@ -1,6 +1,7 @@
 //! The responses the proxy makes itself: one `ProxyError → status + page` mapping, HTML by default,
 //! JSON when the client prefers it. Each error is tagged with who caused it (client, upstream,
-//! internal) so logging and retries follow from the tag.
+//! internal) so logging and retries follow from the tag. The page is a plain `Response<Bytes>`:
+//! each front end frames it its own way.
 
 use std::sync::Arc;
 
@@ -8,7 +9,6 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 
-use super::body::RespBody;
 use crate::routing::ReadOnlyNotice;
 
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +82,7 @@ impl ProxyError {
     }
 
     /// The page for this error; `json` when the client's Accept prefers JSON.
-    pub fn response(&self, json: bool) -> Response<RespBody> {
+    pub fn response(&self, json: bool) -> Response<Bytes> {
         let status = self.status();
         let body = if json {
             let mut v = serde_json::json!({"error": self.code(), "message": self.to_string()});
@@ -106,7 +106,7 @@ impl ProxyError {
                 code = status.as_u16()
             ))
         };
-        let mut resp = Response::new(RespBody::full(body));
+        let mut resp = Response::new(body);
         *resp.status_mut() = status;
         let h = resp.headers_mut();
         h.insert(
@@ -126,8 +126,8 @@ impl ProxyError {
 }
 
 /// True when the Accept header ranks JSON above HTML (a plain `application/json` or `*/json`).
-pub fn wants_json(accept: Option<&HeaderValue>) -> bool {
-    let Some(a) = accept.and_then(|v| v.to_str().ok()) else {
+pub fn wants_json(accept: Option<&[u8]>) -> bool {
+    let Some(a) = accept.and_then(|v| std::str::from_utf8(v).ok()) else {
         return false;
     };
     let mut json_q = -1.0f32;
@@ -199,13 +199,9 @@ mod tests {
 
     #[test]
     fn accept_negotiation() {
-        assert!(wants_json(Some(&HeaderValue::from_static(
-            "application/json"
-        ))));
-        assert!(!wants_json(Some(&HeaderValue::from_static(
-            "text/html,application/json;q=0.9"
-        ))));
-        assert!(!wants_json(Some(&HeaderValue::from_static("*/*"))));
+        assert!(wants_json(Some(b"application/json")));
+        assert!(!wants_json(Some(b"text/html,application/json;q=0.9")));
+        assert!(!wants_json(Some(b"*/*")));
         assert!(!wants_json(None));
     }
 }

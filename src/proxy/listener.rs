@@ -20,14 +20,15 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
-use super::gather::{next_pass, Gather, Passes};
+use super::service::gather::{next_pass, Gather, Passes};
+use super::watchdog::{Verdict, Watchdog};
 use super::{fast, service, Conn, Edge};
 
 /// Counts open connections, for the limit and for the shutdown drain.
@@ -66,26 +67,6 @@ impl Tracker {
         let _ = tokio::time::timeout(deadline, wait).await;
         self.open()
     }
-}
-
-pub fn builder(edge: &Edge) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        // Off: hyper's timer also runs between keep-alive requests, which would cap the idle
-        // timeout at the header timeout. The watchdog in `serve` enforces both.
-        .header_read_timeout(None)
-        .max_buf_size(edge.limits.max_header_bytes.max(8192))
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(250)
-        .max_header_list_size(edge.limits.max_header_bytes as u32)
-        .max_pending_accept_reset_streams(50)
-        .max_local_error_reset_streams(Some(1024))
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
-    b
 }
 
 /// One edge worker: a thread running a current-thread runtime.
@@ -198,7 +179,7 @@ async fn worker_accept_loop(
     tracker: Arc<Tracker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let builder = Arc::new(builder(&edge));
+    let builder = Arc::new(service::builder(&edge));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -282,7 +263,7 @@ async fn connection(
     match tls {
         None => {
             let conn = Arc::new(Conn::new(edge.clone(), peer, false, None, false));
-            serve(stream, conn, edge, builder, shutdown).await
+            serve(stream, conn, builder, shutdown).await
         }
         Some(acceptor) => {
             let hs =
@@ -304,105 +285,38 @@ async fn connection(
             let sni = tls.get_ref().1.server_name().map(Into::into);
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let conn = Arc::new(Conn::new(edge.clone(), peer, true, sni, h2));
-            serve(tls, conn, edge, builder, shutdown).await
+            serve(tls, conn, builder, shutdown).await
         }
     }
 }
 
+/// Serves one connection: its requests run as a task of their own (`run`), and this one keeps
+/// the watch (timeouts, shutdown), so a socket wake-up polls the connection alone, not this timer
+/// and shutdown signal too. Returning from here ends the connection (the guard aborts its task).
 async fn serve<IO>(
     io: IO,
     conn: Arc<Conn>,
-    edge: Arc<Edge>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let limits = edge.limits.clone();
-    let c2 = conn.clone();
-    let svc = service_fn(move |req| {
-        let conn = c2.clone();
-        async move { Ok::<_, Infallible>(service::handle(conn, req).await) }
-    });
+    // HTTP/1.1 connections start on the fast path; hyper takes over the first request the fast
+    // path does not take, and serves HTTP/2.
+    let fast_phase = Arc::new(AtomicBool::new(!conn.h2));
     let io = Reads {
         inner: io,
         conn: conn.clone(),
     };
-    // HTTP/1.1 connections start on the fast path (`fast.rs`); hyper takes over the first
-    // request the fast path does not take, and serves HTTP/2.
-    let fast_phase = Arc::new(AtomicBool::new(!conn.h2));
-    let hyper_shutdown = shutdown.clone();
-    let (c3, phase) = (conn.clone(), fast_phase.clone());
-    let work = async move {
-        let (conn, fast_phase) = (c3, phase);
-        // h2's writes are gathered per pass of the connection future (see `gather.rs`).
-        let passes = Passes::default();
-        let io = if fast_phase.load(Ordering::Relaxed) {
-            match fast::serve(io, &conn).await {
-                fast::Outcome::Closed => return,
-                fast::Outcome::Handoff(io, prefix) => {
-                    fast_phase.store(false, Ordering::Relaxed);
-                    Prefixed {
-                        prefix,
-                        inner: Gather::new(io, None),
-                    }
-                }
-            }
-        } else {
-            Prefixed {
-                prefix: BytesMut::new(),
-                inner: Gather::new(io, conn.h2.then(|| passes.clone())),
-            }
-        };
-        let mut shutdown = hyper_shutdown;
-        let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-        tokio::pin!(c);
-        let mut draining = *shutdown.borrow();
-        if draining {
-            c.as_mut().graceful_shutdown();
-        }
-        loop {
-            tokio::select! {
-                r = std::future::poll_fn(|cx| {
-                    next_pass(&passes);
-                    c.as_mut().poll(cx)
-                }) => {
-                    if let Err(e) = r {
-                        tracing::trace!(peer = %conn.peer, error = %e, "connection ended with an error");
-                    }
-                    return;
-                }
-                changed = shutdown.changed(), if !draining => {
-                    let _ = changed;
-                    draining = true;
-                    c.as_mut().graceful_shutdown();
-                }
-            }
-        }
-    };
-    // The connection runs as its own task; this one only keeps the watch (timeouts, shutdown),
-    // so a socket wake-up polls the connection alone, not this timer and shutdown signal too.
-    // Returning from here ends the connection (the guard aborts its task).
+    let work = run(
+        io,
+        conn.clone(),
+        builder,
+        shutdown.clone(),
+        fast_phase.clone(),
+    );
     let mut task = AbortOnDrop(tokio::spawn(work));
-    // The watchdog for the header and idle timeouts. `conn.activity` counts requests started
-    // (bumped in `service::handle`, and by the fast path for each read of a body still arriving,
-    // so an upload is timed by its progress, not by the header clock), `conn.inflight` the
-    // unfinished ones, `conn.reads` socket reads. Each tick, a connection with a request in
-    // flight or a new one started is busy; otherwise it has been quiet since the last change,
-    // and it is closed once quiet for:
-    // - min(header, idle) before its first request (silent, or a head trickling in; also an h2
-    //   client that sends the preface and nothing more);
-    // - the header timeout, counted from the first bytes, when bytes arrived since the last
-    //   request finished (a request head on its way);
-    // - the idle timeout when nothing arrived (an idle keep-alive connection).
-    // Counting requests, not bytes, for "busy" matters: HTTP/2 keep-alive PINGs would otherwise
-    // keep an idle h2 connection alive forever. hyper's own header_read_timeout is off (see
-    // `builder`): it runs between keep-alive requests too and would cap idle at the header timeout.
-    let tick = (limits.header_timeout.min(limits.idle_timeout) / 2).max(Duration::from_millis(20));
-    let mut last_req = 0u64;
-    let mut quiet = Duration::ZERO;
-    let mut first = true;
-    let mut head_coming = false;
+    let mut dog = Watchdog::new(&conn.edge.limits, conn.h2);
     let mut draining = *shutdown.borrow();
     conn.draining.store(draining, Ordering::Relaxed);
     loop {
@@ -414,45 +328,75 @@ async fn serve<IO>(
                 conn.draining.store(true, Ordering::Relaxed);
                 // The fast path closes after the response in flight; between requests (nothing
                 // in flight, no new head arriving) the connection closes now.
-                if fast_phase.load(Ordering::Relaxed)
-                    && conn.inflight.load(Ordering::Relaxed) == 0
-                    && conn.reads.load(Ordering::Relaxed) == conn.reads_at_rest.load(Ordering::Relaxed)
-                {
+                if fast_phase.load(Ordering::Relaxed) && conn.activity.at_rest() {
                     return;
                 }
             }
-            _ = tokio::time::sleep(tick) => {
-                let req = conn.activity.load(Ordering::Relaxed);
-                if req != last_req || conn.inflight.load(Ordering::Relaxed) > 0 {
-                    first &= req == 0;
-                    last_req = req;
-                    quiet = Duration::ZERO;
-                    head_coming = false;
-                    continue;
-                }
-                // Bytes after a quiet spell: a head is on its way; the header clock starts now.
-                if !head_coming
-                    && !conn.h2
-                    && conn.reads.load(Ordering::Relaxed)
-                        != conn.reads_at_rest.load(Ordering::Relaxed)
-                {
-                    head_coming = true;
-                    if !first {
-                        quiet = Duration::ZERO;
-                    }
-                }
-                quiet += tick;
-                let limit = if first {
-                    limits.header_timeout.min(limits.idle_timeout)
-                } else if head_coming {
-                    limits.header_timeout
-                } else {
-                    limits.idle_timeout
-                };
-                if quiet >= limit {
-                    tracing::trace!(peer = %conn.peer, head_coming, first, "closing idle connection");
+            _ = tokio::time::sleep(dog.tick) => {
+                if dog.check(&conn.activity) == Verdict::Close {
+                    tracing::trace!(peer = %conn.peer, "closing idle connection");
                     return;
                 }
+            }
+        }
+    }
+}
+
+/// The requests of one connection: the fast path first (HTTP/1.1), then hyper.
+async fn run<IO>(
+    io: IO,
+    conn: Arc<Conn>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut shutdown: watch::Receiver<bool>,
+    fast_phase: Arc<AtomicBool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // h2's writes are gathered per pass of the connection future (see `service/gather.rs`).
+    let passes = Passes::default();
+    let io = if fast_phase.load(Ordering::Relaxed) {
+        match fast::serve(io, &conn).await {
+            fast::Outcome::Closed => return,
+            fast::Outcome::Handoff(io, prefix) => {
+                fast_phase.store(false, Ordering::Relaxed);
+                Prefixed {
+                    prefix,
+                    inner: Gather::new(io, None),
+                }
+            }
+        }
+    } else {
+        Prefixed {
+            prefix: BytesMut::new(),
+            inner: Gather::new(io, conn.h2.then(|| passes.clone())),
+        }
+    };
+    let c2 = conn.clone();
+    let svc = service_fn(move |req| {
+        let conn = c2.clone();
+        async move { Ok::<_, Infallible>(service::handle(conn, req).await) }
+    });
+    let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(c);
+    let mut draining = *shutdown.borrow();
+    if draining {
+        c.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            r = std::future::poll_fn(|cx| {
+                next_pass(&passes);
+                c.as_mut().poll(cx)
+            }) => {
+                if let Err(e) = r {
+                    tracing::trace!(peer = %conn.peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            changed = shutdown.changed(), if !draining => {
+                let _ = changed;
+                draining = true;
+                c.as_mut().graceful_shutdown();
             }
         }
     }
@@ -529,8 +473,8 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
 
 delegate_write!(Prefixed);
 
-/// Counts socket reads that returned bytes, for the watchdog: one relaxed add on a counter of
-/// this connection per read.
+/// Counts socket reads that returned bytes into the connection's activity, for the watchdog: one
+/// relaxed add per read.
 struct Reads<IO> {
     inner: IO,
     conn: Arc<Conn>,
@@ -545,7 +489,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Reads<IO> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.conn.reads.fetch_add(1, Ordering::Relaxed);
+            self.conn.activity.read();
         }
         r
     }

@@ -1,0 +1,196 @@
+//! Chunked bodies (RFC 9112 7.1): followed byte by byte to find where they end while the bytes
+//! pass unchanged (the fast path), or decoded into data and trailers (for hyper's side).
+
+/// Follows a chunked body through (the bytes pass unchanged) to find where it ends.
+#[derive(Debug, Default)]
+pub struct Chunked {
+    state: State,
+    size: u64,
+    digits: u8,
+    /// Data bytes seen so far, without the framing (what the access log and metrics count).
+    pub data: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum State {
+    #[default]
+    Size,
+    Ext,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    Trailer,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+/// The chunked framing is broken.
+#[derive(Debug)]
+pub struct BadChunk;
+
+impl Chunked {
+    /// Consumes `b`; returns how many of its bytes belong to the body, and whether it ended.
+    pub fn feed(&mut self, b: &[u8]) -> Result<(usize, bool), BadChunk> {
+        let mut i = 0;
+        while i < b.len() {
+            let c = b[i];
+            match self.state {
+                State::Size => match c {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        if self.digits >= 15 {
+                            return Err(BadChunk);
+                        }
+                        let d = (c as char).to_digit(16).unwrap_or(0);
+                        self.size = self.size * 16 + u64::from(d);
+                        self.digits += 1;
+                    }
+                    b';' | b' ' | b'\t' if self.digits > 0 => self.state = State::Ext,
+                    b'\r' if self.digits > 0 => self.state = State::SizeLf,
+                    _ => return Err(BadChunk),
+                },
+                State::Ext => match c {
+                    b'\r' => self.state = State::SizeLf,
+                    b'\n' => return Err(BadChunk),
+                    _ => {}
+                },
+                State::SizeLf => {
+                    if c != b'\n' {
+                        return Err(BadChunk);
+                    }
+                    self.state = if self.size == 0 {
+                        State::TrailerStart
+                    } else {
+                        State::Data
+                    };
+                }
+                State::Data => {
+                    let n = (self.size.min((b.len() - i) as u64)) as usize;
+                    self.size -= n as u64;
+                    self.data += n as u64;
+                    i += n;
+                    if self.size == 0 {
+                        self.state = State::DataCr;
+                    }
+                    continue;
+                }
+                State::DataCr if c == b'\r' => self.state = State::DataLf,
+                State::DataLf if c == b'\n' => {
+                    self.state = State::Size;
+                    self.digits = 0;
+                }
+                State::DataCr | State::DataLf => return Err(BadChunk),
+                State::TrailerStart => {
+                    self.state = if c == b'\r' {
+                        State::EndLf
+                    } else {
+                        State::Trailer
+                    }
+                }
+                State::Trailer => {
+                    if c == b'\r' {
+                        self.state = State::TrailerLf;
+                    }
+                }
+                State::TrailerLf if c == b'\n' => self.state = State::TrailerStart,
+                State::TrailerLf => return Err(BadChunk),
+                State::EndLf if c == b'\n' => {
+                    self.state = State::Done;
+                    return Ok((i + 1, true));
+                }
+                State::EndLf => return Err(BadChunk),
+                State::Done => return Ok((i, true)),
+            }
+            i += 1;
+        }
+        Ok((i, self.state == State::Done))
+    }
+}
+
+/// One step of decoding a chunked body (for clients that do not speak HTTP/1.1 framing).
+pub enum Decoded {
+    /// More bytes are needed.
+    More,
+    Data(bytes::Bytes),
+    /// The body ended; the trailer section (lines with their CRLFs), if any.
+    End(Vec<u8>),
+}
+
+impl Chunked {
+    /// Takes the next piece of the body out of `buf`; trailer lines gather in `trailers`.
+    pub fn decode(
+        &mut self,
+        buf: &mut bytes::BytesMut,
+        trailers: &mut Vec<u8>,
+    ) -> Result<Decoded, BadChunk> {
+        use bytes::Buf;
+        loop {
+            if self.state == State::Done {
+                return Ok(Decoded::End(std::mem::take(trailers)));
+            }
+            if buf.is_empty() {
+                return Ok(Decoded::More);
+            }
+            if self.state == State::Data {
+                let n = self.size.min(buf.len() as u64) as usize;
+                self.size -= n as u64;
+                if self.size == 0 {
+                    self.state = State::DataCr;
+                }
+                return Ok(Decoded::Data(buf.split_to(n).freeze()));
+            }
+            // Framing: a byte at a time (a few per chunk).
+            let in_trailer = match self.state {
+                State::TrailerStart => buf[0] != b'\r',
+                State::Trailer | State::TrailerLf => true,
+                _ => false,
+            };
+            if in_trailer {
+                if trailers.len() >= 16 * 1024 {
+                    return Err(BadChunk);
+                }
+                trailers.push(buf[0]);
+            }
+            self.feed(&buf[..1])?;
+            buf.advance(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_ends_where_the_body_ends() {
+        let body = b"5;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nx-t: 1\r\n\r\nNEXT";
+        // whole, and one byte at a time
+        let mut c = Chunked::default();
+        assert_eq!(c.feed(body).unwrap(), (body.len() - 4, true));
+        assert_eq!(c.data, 21, "data bytes, without the framing");
+        let mut c = Chunked::default();
+        let mut n = 0;
+        for (i, b) in body.iter().enumerate() {
+            let (used, end) = c.feed(std::slice::from_ref(b)).unwrap();
+            n += used;
+            if end {
+                assert_eq!(i + 1, body.len() - 4);
+                break;
+            }
+        }
+        assert_eq!(n, body.len() - 4);
+        assert_eq!(c.data, 21);
+        let mut c = Chunked::default();
+        assert_eq!(c.feed(b"0\r\n\r\n").unwrap(), (5, true));
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\r\nhelloX",
+            b"\r\n",
+            b"fffffffffffffffff\r\n",
+        ] {
+            assert!(Chunked::default().feed(bad).is_err(), "{bad:?}");
+        }
+    }
+}

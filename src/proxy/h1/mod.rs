@@ -1,0 +1,42 @@
+//! HTTP/1.1 messages as bytes: the codec of the fast path and of the raw backend connections.
+//! Parsing is httparse's; what is this project's own is which requests may be forwarded on bytes
+//! at all, the heads as the other side gets them, and where a body ends.
+//!
+//! - `request.rs`: the client's request head (which ones the fast path takes), and the head the
+//!   backend gets.
+//! - `response.rs`: the backend's response head, its framing, and the head the client gets.
+//! - `chunked.rs`: follows (or decodes) a chunked body to find where it ends.
+//!
+//! The rewriting rules are those of `headers.rs` (hyper's side): hop-by-hop headers and those
+//! named in `Connection` stripped, `X-Forwarded-For` appended to every line the client sent,
+//! `X-Forwarded-Proto` / `X-Forwarded-Host` / `X-Read-Only` set by the edge, never by the client.
+
+mod chunked;
+mod request;
+mod response;
+
+pub use chunked::{Chunked, Decoded};
+pub use request::{parse_request, write_head, write_upstream_head, ReqParsed, MAX_REQ_HEADERS};
+pub use response::{
+    parse_response, write_client_head, BadResponse, Framing, RespHead, RespParsed, MAX_RESP_HEADERS,
+};
+
+/// `name` equals the lowercase `lower`, ignoring ASCII case.
+fn is(name: &str, lower: &str) -> bool {
+    name.len() == lower.len() && name.eq_ignore_ascii_case(lower)
+}
+
+/// Each comma-separated token of a header value, trimmed.
+fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// Appends one header line.
+pub fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}

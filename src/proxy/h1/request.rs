@@ -1,0 +1,248 @@
+//! The client's request head: which requests the fast path forwards on bytes, and the head the
+//! backend gets (from the client's bytes, or from hyper's parts for a bodiless request).
+
+use http::{HeaderMap, Method};
+
+use super::{is, line, tokens};
+
+/// Request heads with more header lines go to hyper (which takes up to 100).
+pub const MAX_REQ_HEADERS: usize = 64;
+
+/// A request the fast path takes, borrowed from the connection's read buffer.
+pub struct ReqHead<'b, 'h> {
+    pub method: Method,
+    /// The request target, origin form (`/path?query`).
+    pub target: &'b str,
+    pub host: &'b str,
+    pub content_length: u64,
+    /// The client asked to close after this exchange.
+    pub close: bool,
+    /// The client's Accept header (the error pages follow it).
+    pub accept: Option<&'b [u8]>,
+    /// Bytes of the head, the blank line included.
+    pub len: usize,
+    pub headers: &'h [httparse::Header<'b>],
+}
+
+impl ReqHead<'_, '_> {
+    /// The path, without the query.
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("/")
+    }
+}
+
+/// What to do with the bytes read so far.
+pub enum ReqParsed<'b, 'h> {
+    /// The head is not complete yet.
+    Partial,
+    /// Not for the fast path: hyper takes the connection from here (it answers bad requests too).
+    Handoff,
+    Head(ReqHead<'b, 'h>),
+}
+
+/// Parses a request head. Takes only what it can forward exactly as hyper's path would: an
+/// HTTP/1.1 request in origin form, one Host, at most one all-digit Content-Length, no
+/// Transfer-Encoding, Expect, Upgrade or TE, `Connection` naming nothing but keep-alive/close.
+pub fn parse_request<'b, 'h>(
+    buf: &'b [u8],
+    headers: &'h mut [httparse::Header<'b>; MAX_REQ_HEADERS],
+) -> ReqParsed<'b, 'h> {
+    let mut req = httparse::Request::new(headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return ReqParsed::Partial,
+        Err(_) => return ReqParsed::Handoff,
+    };
+    let (Some(m), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return ReqParsed::Handoff;
+    };
+    if !target.starts_with('/')
+        || target
+            .bytes()
+            .any(|b| !(0x21..=0x7e).contains(&b) || b == b'#')
+    {
+        return ReqParsed::Handoff;
+    }
+    let method = match Method::from_bytes(m.as_bytes()) {
+        Ok(m) if m != Method::CONNECT => m,
+        _ => return ReqParsed::Handoff,
+    };
+    let mut host = None;
+    let mut content_length = None;
+    let mut close = false;
+    let mut accept = None;
+    for h in req.headers.iter() {
+        let n = h.name;
+        if is(n, "host") {
+            if host.is_some() {
+                return ReqParsed::Handoff;
+            }
+            match std::str::from_utf8(h.value) {
+                Ok(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic()) => host = Some(v),
+                _ => return ReqParsed::Handoff,
+            }
+        } else if is(n, "content-length") {
+            if content_length.is_some() || h.value.is_empty() || h.value.len() > 18 {
+                return ReqParsed::Handoff;
+            }
+            if !h.value.iter().all(u8::is_ascii_digit) {
+                return ReqParsed::Handoff;
+            }
+            content_length = Some(
+                h.value
+                    .iter()
+                    .fold(0u64, |a, d| a * 10 + u64::from(d - b'0')),
+            );
+        } else if is(n, "connection") {
+            for t in tokens(h.value) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !t.eq_ignore_ascii_case(b"keep-alive") {
+                    return ReqParsed::Handoff;
+                }
+            }
+        } else if is(n, "transfer-encoding") || is(n, "expect") || is(n, "upgrade") || is(n, "te") {
+            return ReqParsed::Handoff;
+        } else if is(n, "accept") {
+            accept = Some(h.value);
+        }
+    }
+    let Some(host) = host else {
+        return ReqParsed::Handoff;
+    };
+    let headers = req.headers;
+    ReqParsed::Head(ReqHead {
+        method,
+        target,
+        host,
+        content_length: content_length.unwrap_or(0),
+        close,
+        accept,
+        len,
+        headers,
+    })
+}
+
+/// Request headers the backend never gets from the client as sent.
+fn skip_request_header(n: &str) -> bool {
+    match n.len() {
+        2 => is(n, "te"),
+        7 => is(n, "upgrade"),
+        10 => is(n, "connection") || is(n, "keep-alive"),
+        11 => is(n, "x-read-only"),
+        15 => is(n, "x-forwarded-for"),
+        16 => is(n, "proxy-connection") || is(n, "x-forwarded-host"),
+        17 => is(n, "transfer-encoding") || is(n, "x-forwarded-proto"),
+        18 => is(n, "proxy-authenticate"),
+        19 => is(n, "proxy-authorization"),
+        _ => false,
+    }
+}
+
+/// Writes the head the backend gets: `ip` is the client's address (see `headers::ip_value`).
+pub fn write_upstream_head(
+    out: &mut Vec<u8>,
+    req: &ReqHead<'_, '_>,
+    ip: &[u8],
+    https: bool,
+    read_only: bool,
+) {
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in req.headers {
+        if !skip_request_header(h.name) {
+            line(out, h.name.as_bytes(), h.value);
+        }
+    }
+    // X-Forwarded-For: every non-empty line the client sent, in order, then the client.
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for h in req.headers {
+        if is(h.name, "x-forwarded-for") {
+            let v = h.value.trim_ascii();
+            if !v.is_empty() && std::str::from_utf8(v).is_ok() {
+                out.extend_from_slice(v);
+                out.extend_from_slice(b", ");
+            }
+        }
+    }
+    out.extend_from_slice(ip);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(if https {
+        b"x-forwarded-proto: https\r\n"
+    } else {
+        b"x-forwarded-proto: http\r\n"
+    });
+    line(out, b"x-forwarded-host", req.host.as_bytes());
+    if read_only {
+        out.extend_from_slice(b"x-read-only: 1\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the head of a bodiless request that hyper parsed (method, origin-form target, headers
+/// already rewritten by `headers.rs`), for a raw backend connection.
+pub fn write_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(raw: &str) -> Option<(String, u64, bool)> {
+        let mut h = [httparse::EMPTY_HEADER; MAX_REQ_HEADERS];
+        match parse_request(raw.as_bytes(), &mut h) {
+            ReqParsed::Head(r) => {
+                let mut out = Vec::new();
+                write_upstream_head(&mut out, &r, b"192.0.2.1", true, false);
+                Some((String::from_utf8(out).unwrap(), r.content_length, r.close))
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn rewrites_a_plain_request() {
+        let (out, len, close) = req("POST /a?b HTTP/1.1\r\nHost: w.test\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\nX-Forwarded-For: 10.0.0.1\r\nx-forwarded-for: 10.0.0.2\r\nX-Read-Only: 1\r\nX-Forwarded-Proto: http\r\nContent-Length: 3\r\nX-Keep: y\r\n\r\nabc").unwrap();
+        assert_eq!(
+            out,
+            "POST /a?b HTTP/1.1\r\nHost: w.test\r\nContent-Length: 3\r\nX-Keep: y\r\nx-forwarded-for: 10.0.0.1, 10.0.0.2, 192.0.2.1\r\nx-forwarded-proto: https\r\nx-forwarded-host: w.test\r\n\r\n"
+        );
+        assert_eq!((len, close), (3, false));
+    }
+
+    #[test]
+    fn hands_off_the_unusual() {
+        for raw in [
+            "GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+            "GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: x-secret\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n",
+            "GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+        ] {
+            assert!(req(raw).is_none(), "{raw:?}");
+        }
+        let (_, _, close) = req("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+        assert!(close);
+    }
+}

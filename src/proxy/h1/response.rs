@@ -1,0 +1,297 @@
+//! The backend's response head: its framing (where the body ends), and the head the client gets.
+
+use http::Method;
+
+use super::{is, line, tokens};
+
+/// Response heads with more lines are refused (hyper's client takes 100 too).
+pub const MAX_RESP_HEADERS: usize = 100;
+
+/// How the backend's response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the backend closes the connection.
+    UntilClose,
+}
+
+/// A response head from the backend.
+pub struct RespHead<'b, 'h> {
+    pub status: u16,
+    pub reason: &'b str,
+    pub framing: Framing,
+    /// The backend will not take another request on this connection.
+    pub close: bool,
+    pub len: usize,
+    pub headers: &'h [httparse::Header<'b>],
+    /// `Connection` names other headers (rare): only then are names checked against it.
+    named: bool,
+}
+
+impl RespHead<'_, '_> {
+    /// True for the response headers a client never gets: hop-by-hop ones, those named in
+    /// `Connection`, and a Content-Length beside chunked framing.
+    pub fn hop_by_hop(&self, n: &str) -> bool {
+        let chunked = self.framing == Framing::Chunked;
+        let hop = match n.len() {
+            2 => is(n, "te"),
+            7 => is(n, "upgrade"),
+            10 => is(n, "connection") || is(n, "keep-alive"),
+            14 => chunked && is(n, "content-length"),
+            16 => is(n, "proxy-connection"),
+            18 => is(n, "proxy-authenticate"),
+            19 => is(n, "proxy-authorization"),
+            _ => false,
+        };
+        // Headers named in Connection (rare: only then is there a second look).
+        hop || self.named
+            && self.headers.iter().any(|h| {
+                is(h.name, "connection")
+                    && tokens(h.value).any(|t| {
+                        !t.eq_ignore_ascii_case(b"close")
+                            && !t.eq_ignore_ascii_case(b"keep-alive")
+                            && t.eq_ignore_ascii_case(n.as_bytes())
+                    })
+            })
+    }
+}
+
+/// What the backend sent.
+pub enum RespParsed<'b, 'h> {
+    Partial,
+    /// An interim response (100 Continue, 103 Early Hints) of this many bytes: skipped.
+    Interim(usize),
+    Head(RespHead<'b, 'h>),
+}
+
+/// The backend's answer cannot be forwarded.
+#[derive(Debug)]
+pub struct BadResponse(pub &'static str);
+
+/// Parses a response head to a request with `method`.
+pub fn parse_response<'b, 'h>(
+    buf: &'b [u8],
+    headers: &'h mut [httparse::Header<'b>; MAX_RESP_HEADERS],
+    method: &Method,
+) -> Result<RespParsed<'b, 'h>, BadResponse> {
+    let mut resp = httparse::Response::new(headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(RespParsed::Partial),
+        Err(_) => return Err(BadResponse("the backend sent an invalid response head")),
+    };
+    let (Some(status), Some(version)) = (resp.code, resp.version) else {
+        return Err(BadResponse("the backend sent an invalid response head"));
+    };
+    if status == 101 {
+        return Err(BadResponse("the backend switched protocols unasked"));
+    }
+    if (100..200).contains(&status) {
+        return Ok(RespParsed::Interim(len));
+    }
+    // An HTTP/1.0 backend's connection is not reused, whatever it says.
+    let mut close = version == 0;
+    let mut named = false;
+    let mut chunked = None;
+    let mut length: Option<u64> = None;
+    for h in resp.headers.iter() {
+        if is(h.name, "content-length") {
+            for t in tokens(h.value) {
+                let n = std::str::from_utf8(t)
+                    .ok()
+                    .filter(|t| t.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .ok_or(BadResponse("the backend sent a bad Content-Length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(BadResponse("the backend sent conflicting Content-Lengths"));
+                }
+                length = Some(n);
+            }
+        } else if is(h.name, "transfer-encoding") {
+            // Only the last coding decides; a later line overrides.
+            chunked = tokens(h.value)
+                .last()
+                .map(|t| t.eq_ignore_ascii_case(b"chunked"));
+        } else if is(h.name, "connection") {
+            for t in tokens(h.value) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !t.eq_ignore_ascii_case(b"keep-alive") {
+                    named = true;
+                }
+            }
+        }
+    }
+    let framing = if *method == Method::HEAD || status == 204 || status == 304 {
+        Framing::Empty
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::UntilClose,
+            (None, Some(0)) => Framing::Empty,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::UntilClose,
+        }
+    };
+    if framing == Framing::UntilClose {
+        close = true;
+    }
+    Ok(RespParsed::Head(RespHead {
+        status,
+        reason: resp.reason.unwrap_or(""),
+        framing,
+        close,
+        len,
+        headers: resp.headers,
+        named,
+    }))
+}
+
+/// Writes the head the client gets. `close`: the client connection ends after this response.
+pub fn write_client_head(out: &mut Vec<u8>, resp: &RespHead<'_, '_>, close: bool) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let mut code = [0u8; 3];
+    code[0] = b'0' + (resp.status / 100 % 10) as u8;
+    code[1] = b'0' + (resp.status / 10 % 10) as u8;
+    code[2] = b'0' + (resp.status % 10) as u8;
+    out.extend_from_slice(&code);
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut dated = false;
+    for h in resp.headers.iter().filter(|h| !resp.hop_by_hop(h.name)) {
+        dated |= h.name.len() == 4 && h.name.eq_ignore_ascii_case("date");
+        line(out, h.name.as_bytes(), h.value);
+    }
+    if !dated {
+        // RFC 9110 6.6.1: a proxy forwarding an answer without Date adds one (hyper's path does).
+        date_line(out);
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `date: <now as an HTTP date>`; formatted at most once a second per thread.
+fn date_line(out: &mut Vec<u8>) {
+    use std::cell::Cell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static DATE: Cell<(u64, [u8; 29])> = const { Cell::new((u64::MAX, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (at, mut text) = DATE.get();
+    if at != secs {
+        let s = httpdate::fmt_http_date(now);
+        if s.len() == text.len() {
+            text.copy_from_slice(s.as_bytes());
+            DATE.set((secs, text));
+        }
+    }
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(&text);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(raw: &str, method: Method) -> Result<(String, Framing, bool), BadResponse> {
+        let mut h = [httparse::EMPTY_HEADER; MAX_RESP_HEADERS];
+        match parse_response(raw.as_bytes(), &mut h, &method)? {
+            RespParsed::Head(r) => {
+                let mut out = Vec::new();
+                write_client_head(&mut out, &r, r.close);
+                let out = String::from_utf8(out).unwrap();
+                // The Date we add when the backend sent none (checked in `adds_date_if_missing`).
+                let ours = out
+                    .lines()
+                    .find(|l| l.starts_with("date: "))
+                    .map(|l| format!("{l}\r\n"));
+                Ok((
+                    out.replace(ours.as_deref().unwrap_or("\u{0}"), ""),
+                    r.framing,
+                    r.close,
+                ))
+            }
+            _ => Err(BadResponse("partial")),
+        }
+    }
+
+    #[test]
+    fn response_framing_and_hop_by_hop() {
+        let (out, f, close) = resp(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 5\r\nTrailer: x\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTrailer: x\r\n\r\n"
+        );
+        assert_eq!((f, close), (Framing::Length(5), false));
+        let (out, f, _) = resp(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap();
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(f, Framing::Chunked);
+        let (out, f, close) = resp("HTTP/1.1 200 OK\r\n\r\n", Method::GET).unwrap();
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n");
+        assert_eq!((f, close), (Framing::UntilClose, true));
+        let (_, f, _) = resp("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", Method::HEAD).unwrap();
+        assert_eq!(f, Framing::Empty);
+        let (_, f, _) = resp("HTTP/1.1 304 Not Modified\r\n\r\n", Method::GET).unwrap();
+        assert_eq!(f, Framing::Empty);
+        assert!(resp(
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            Method::GET
+        )
+        .is_err());
+        assert!(resp("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", Method::GET).is_err());
+        assert!(resp("HTTP/1.1 101 Switching\r\n\r\n", Method::GET).is_err());
+        let mut h = [httparse::EMPTY_HEADER; MAX_RESP_HEADERS];
+        assert!(matches!(
+            parse_response(
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200",
+                &mut h,
+                &Method::GET
+            ),
+            Ok(RespParsed::Interim(25))
+        ));
+    }
+
+    #[test]
+    fn adds_date_if_missing() {
+        let client_head = |raw: &[u8]| {
+            let mut h = [httparse::EMPTY_HEADER; MAX_RESP_HEADERS];
+            let Ok(RespParsed::Head(r)) = parse_response(raw, &mut h, &Method::GET) else {
+                panic!("a head")
+            };
+            let mut out = Vec::new();
+            write_client_head(&mut out, &r, false);
+            String::from_utf8(out).unwrap()
+        };
+        let out = client_head(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        let date = out
+            .lines()
+            .find_map(|l| l.strip_prefix("date: "))
+            .expect("a Date is added");
+        assert!(httpdate::parse_http_date(date).is_ok(), "{date:?}");
+        let out = client_head(
+            b"HTTP/1.1 200 OK\r\nDATE: Tue, 01 Jan 2030 00:00:00 GMT\r\nContent-Length: 0\r\n\r\n",
+        );
+        let dates = out.to_ascii_lowercase().matches("date:").count();
+        assert_eq!(dates, 1, "{out}");
+        assert!(
+            out.contains("DATE: Tue, 01 Jan 2030 00:00:00 GMT\r\n"),
+            "the backend's is kept"
+        );
+    }
+}

@@ -1,0 +1,244 @@
+//! One request, whichever front end brought it (`fast.rs` for plain HTTP/1.1, `service/` for
+//! hyper's HTTP/2 and HTTP/1.1): where it goes ([`decide`]: site, HTTPS redirect, body limit,
+//! read-only gate, preview host), what it counts (the connection's requests in flight, the
+//! writes the rollback guard reads), and its bookkeeping when the response ends (metrics, access
+//! log). The table is loaded once and its guard dropped before anything awaits; no lock is taken.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::LOCATION;
+use http::{HeaderValue, Method, Response, StatusCode};
+
+use super::error_page::ProxyError;
+use super::gate::{self, Gate, WriteGuard};
+use super::Conn;
+use crate::accesslog::{Record, Text};
+use crate::config::Color;
+use crate::routing::SiteRoute;
+
+/// What is known about a request as it goes, from its first byte to the end of its response.
+/// Holds the request's place in its connection's in-flight count, and a write's in the site's,
+/// until it is ended.
+pub(crate) struct Exchange {
+    pub start: Instant,
+    pub site: Option<Arc<str>>,
+    pub color: Option<Color>,
+    /// The backend last tried.
+    pub backend: Option<SocketAddr>,
+    /// A write's in-flight count (read-only on waits for it).
+    pub write: Option<WriteGuard>,
+    /// The access-log line (None with the log off).
+    record: Option<Record>,
+    inflight: Inflight,
+}
+
+impl Exchange {
+    /// A request arrived on `conn`. `host` and `target` are copied for the log only when it is on.
+    #[inline]
+    pub fn begin(conn: &Arc<Conn>, method: &Method, host: &[u8], target: &[u8]) -> Exchange {
+        let inflight = Inflight::enter(conn.clone());
+        let start = Instant::now();
+        let record = conn.edge.log.enabled().then(|| Record {
+            start,
+            client: conn.peer,
+            host: Text::new(host),
+            method: method.clone(),
+            path: Text::new(target),
+            status: 0,
+            color: None,
+            backend: None,
+        });
+        Exchange {
+            start,
+            site: None,
+            color: None,
+            backend: None,
+            write: None,
+            record,
+            inflight,
+        }
+    }
+
+    /// The response head is decided (by the backend or by the edge).
+    #[inline]
+    pub fn responded(&mut self, status: u16) {
+        let edge = &self.inflight.0.edge;
+        edge.metrics.response(
+            self.site.as_deref(),
+            self.color,
+            status,
+            self.start.elapsed(),
+        );
+        if let Some(r) = &mut self.record {
+            r.status = status;
+        }
+    }
+
+    /// The response has ended with `bytes` of body sent (`complete`: all of it).
+    #[inline]
+    pub fn end(mut self, bytes: u64, complete: bool) {
+        let edge = &self.inflight.0.edge;
+        edge.metrics.response_bytes(self.site.as_deref(), bytes);
+        if let Some(mut r) = self.record.take() {
+            r.color = self.color.map(Color::as_str);
+            r.backend = self.backend;
+            edge.log.send(r.finish(bytes, complete));
+        }
+    }
+
+    /// The edge answers this request itself: counted and logged as an error when it is one.
+    pub fn error(&mut self, e: &ProxyError) {
+        self.inflight.0.edge.metrics.proxy_error(e);
+        if e.source() != super::error_page::Source::Client {
+            tracing::debug!(error = %e, "request failed");
+        }
+    }
+}
+
+/// Counts a request into its connection's activity until dropped. A guard, not a decrement at
+/// the end: hyper drops the handler future when an HTTP/2 client resets the stream (or the
+/// connection goes away) before the answer is ready, and the watchdog must not see that request
+/// as in flight forever.
+struct Inflight(Arc<Conn>);
+
+impl Inflight {
+    #[inline]
+    fn enter(conn: Arc<Conn>) -> Inflight {
+        conn.activity.request_started();
+        Inflight(conn)
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.0.activity.request_ended();
+    }
+}
+
+/// Where a request goes, decided before anything is sent.
+pub(crate) enum Decision {
+    /// To `color` of `site`; `mark_read_only` asks for `X-Read-Only: 1`.
+    Forward {
+        site: Arc<SiteRoute>,
+        color: Color,
+        mark_read_only: bool,
+    },
+    /// Plain HTTP to a site that redirects: to this HTTPS port.
+    Redirect(u16),
+}
+
+/// Routes and gates a request: host → site (and the SNI check), the HTTP → HTTPS redirect, the
+/// Content-Length limit (`content_length`: the header, if any, not yet checked), the read-only
+/// gate, the preview hosts. Fills `x` as it learns things, for the log and the metrics.
+pub(crate) fn decide(
+    conn: &Conn,
+    host: &str,
+    method: &Method,
+    path: &str,
+    content_length: Option<&HeaderValue>,
+    x: &mut Exchange,
+) -> Result<Decision, ProxyError> {
+    let edge = &*conn.edge;
+    let (site, preview, https_port) = {
+        let table = edge.table.load();
+        let route = table.lookup(host).ok_or(ProxyError::UnknownHost)?;
+        if let Some(sni) = &conn.sni {
+            if !crate::routing::same_host(host, sni) {
+                match table.lookup(sni) {
+                    Some(r) if r.site != route.site => return Err(ProxyError::Misdirected),
+                    _ => {}
+                }
+            }
+        }
+        (
+            table.sites[route.site].clone(),
+            route.preview,
+            table.https_port,
+        )
+    };
+    x.site = Some(site.name.clone());
+    x.color = Some(site.active);
+    if !conn.https && site.redirect_http {
+        if let Some(port) = https_port {
+            let port = match edge.https_port.load(Ordering::Relaxed) {
+                0 => port,
+                bound => bound,
+            };
+            return Ok(Decision::Redirect(port));
+        }
+    }
+    if let Some(len) = content_length {
+        let len: u64 =
+            len.to_str()
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(ProxyError::BadRequest(
+                    "the Content-Length header is not a number",
+                ))?;
+        if len > edge.limits.max_body_bytes {
+            return Err(ProxyError::BodyTooLarge(edge.limits.max_body_bytes));
+        }
+    }
+    let client_ip = conn.peer.ip();
+    let mark_read_only = match gate::check(&site, method, path, client_ip) {
+        Gate::Refuse(notice) => {
+            edge.metrics.rejected_write(&site.name);
+            return Err(ProxyError::ReadOnly(notice));
+        }
+        Gate::Pass { read_only, write } => {
+            x.write = write;
+            read_only
+        }
+    };
+    let color = if preview {
+        if !site.policy.client_allowed(client_ip) {
+            return Err(ProxyError::Forbidden(
+                "preview hosts are open to the site's read_only.allow_clients only",
+            ));
+        }
+        site.active.other()
+    } else {
+        site.active
+    };
+    x.color = Some(color);
+    Ok(Decision::Forward {
+        site,
+        color,
+        mark_read_only,
+    })
+}
+
+/// Whether a request may go to a second backend when the first refused the connection: one that
+/// is safe to repeat and has no body to replay.
+#[inline]
+pub(crate) fn retryable(method: &Method, has_body: bool) -> bool {
+    gate::is_safe(method) && !has_body
+}
+
+/// Counts a write answered by `color` (the rollback guard reads these).
+pub(crate) fn count_write(site: &SiteRoute, color: Color) {
+    let prev = site.shared.writes_since_switch[color.idx()].fetch_add(1, Ordering::Relaxed);
+    if prev == 0 && color == site.active && !site.shared.write_seen.swap(true, Ordering::Relaxed) {
+        crate::routing::FIRST_WRITE.notify_one();
+    }
+}
+
+/// The 308 to HTTPS; `target`: the request's path and query.
+pub(crate) fn redirect(host: &str, https_port: u16, target: &str) -> Response<Bytes> {
+    let bare = crate::routing::strip_port(host);
+    let loc = if https_port == 443 {
+        format!("https://{bare}{target}")
+    } else {
+        format!("https://{bare}:{https_port}{target}")
+    };
+    let mut r = Response::new(Bytes::new());
+    *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::try_from(loc) {
+        r.headers_mut().insert(LOCATION, v);
+    }
+    r
+}

@@ -1,0 +1,275 @@
+//! hyper's front end: HTTP/2 from the start, and HTTP/1.1 from the first request the fast path
+//! does not take. One request: route and gate it (`request.rs`), rewrite its headers
+//! (`headers.rs`), send it (`upstream::send`: a bodiless request on a raw connection, one with a
+//! body through hyper's client, an upgrade on a connection of its own), stream the answer back
+//! (`body.rs`). Only `Arc`s of the site and backend are held across the upstream call.
+//!
+//! - `body.rs`: the response body to the client, which ends the request's bookkeeping.
+//! - `gather.rs`: HTTP/2 writes gathered into one TLS record per pass of the connection.
+//! - `tunnel.rs`: upgraded connections (WebSocket), copied both ways.
+
+mod body;
+pub(crate) mod gather;
+mod tunnel;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{ACCEPT, CONTENT_LENGTH, HOST};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+
+pub use body::RespBody;
+
+use super::error_page::{wants_json, ProxyError};
+use super::h1;
+use super::headers;
+use super::request::{self, Decision, Exchange};
+use super::upstream::client::{self, ReqBody};
+use super::upstream::raw::{self, RawBody};
+use super::upstream::{self, Attempt, Failed, Settings};
+use super::{Conn, Edge};
+
+/// hyper's server settings for both protocols.
+pub fn builder(edge: &Edge) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        // Off: hyper's timer also runs between keep-alive requests, which would cap the idle
+        // timeout at the header timeout. The watchdog enforces both.
+        .header_read_timeout(None)
+        .max_buf_size(edge.limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(250)
+        .max_header_list_size(edge.limits.max_header_bytes as u32)
+        .max_pending_accept_reset_streams(50)
+        .max_local_error_reset_streams(Some(1024))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+/// Serves one request.
+pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<RespBody> {
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let host = req_host(&req).unwrap_or("");
+    let mut x = Exchange::begin(&conn, req.method(), host.as_bytes(), target.as_bytes());
+    let json = wants_json(req.headers().get(ACCEPT).map(HeaderValue::as_bytes));
+    // Boxed: the forwarding state (request parts, the upstream exchange, the timer) is several
+    // KiB, and hyper moves the handler's future at least twice (into its stream future, then
+    // into a spawned task): one allocation is cheaper than copying it each time.
+    let mut resp = match Box::pin(forward(&conn, req, &mut x)).await {
+        Ok(r) => r,
+        Err(e) => {
+            x.error(&e);
+            e.response(json).map(RespBody::full)
+        }
+    };
+    x.responded(resp.status().as_u16());
+    resp.body_mut().on_finish(x);
+    resp
+}
+
+fn req_host<B>(req: &Request<B>) -> Option<&str> {
+    match req.headers().get(HOST) {
+        Some(h) => h.to_str().ok(),
+        None => req.uri().authority().map(|a| a.as_str()),
+    }
+}
+
+async fn forward(
+    conn: &Arc<Conn>,
+    mut req: Request<Incoming>,
+    x: &mut Exchange,
+) -> Result<Response<RespBody>, ProxyError> {
+    let edge = &*conn.edge;
+    let host = req_host(&req).ok_or(ProxyError::BadRequest("the request has no Host header"))?;
+    let decided = request::decide(
+        conn,
+        host,
+        req.method(),
+        req.uri().path(),
+        req.headers().get(CONTENT_LENGTH),
+        x,
+    )?;
+    let (site, color, mark_read_only) = match decided {
+        Decision::Redirect(port) => {
+            let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            return Ok(request::redirect(host, port, target).map(RespBody::full));
+        }
+        Decision::Forward {
+            site,
+            color,
+            mark_read_only,
+        } => (site, color, mark_read_only),
+    };
+    let pool = site.pool(color);
+
+    // The request as the backend gets it.
+    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let host_value = match parts.headers.get(HOST) {
+        Some(h) => h.clone(),
+        None => {
+            let a = parts.uri.authority().map(|a| a.as_str()).unwrap_or("");
+            HeaderValue::from_str(a).map_err(|_| ProxyError::BadRequest("bad :authority"))?
+        }
+    };
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::add_forwarded(
+        &mut parts.headers,
+        conn.ip_value(),
+        conn.https,
+        Some(&host_value),
+    );
+    parts.headers.insert(HOST, host_value);
+    if mark_read_only {
+        parts
+            .headers
+            .insert(&headers::X_READ_ONLY, HeaderValue::from_static("1"));
+    } else {
+        parts.headers.remove(&headers::X_READ_ONLY);
+    }
+    parts.version = Version::HTTP_11;
+    let target = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    parts.uri = Uri::from(target.clone());
+    let body = ReqBody::new(body, edge.limits.max_body_bytes);
+    let retryable = request::retryable(&parts.method, !matches!(body, ReqBody::Empty));
+    // What a retry on another backend needs to rebuild the request (only when there is one).
+    let again = (retryable && pool.backends.len() > 1)
+        .then(|| (parts.method.clone(), parts.headers.clone(), target));
+    let is_write = !super::gate::is_safe(&parts.method);
+    let mut attempt = HyperTry {
+        settings: &edge.upstream,
+        first: Some(Request::from_parts(parts, body)),
+        again,
+        upgrade,
+        answer: None,
+    };
+    upstream::send(
+        &edge.upstream,
+        &edge.metrics,
+        pool,
+        retryable,
+        &mut x.backend,
+        &mut attempt,
+    )
+    .await?;
+    let mut resp = attempt.answer.ok_or_else(|| {
+        ProxyError::Upstream("the backend exchange ended without an answer".into())
+    })?;
+    if is_write {
+        request::count_write(&site, color);
+    }
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tunnel::spawn(client_upgrade, upstream_upgrade, &site, color);
+        }
+    } else {
+        headers::strip_hop_by_hop(resp.headers_mut(), false);
+    }
+    Ok(resp)
+}
+
+/// One try of a request from hyper's side on one backend.
+struct HyperTry<'a> {
+    settings: &'a Settings,
+    /// The request, until the first try takes it.
+    first: Option<Request<ReqBody>>,
+    /// A bodiless request's method, headers and target, to send it again elsewhere.
+    again: Option<(Method, HeaderMap, PathAndQuery)>,
+    upgrade: bool,
+    answer: Option<Response<RespBody>>,
+}
+
+impl Attempt for HyperTry<'_> {
+    async fn send(&mut self, addr: SocketAddr, _again: bool) -> Result<(), Failed> {
+        let req = match (self.first.take(), &self.again) {
+            (Some(req), _) => req,
+            (None, Some((method, headers, target))) => {
+                let mut r = Request::new(ReqBody::Empty);
+                *r.method_mut() = method.clone();
+                *r.headers_mut() = headers.clone();
+                *r.uri_mut() = Uri::from(target.clone());
+                r
+            }
+            (None, None) => return Err(Failed::broken("the request cannot be sent again")),
+        };
+        let resp = if self.upgrade {
+            client::upgrade(self.settings, addr, req)
+                .await?
+                .map(RespBody::upstream)
+        } else if matches!(req.body(), ReqBody::Empty) {
+            send_raw(self.settings, addr, req).await?
+        } else {
+            client::send(self.settings, addr, req)
+                .await?
+                .map(RespBody::upstream)
+        };
+        self.answer = Some(resp);
+        Ok(())
+    }
+}
+
+/// A request without a body goes out on a raw pooled connection, as on the fast path: one
+/// write, the response head parsed in place, the body read straight off the socket.
+async fn send_raw(
+    settings: &Settings,
+    addr: SocketAddr,
+    req: Request<ReqBody>,
+) -> Result<Response<RespBody>, Failed> {
+    let (parts, _) = req.into_parts();
+    let mut out = Vec::with_capacity(512);
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    h1::write_head(&mut out, &parts.method, target, &parts.headers);
+    let mut head = None;
+    let answer = raw::exchange(
+        addr,
+        &out,
+        &parts.method,
+        super::gate::is_safe(&parts.method),
+        settings,
+        &mut |h: &h1::RespHead<'_, '_>| {
+            head = Some(response_head(h)?);
+            Ok(())
+        },
+    )
+    .await?;
+    let Some((status, headers)) = head else {
+        return Err(Failed::broken(
+            "the backend closed the connection or sent an invalid response",
+        ));
+    };
+    let mut resp = Response::new(RespBody::raw(RawBody::new(answer, settings.idle_timeout)));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    Ok(resp)
+}
+
+/// The backend's response head as hyper's side sends it on (hop-by-hop headers left out; hyper
+/// frames the body itself).
+fn response_head(h: &h1::RespHead<'_, '_>) -> Result<(StatusCode, HeaderMap), h1::BadResponse> {
+    let bad = || h1::BadResponse("the backend sent an invalid header");
+    let status = StatusCode::from_u16(h.status).map_err(|_| bad())?;
+    let mut map = HeaderMap::with_capacity(h.headers.len());
+    for x in h.headers {
+        if h.hop_by_hop(x.name) || x.name.eq_ignore_ascii_case("transfer-encoding") {
+            continue;
+        }
+        let n = http::HeaderName::from_bytes(x.name.as_bytes()).map_err(|_| bad())?;
+        map.append(n, HeaderValue::from_bytes(x.value).map_err(|_| bad())?);
+    }
+    Ok((status, map))
+}
