@@ -70,7 +70,7 @@ fn rewrite(c: &mut Criterion) {
             || base.clone(),
             |mut h| {
                 headers::strip_hop_by_hop(&mut h, false);
-                headers::add_forwarded(&mut h, &ip, true, Some(&host));
+                headers::add_forwarded(&mut h, &ip, true, &host, false);
                 h
             },
             criterion::BatchSize::SmallInput,

@@ -31,3 +31,6 @@ mod fuzz;
 
 #[path = "e2e/mediawiki.rs"]
 mod mediawiki;
+
+#[path = "e2e/http_rules.rs"]
+mod http_rules;

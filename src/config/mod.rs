@@ -117,6 +117,9 @@ pub struct ProxyConfig {
     pub access_log: LogTarget,
     pub audit_log: PathBuf,
     pub limits: Limits,
+    /// Peers whose forwarding headers (`Forwarded`, `X-Forwarded-*`) are kept and extended; from
+    /// anyone else they are replaced by the edge's own.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// Where the access log goes.

@@ -38,6 +38,8 @@ pub struct RawProxy {
     pub max_header_bytes: Option<S<String>>,
     pub max_body_bytes: Option<S<String>>,
     pub max_connections: Option<S<i64>>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -320,7 +320,29 @@ fn proxy(cx: &mut Ctx, rp: &S<raw::RawProxy>) -> ProxyConfig {
         access_log,
         audit_log,
         limits,
+        trusted_proxies: networks(cx, &p.trusted_proxies, "trusted_proxies"),
     }
+}
+
+/// A list of addresses or CIDR networks ("10.0.0.0/8", "192.0.2.1", "::1").
+fn networks(cx: &mut Ctx, list: &[S<String>], key: &str) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for c in list {
+        let s = c.get_ref();
+        let parsed = s
+            .parse::<IpNet>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(n) => out.push(n),
+            Err(_) => cx.err(
+                c,
+                format!(
+                    "{key} entry `{s}` is not an address or a CIDR network like \"10.0.0.0/8\""
+                ),
+            ),
+        }
+    }
+    out
 }
 
 fn hosts(cx: &mut Ctx, list: &[S<String>]) -> Vec<HostPattern> {
@@ -400,17 +422,7 @@ fn site(cx: &mut Ctx, rs: &RawSite, https: bool) -> Option<SiteConfig> {
         None => ReadOnlyPolicy::default(),
         Some(r) => {
             let r = r.get_ref();
-            let mut allow_clients = Vec::new();
-            for c in &r.allow_clients {
-                let s = c.get_ref();
-                let parsed = s
-                    .parse::<IpNet>()
-                    .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from));
-                match parsed {
-                    Ok(n) => allow_clients.push(n),
-                    Err(_) => cx.err(c, format!("allow_clients entry `{s}` is not an address or a CIDR network like \"10.0.0.0/8\"")),
-                }
-            }
+            let allow_clients = networks(cx, &r.allow_clients, "allow_clients");
             let mut allow_paths = Vec::new();
             for p in &r.allow_paths {
                 if !p.get_ref().starts_with('/') {

@@ -33,6 +33,8 @@ pub enum ProxyError {
     NoBackend,
     #[error("the site is read-only: {}", .0.reason)]
     ReadOnly(Arc<ReadOnlyNotice>),
+    #[error("{0}")]
+    NotImplemented(&'static str),
 }
 
 /// Who caused an error.
@@ -55,6 +57,7 @@ impl ProxyError {
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NoBackend | ProxyError::ReadOnly(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -78,6 +81,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "gateway_timeout",
             ProxyError::NoBackend => "no_healthy_backend",
             ProxyError::ReadOnly(_) => "read_only",
+            ProxyError::NotImplemented(_) => "not_implemented",
         }
     }
 
@@ -186,6 +190,7 @@ mod tests {
         assert_eq!(ProxyError::UpstreamTimeout.status(), 504);
         assert_eq!(ProxyError::NoBackend.status(), 503);
         assert_eq!(ProxyError::ReadOnly(notice()).status(), 503);
+        assert_eq!(ProxyError::NotImplemented("x").status(), 501);
         assert_eq!(ProxyError::UpstreamTimeout.source(), Source::Upstream);
     }
 

@@ -142,15 +142,16 @@ where
                     site,
                     color,
                     mark_read_only,
+                    trusted,
                 }) => {
                     upstream_msg.clear();
-                    h1::write_upstream_head(
-                        &mut upstream_msg,
-                        &req,
-                        conn.ip_value().as_bytes(),
-                        conn.https,
-                        mark_read_only,
-                    );
+                    let add = h1::Added {
+                        ip: conn.ip_value().as_bytes(),
+                        https: conn.https,
+                        trusted,
+                        read_only: mark_read_only,
+                    };
+                    h1::write_upstream_head(&mut upstream_msg, &req, &add);
                     upstream_msg.extend_from_slice(&buf[req.len..total]);
                     Ok((site, color))
                 }

@@ -1,5 +1,6 @@
-//! Header rewriting on the way in and out: hop-by-hop headers (and those named in Connection)
-//! stripped, X-Forwarded-For appended, X-Forwarded-Proto and X-Forwarded-Host set.
+//! Header rewriting on hyper's `HeaderMap`, on the way in and out: hop-by-hop headers (and those
+//! named in Connection) stripped; the forwarding headers (`X-Forwarded-For`, `Forwarded`,
+//! `X-Forwarded-Proto`, `-Host`) the edge's own, or a trusted proxy's extended.
 
 use std::net::IpAddr;
 
@@ -21,6 +22,7 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_READ_ONLY: HeaderName = HeaderName::from_static("x-read-only");
+pub static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Removes hop-by-hop headers. When `keep_upgrade`, `Connection: upgrade` and `Upgrade` are kept
 /// (a WebSocket handshake must reach the backend intact).
@@ -108,13 +110,50 @@ pub fn ip_value(client: IpAddr) -> HeaderValue {
     HeaderValue::try_from(ip.to_string()).expect("an IP address is a header value")
 }
 
-/// Adds the X-Forwarded-* headers for a request from the client whose address is `ip` (see
-/// [`ip_value`]). Without an incoming X-Forwarded-For, `ip` is used as is (no allocation).
-pub fn add_forwarded(h: &mut HeaderMap, ip: &HeaderValue, https: bool, host: Option<&HeaderValue>) {
-    // Append to every X-Forwarded-For line the client sent (a header may legally be split over
-    // several lines), in order; one String either way.
+/// Sets the forwarding headers of a request from the client whose address is `ip` (see
+/// [`ip_value`]) for `host`. From a `trusted` proxy, its `X-Forwarded-For` and `Forwarded` chains
+/// are extended with this hop and its `X-Forwarded-Proto` / `-Host` kept; from anyone else all
+/// four are replaced by the edge's own. Without a chain to extend, `ip` is used as is (no
+/// allocation).
+pub fn add_forwarded(
+    h: &mut HeaderMap,
+    ip: &HeaderValue,
+    https: bool,
+    host: &HeaderValue,
+    trusted: bool,
+) {
+    let xff = match trusted {
+        true => extended(h, &X_FORWARDED_FOR, ip.as_bytes()),
+        false => None,
+    };
+    h.insert(&X_FORWARDED_FOR, xff.unwrap_or_else(|| ip.clone()));
+    let mut element = Vec::with_capacity(64);
+    super::h1::forwarded_element(&mut element, ip.as_bytes(), https, host.as_bytes());
+    let forwarded = match trusted {
+        true => extended(h, &FORWARDED, &element),
+        false => None,
+    };
+    if let Some(v) =
+        forwarded.or_else(|| HeaderValue::from_maybe_shared(bytes::Bytes::from(element)).ok())
+    {
+        h.insert(&FORWARDED, v);
+    }
+    if !(trusted && h.contains_key(&X_FORWARDED_PROTO)) {
+        h.insert(
+            &X_FORWARDED_PROTO,
+            HeaderValue::from_static(if https { "https" } else { "http" }),
+        );
+    }
+    if !(trusted && h.contains_key(&X_FORWARDED_HOST)) {
+        h.insert(&X_FORWARDED_HOST, host.clone());
+    }
+}
+
+/// Every non-empty `name` line (a header may legally be split over several), in order, then
+/// `last`; None when there were none.
+fn extended(h: &HeaderMap, name: &HeaderName, last: &[u8]) -> Option<HeaderValue> {
     let mut chain: Option<Vec<u8>> = None;
-    for v in h.get_all(&X_FORWARDED_FOR) {
+    for v in h.get_all(name) {
         let prev = v.as_bytes().trim_ascii();
         if !prev.is_empty() && v.to_str().is_ok() {
             let c = chain.get_or_insert_with(|| Vec::with_capacity(64));
@@ -122,24 +161,9 @@ pub fn add_forwarded(h: &mut HeaderMap, ip: &HeaderValue, https: bool, host: Opt
             c.extend_from_slice(b", ");
         }
     }
-    let value = match chain {
-        None => ip.clone(),
-        Some(mut c) => {
-            c.extend_from_slice(ip.as_bytes());
-            match HeaderValue::from_maybe_shared(bytes::Bytes::from(c)) {
-                Ok(v) => v,
-                Err(_) => ip.clone(),
-            }
-        }
-    };
-    h.insert(&X_FORWARDED_FOR, value);
-    h.insert(
-        &X_FORWARDED_PROTO,
-        HeaderValue::from_static(if https { "https" } else { "http" }),
-    );
-    if let Some(host) = host {
-        h.insert(&X_FORWARDED_HOST, host.clone());
-    }
+    let mut c = chain?;
+    c.extend_from_slice(last);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(c)).ok()
 }
 
 /// True when the request asks for a protocol upgrade (WebSocket over HTTP/1.1).
@@ -212,14 +236,22 @@ mod tests {
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(
-            &mut h,
-            &ip_value("::ffff:192.0.2.7".parse().unwrap()),
-            true,
-            Some(&HeaderValue::from_static("w.test")),
+        h.insert(&FORWARDED, HeaderValue::from_static("for=10.0.0.1"));
+        h.insert(&X_FORWARDED_HOST, HeaderValue::from_static("front.test"));
+        let ip = ip_value("::ffff:192.0.2.7".parse().unwrap());
+        let host = HeaderValue::from_static("w.test");
+        let mut trusted = h.clone();
+        add_forwarded(&mut trusted, &ip, true, &host, true);
+        assert_eq!(trusted[&X_FORWARDED_FOR], "10.0.0.1, 192.0.2.7");
+        assert_eq!(
+            trusted[&FORWARDED],
+            "for=10.0.0.1, for=192.0.2.7;proto=https;host=w.test"
         );
-        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 192.0.2.7");
-        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert_eq!(trusted[&X_FORWARDED_PROTO], "https");
+        assert_eq!(trusted[&X_FORWARDED_HOST], "front.test");
+        add_forwarded(&mut h, &ip, true, &host, false);
+        assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.7");
+        assert_eq!(h[&FORWARDED], "for=192.0.2.7;proto=https;host=w.test");
         assert_eq!(h[&X_FORWARDED_HOST], "w.test");
     }
 }

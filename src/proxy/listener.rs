@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
+use super::linger::Linger;
 use super::service::gather::{next_pass, Gather, Passes};
 use super::watchdog::{Verdict, Watchdog};
 use super::{fast, service, Conn, Edge};
@@ -305,7 +306,7 @@ async fn serve<IO>(
     // path does not take, and serves HTTP/2.
     let fast_phase = Arc::new(AtomicBool::new(!conn.h2));
     let io = Reads {
-        inner: io,
+        inner: Linger::new(io, !conn.h2),
         conn: conn.clone(),
     };
     let work = run(

@@ -4,6 +4,8 @@
 //! - `listener.rs`: accept loops on the edge workers (one thread per CPU), the connection limit,
 //!   the TLS handshake, graceful shutdown; hands each connection to a front end.
 //! - `watchdog.rs`: the header and idle timeouts of a connection, decided by one `tick`.
+//! - `linger.rs`: an HTTP/1 connection the edge closes first reads on until the client closes,
+//!   so an early answer (413, 400, 431, 503) is read, not reset.
 //! - `tls.rs`: rustls config, the certificate chosen by SNI, reloads.
 //! - front ends, which never import each other:
 //!   - `fast.rs`: plain HTTP/1.1 requests proxied on bytes;
@@ -25,6 +27,7 @@ mod fast;
 pub mod gate;
 mod h1;
 pub mod headers;
+mod linger;
 pub mod listener;
 mod request;
 mod service;

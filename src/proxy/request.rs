@@ -121,11 +121,13 @@ impl Drop for Inflight {
 
 /// Where a request goes, decided before anything is sent.
 pub(crate) enum Decision {
-    /// To `color` of `site`; `mark_read_only` asks for `X-Read-Only: 1`.
+    /// To `color` of `site`; `mark_read_only` asks for `X-Read-Only: 1`; `trusted`: the client
+    /// is a trusted proxy, whose forwarding headers are kept and extended.
     Forward {
         site: Arc<SiteRoute>,
         color: Color,
         mark_read_only: bool,
+        trusted: bool,
     },
     /// Plain HTTP to a site that redirects: to this HTTPS port.
     Redirect(u16),
@@ -143,7 +145,12 @@ pub(crate) fn decide(
     x: &mut Exchange,
 ) -> Result<Decision, ProxyError> {
     let edge = &*conn.edge;
-    let (site, preview, https_port) = {
+    if !valid_host(host) {
+        return Err(ProxyError::BadRequest(
+            "the Host header (or :authority) is not a valid host[:port]",
+        ));
+    }
+    let (site, preview, https_port, trusted) = {
         let table = edge.table.load();
         let route = table.lookup(host).ok_or(ProxyError::UnknownHost)?;
         if let Some(sni) = &conn.sni {
@@ -158,6 +165,7 @@ pub(crate) fn decide(
             table.sites[route.site].clone(),
             route.preview,
             table.https_port,
+            table.trusts(conn.peer.ip()),
         )
     };
     x.site = Some(site.name.clone());
@@ -209,7 +217,57 @@ pub(crate) fn decide(
         site,
         color,
         mark_read_only,
+        trusted,
     })
+}
+
+/// `uri-host [ ":" port ]` (RFC 9110 7.2, RFC 3986 3.2.2): a registered name (letters, digits,
+/// `-._~`, sub-delims, percent-encoded octets) or an IPv4 address, or an IPv6 literal in
+/// brackets; the port digits only. What else would reach a backend as its Host is refused.
+pub(crate) fn valid_host(h: &str) -> bool {
+    let b = h.as_bytes();
+    let (name_ok, rest) = match b.first() {
+        None => return false,
+        Some(b'[') => match b.iter().position(|&c| c == b']') {
+            Some(end) => {
+                let literal = std::str::from_utf8(&b[1..end]).unwrap_or("");
+                (literal.parse::<std::net::Ipv6Addr>().is_ok(), &b[end + 1..])
+            }
+            None => return false,
+        },
+        Some(_) => {
+            let end = b.iter().position(|&c| c == b':').unwrap_or(b.len());
+            (!b[..end].is_empty() && reg_name(&b[..end]), &b[end..])
+        }
+    };
+    let port_ok = match rest {
+        [] => true,
+        [b':', port @ ..] => port.len() <= 5 && port.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    name_ok && port_ok
+}
+
+fn reg_name(b: &[u8]) -> bool {
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                if !(b.len() > i + 2
+                    && b[i + 1].is_ascii_hexdigit()
+                    && b[i + 2].is_ascii_hexdigit())
+                {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            c if c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&c) => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Whether a request may go to a second backend when the first refused the connection: one that
@@ -241,4 +299,44 @@ pub(crate) fn redirect(host: &str, https_port: u16, target: &str) -> Response<By
         r.headers_mut().insert(LOCATION, v);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_host;
+
+    #[test]
+    fn hosts() {
+        for ok in [
+            "a.test",
+            "a.test:8443",
+            "A-b_c~d.test",
+            "127.0.0.1:80",
+            "[::1]",
+            "[2001:db8::1]:443",
+            "%41.test",
+            "a.test:",
+        ] {
+            assert!(valid_host(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ":80",
+            "a test",
+            "a.test:80:80",
+            "a.test:x",
+            "a.test:123456",
+            "[::1",
+            "[zz]",
+            "a/b",
+            "a@b",
+            "a\"b",
+            "a.test\\",
+            "%4",
+            "é.test",
+            "a.test]",
+        ] {
+            assert!(!valid_host(bad), "{bad:?}");
+        }
+    }
 }

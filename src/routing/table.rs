@@ -94,6 +94,8 @@ pub struct RoutingTable {
     pub sites: Vec<Arc<SiteRoute>>,
     /// The https port clients use, for redirects (None: no https listener).
     pub https_port: Option<u16>,
+    /// Peers whose forwarding headers are kept and extended (`proxy.trusted_proxies`).
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl RoutingTable {
@@ -107,6 +109,7 @@ impl RoutingTable {
     ) -> RoutingTable {
         let mut t = RoutingTable {
             https_port: cfg.proxy.https.map(|a| a.port()),
+            trusted_proxies: cfg.proxy.trusted_proxies.clone(),
             ..Default::default()
         };
         for (i, sc) in cfg.sites.iter().enumerate() {
@@ -163,6 +166,15 @@ impl RoutingTable {
         }
         t.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         t
+    }
+
+    /// Whether `peer` is a trusted proxy (no list: nobody is; one comparison per entry).
+    #[inline]
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        !self.trusted_proxies.is_empty() && {
+            let ip = crate::config::canonical_ip(peer);
+            self.trusted_proxies.iter().any(|n| n.contains(&ip))
+        }
     }
 
     pub fn site(&self, name: &str) -> Option<&Arc<SiteRoute>> {

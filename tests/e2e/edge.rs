@@ -472,8 +472,13 @@ async fn a_key_that_does_not_match_its_certificate_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_headers_appended_and_hop_by_hop_stripped() {
+    // From a trusted proxy the chains are extended (an untrusted client's are replaced: see
+    // http_rules.rs).
     let a = Backend::start("a").await;
-    let p = Proxy::start("", &site("a", &["a.test"], &[a.addr], &[], ""));
+    let p = Proxy::start(
+        "trusted_proxies = [\"127.0.0.1\"]",
+        &site("a", &["a.test"], &[a.addr], &[], ""),
+    );
 
     // Plain HTTP/1.1, raw so every header is exactly what we say.
     let mut r = raw(p.http.unwrap()).await;
@@ -491,6 +496,10 @@ TE: trailers, deflate\r\nX-Keep: 1\r\n\r\n",
         .is_none_or(|c| !c.contains("X-Secret")));
     let h: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
     assert_eq!(h["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
+    assert_eq!(
+        h["forwarded"],
+        "for=127.0.0.1;proto=http;host=\"a.test:8080\""
+    );
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "a.test:8080");
     assert_eq!(h["host"], "a.test:8080", "Host preserved");
@@ -1242,7 +1251,10 @@ async fn an_h2_connection_whose_request_was_cancelled_still_goes_idle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_forwarding_and_connection_lines_are_all_honoured() {
     let a = Backend::start("a").await;
-    let p = Proxy::start("", &site("a", &["a.test"], &[a.addr], &[], ""));
+    let p = Proxy::start(
+        "trusted_proxies = [\"127.0.0.0/8\"]",
+        &site("a", &["a.test"], &[a.addr], &[], ""),
+    );
     let mut r = raw(p.http.unwrap()).await;
     r.send(
         b"GET /headers HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2, 10.0.0.3\r\n\

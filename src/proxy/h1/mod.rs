@@ -8,15 +8,18 @@
 //! - `chunked.rs`: follows (or decodes) a chunked body to find where it ends.
 //!
 //! The rewriting rules are those of `headers.rs` (hyper's side): hop-by-hop headers and those
-//! named in `Connection` stripped, `X-Forwarded-For` appended to every line the client sent,
-//! `X-Forwarded-Proto` / `X-Forwarded-Host` / `X-Read-Only` set by the edge, never by the client.
+//! named in `Connection` stripped; `X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto` and
+//! `-Host` the edge's own (a trusted proxy's chains extended); `X-Read-Only` only from the edge.
 
 mod chunked;
 mod request;
 mod response;
 
 pub use chunked::{Chunked, Decoded};
-pub use request::{parse_request, write_head, write_upstream_head, ReqParsed, MAX_REQ_HEADERS};
+pub use request::{
+    forwarded_element, parse_request, write_head, write_upstream_head, Added, ReqParsed,
+    MAX_REQ_HEADERS,
+};
 pub use response::{
     parse_response, write_client_head, BadResponse, Framing, RespHead, RespParsed, MAX_RESP_HEADERS,
 };

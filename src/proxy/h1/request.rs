@@ -129,6 +129,7 @@ fn skip_request_header(n: &str) -> bool {
         2 => is(n, "te"),
         7 => is(n, "upgrade"),
         10 => is(n, "connection") || is(n, "keep-alive"),
+        9 => is(n, "forwarded"),
         11 => is(n, "x-read-only"),
         15 => is(n, "x-forwarded-for"),
         16 => is(n, "proxy-connection") || is(n, "x-forwarded-host"),
@@ -139,14 +140,28 @@ fn skip_request_header(n: &str) -> bool {
     }
 }
 
-/// Writes the head the backend gets: `ip` is the client's address (see `headers::ip_value`).
-pub fn write_upstream_head(
-    out: &mut Vec<u8>,
-    req: &ReqHead<'_, '_>,
-    ip: &[u8],
-    https: bool,
-    read_only: bool,
-) {
+/// What the edge adds to a request on its way to the backend.
+pub struct Added<'a> {
+    /// The client's address (see `headers::ip_value`).
+    pub ip: &'a [u8],
+    pub https: bool,
+    /// The client is a trusted proxy: its forwarding headers are kept and extended.
+    pub trusted: bool,
+    /// `X-Read-Only: 1`.
+    pub read_only: bool,
+}
+
+/// The values of every `name` line, in order (empty ones left out).
+fn values<'h>(req: &'h ReqHead<'_, '_>, name: &'h str) -> impl Iterator<Item = &'h [u8]> + 'h {
+    req.headers
+        .iter()
+        .filter(move |h| is(h.name, name))
+        .map(|h| h.value.trim_ascii())
+        .filter(|v| !v.is_empty() && std::str::from_utf8(v).is_ok())
+}
+
+/// Writes the head the backend gets.
+pub fn write_upstream_head(out: &mut Vec<u8>, req: &ReqHead<'_, '_>, add: &Added<'_>) {
     out.extend_from_slice(req.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(req.target.as_bytes());
@@ -156,29 +171,72 @@ pub fn write_upstream_head(
             line(out, h.name.as_bytes(), h.value);
         }
     }
-    // X-Forwarded-For: every non-empty line the client sent, in order, then the client.
+    // A trusted proxy's chains are extended with its address; anyone else's are replaced.
     out.extend_from_slice(b"x-forwarded-for: ");
-    for h in req.headers {
-        if is(h.name, "x-forwarded-for") {
-            let v = h.value.trim_ascii();
-            if !v.is_empty() && std::str::from_utf8(v).is_ok() {
-                out.extend_from_slice(v);
-                out.extend_from_slice(b", ");
-            }
+    if add.trusted {
+        for v in values(req, "x-forwarded-for") {
+            out.extend_from_slice(v);
+            out.extend_from_slice(b", ");
         }
     }
-    out.extend_from_slice(ip);
+    out.extend_from_slice(add.ip);
+    out.extend_from_slice(b"\r\nforwarded: ");
+    if add.trusted {
+        for v in values(req, "forwarded") {
+            out.extend_from_slice(v);
+            out.extend_from_slice(b", ");
+        }
+    }
+    forwarded_element(out, add.ip, add.https, req.host.as_bytes());
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(if https {
-        b"x-forwarded-proto: https\r\n"
-    } else {
-        b"x-forwarded-proto: http\r\n"
-    });
-    line(out, b"x-forwarded-host", req.host.as_bytes());
-    if read_only {
+    match add
+        .trusted
+        .then(|| values(req, "x-forwarded-proto").next())
+        .flatten()
+    {
+        Some(v) => line(out, b"x-forwarded-proto", v),
+        None if add.https => out.extend_from_slice(b"x-forwarded-proto: https\r\n"),
+        None => out.extend_from_slice(b"x-forwarded-proto: http\r\n"),
+    }
+    let host = add.trusted.then(|| values(req, "x-forwarded-host").next());
+    line(
+        out,
+        b"x-forwarded-host",
+        host.flatten().unwrap_or(req.host.as_bytes()),
+    );
+    if add.read_only {
         out.extend_from_slice(b"x-read-only: 1\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// This hop's `Forwarded` element (RFC 7239): `for=IP;proto=SCHEME;host=HOST`, with an IPv6
+/// address and a host that is not a token (one with a port) quoted. `host` has been checked
+/// (`request::valid_host`): it holds no quote or backslash.
+pub fn forwarded_element(out: &mut Vec<u8>, ip: &[u8], https: bool, host: &[u8]) {
+    out.extend_from_slice(b"for=");
+    if ip.contains(&b':') {
+        out.extend_from_slice(b"\"[");
+        out.extend_from_slice(ip);
+        out.extend_from_slice(b"]\"");
+    } else {
+        out.extend_from_slice(ip);
+    }
+    out.extend_from_slice(if https {
+        b";proto=https;host="
+    } else {
+        b";proto=http;host="
+    });
+    let token = host
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if token {
+        out.extend_from_slice(host);
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(host);
+        out.push(b'"');
+    }
 }
 
 /// Writes the head of a bodiless request that hyper parsed (method, origin-form target, headers
@@ -199,11 +257,21 @@ mod tests {
     use super::*;
 
     fn req(raw: &str) -> Option<(String, u64, bool)> {
+        req_from(raw, true)
+    }
+
+    fn req_from(raw: &str, trusted: bool) -> Option<(String, u64, bool)> {
         let mut h = [httparse::EMPTY_HEADER; MAX_REQ_HEADERS];
         match parse_request(raw.as_bytes(), &mut h) {
             ReqParsed::Head(r) => {
                 let mut out = Vec::new();
-                write_upstream_head(&mut out, &r, b"192.0.2.1", true, false);
+                let add = Added {
+                    ip: b"192.0.2.1",
+                    https: true,
+                    trusted,
+                    read_only: false,
+                };
+                write_upstream_head(&mut out, &r, &add);
                 Some((String::from_utf8(out).unwrap(), r.content_length, r.close))
             }
             _ => None,
@@ -215,9 +283,21 @@ mod tests {
         let (out, len, close) = req("POST /a?b HTTP/1.1\r\nHost: w.test\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\nX-Forwarded-For: 10.0.0.1\r\nx-forwarded-for: 10.0.0.2\r\nX-Read-Only: 1\r\nX-Forwarded-Proto: http\r\nContent-Length: 3\r\nX-Keep: y\r\n\r\nabc").unwrap();
         assert_eq!(
             out,
-            "POST /a?b HTTP/1.1\r\nHost: w.test\r\nContent-Length: 3\r\nX-Keep: y\r\nx-forwarded-for: 10.0.0.1, 10.0.0.2, 192.0.2.1\r\nx-forwarded-proto: https\r\nx-forwarded-host: w.test\r\n\r\n"
+            "POST /a?b HTTP/1.1\r\nHost: w.test\r\nContent-Length: 3\r\nX-Keep: y\r\nx-forwarded-for: 10.0.0.1, 10.0.0.2, 192.0.2.1\r\nforwarded: for=192.0.2.1;proto=https;host=w.test\r\nx-forwarded-proto: http\r\nx-forwarded-host: w.test\r\n\r\n"
         );
         assert_eq!((len, close), (3, false));
+    }
+
+    #[test]
+    fn an_untrusted_clients_forwarding_headers_are_replaced() {
+        let (out, _, _) = req_from("GET / HTTP/1.1\r\nHost: w.test:8443\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.test\r\n\r\n", false).unwrap();
+        assert_eq!(
+            out,
+            "GET / HTTP/1.1\r\nHost: w.test:8443\r\nx-forwarded-for: 192.0.2.1\r\nforwarded: for=192.0.2.1;proto=https;host=\"w.test:8443\"\r\nx-forwarded-proto: https\r\nx-forwarded-host: w.test:8443\r\n\r\n"
+        );
+        let mut v6 = Vec::new();
+        forwarded_element(&mut v6, b"2001:db8::1", false, b"a.test");
+        assert_eq!(v6, b"for=\"[2001:db8::1]\";proto=http;host=a.test");
     }
 
     #[test]

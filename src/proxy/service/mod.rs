@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{ACCEPT, CONTENT_LENGTH, HOST};
-use http::uri::PathAndQuery;
+use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -89,7 +89,10 @@ async fn forward(
     x: &mut Exchange,
 ) -> Result<Response<RespBody>, ProxyError> {
     let edge = &*conn.edge;
-    let host = req_host(&req).ok_or(ProxyError::BadRequest("the request has no Host header"))?;
+    let (host_value, asterisk) = target(&req)?;
+    let host = host_value
+        .to_str()
+        .map_err(|_| ProxyError::BadRequest("the Host header is not a valid host[:port]"))?;
     let decided = request::decide(
         conn,
         host,
@@ -98,7 +101,7 @@ async fn forward(
         req.headers().get(CONTENT_LENGTH),
         x,
     )?;
-    let (site, color, mark_read_only) = match decided {
+    let (site, color, mark_read_only, trusted) = match decided {
         Decision::Redirect(port) => {
             let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
             return Ok(request::redirect(host, port, target).map(RespBody::full));
@@ -107,7 +110,8 @@ async fn forward(
             site,
             color,
             mark_read_only,
-        } => (site, color, mark_read_only),
+            trusted,
+        } => (site, color, mark_read_only, trusted),
     };
     let pool = site.pool(color);
 
@@ -115,19 +119,13 @@ async fn forward(
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let host_value = match parts.headers.get(HOST) {
-        Some(h) => h.clone(),
-        None => {
-            let a = parts.uri.authority().map(|a| a.as_str()).unwrap_or("");
-            HeaderValue::from_str(a).map_err(|_| ProxyError::BadRequest("bad :authority"))?
-        }
-    };
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::add_forwarded(
         &mut parts.headers,
         conn.ip_value(),
         conn.https,
-        Some(&host_value),
+        &host_value,
+        trusted,
     );
     parts.headers.insert(HOST, host_value);
     if mark_read_only {
@@ -138,11 +136,11 @@ async fn forward(
         parts.headers.remove(&headers::X_READ_ONLY);
     }
     parts.version = Version::HTTP_11;
-    let target = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let target = match parts.uri.path_and_query() {
+        _ if asterisk => PathAndQuery::from_static("*"),
+        Some(pq) => pq.clone(),
+        None => PathAndQuery::from_static("/"),
+    };
     parts.uri = Uri::from(target.clone());
     let body = ReqBody::new(body, edge.limits.max_body_bytes);
     let retryable = request::retryable(&parts.method, !matches!(body, ReqBody::Empty));
@@ -181,6 +179,67 @@ async fn forward(
         headers::strip_hop_by_hop(resp.headers_mut(), false);
     }
     Ok(resp)
+}
+
+/// How the request names its target (RFC 9112 3.2, RFC 9113 8.3.1): the Host the request is
+/// routed by and forwarded with, and whether it is `OPTIONS *`. Refused: CONNECT (501: this is a
+/// reverse proxy); more than one Host; an authority-form target; `*` with another method; an
+/// absolute-form target of another scheme; on HTTP/2, a Host that names another authority than
+/// `:authority`. An HTTP/1.1 absolute-form target is routed by its authority, not by Host.
+fn target(req: &Request<Incoming>) -> Result<(HeaderValue, bool), ProxyError> {
+    let bad = ProxyError::BadRequest;
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::NotImplemented(
+            "CONNECT is not supported: this is a reverse proxy, not a forward proxy",
+        ));
+    }
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(bad("the request has more than one Host header"));
+    }
+    let uri = req.uri();
+    let asterisk = uri.path() == "*" || uri.path_and_query().is_some_and(|p| p.as_str() == "*");
+    if asterisk && req.method() != Method::OPTIONS {
+        return Err(bad("the target `*` is for OPTIONS only"));
+    }
+    if uri
+        .scheme()
+        .is_some_and(|s| *s != Scheme::HTTP && *s != Scheme::HTTPS)
+    {
+        return Err(bad("the target's scheme is not http or https"));
+    }
+    let authority = uri.authority();
+    if req.version() == Version::HTTP_2 {
+        return match (authority, host) {
+            (Some(a), Some(h)) if !same_authority(a.as_str(), h.as_bytes()) => Err(bad(
+                "the Host header names another authority than :authority",
+            )),
+            (_, Some(h)) => Ok((h.clone(), asterisk)),
+            (Some(a), None) => HeaderValue::from_str(a.as_str())
+                .map(|v| (v, asterisk))
+                .map_err(|_| bad(":authority is not a valid host[:port]")),
+            (None, None) => Err(bad("the request has neither :authority nor Host")),
+        };
+    }
+    match (uri.scheme(), authority, host) {
+        // authority-form (`a.test:443`): CONNECT's alone.
+        (None, Some(_), _) => Err(bad("an authority-form target is for CONNECT only")),
+        // absolute-form: routed by the target's authority; the Host header is ignored (RFC 9112
+        // 3.2.2) and the backend gets the authority as Host.
+        (Some(_), Some(a), _) => HeaderValue::from_str(a.as_str())
+            .map(|v| (v, asterisk))
+            .map_err(|_| bad("the target's authority is not a valid host[:port]")),
+        (_, _, Some(h)) => Ok((h.clone(), asterisk)),
+        (_, _, None) => Err(bad("the request has no Host header")),
+    }
+}
+
+/// Whether a Host header value names the same host as `:authority` (case and ports aside, as
+/// routing ignores them: what matters is that the backend sees the host the request was routed
+/// by).
+fn same_authority(authority: &str, host: &[u8]) -> bool {
+    std::str::from_utf8(host).is_ok_and(|h| crate::routing::same_host(authority, h))
 }
 
 /// One try of a request from hyper's side on one backend.
