@@ -248,6 +248,9 @@ pub(crate) fn valid_host(h: &str) -> bool {
     name_ok && port_ok
 }
 
+/// The characters of a registered name besides `%` (RFC 3986 3.2.2: unreserved and sub-delims).
+static REG_NAME: [bool; 256] = super::h1::byte_table(b"-._~!$&'()*+,;=");
+
 fn reg_name(b: &[u8]) -> bool {
     let mut i = 0;
     while i < b.len() {
@@ -262,7 +265,7 @@ fn reg_name(b: &[u8]) -> bool {
                 i += 3;
                 continue;
             }
-            c if c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&c) => {}
+            c if REG_NAME[c as usize] => {}
             _ => return false,
         }
         i += 1;

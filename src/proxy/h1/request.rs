@@ -210,6 +210,9 @@ pub fn write_upstream_head(out: &mut Vec<u8>, req: &ReqHead<'_, '_>, add: &Added
     out.extend_from_slice(b"\r\n");
 }
 
+/// The token characters of RFC 9110 5.6.2, as a table (a lookup per byte on the hot path).
+static TCHAR: [bool; 256] = super::byte_table(b"!#$%&'*+-.^_`|~");
+
 /// This hop's `Forwarded` element (RFC 7239): `for=IP;proto=SCHEME;host=HOST`, with an IPv6
 /// address and a host that is not a token (one with a port) quoted. `host` has been checked
 /// (`request::valid_host`): it holds no quote or backslash.
@@ -227,9 +230,7 @@ pub fn forwarded_element(out: &mut Vec<u8>, ip: &[u8], https: bool, host: &[u8])
     } else {
         b";proto=http;host="
     });
-    let token = host
-        .iter()
-        .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    let token = host.iter().all(|&b| TCHAR[b as usize]);
     if token {
         out.extend_from_slice(host);
     } else {
