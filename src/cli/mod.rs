@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use http::Method;
 
 use crate::config::{self, Color};
 use crate::control::api::*;
@@ -238,7 +237,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Status { json } => {
             let c = cli.client()?;
-            let s: Status = c.call(Method::GET, "/v1/status", None::<&()>, None).await?;
+            let s = c.status().await?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
@@ -258,16 +257,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 to,
                 drain_s: Some(drain.as_secs()),
                 force: *force,
+                discard_writes: false,
             };
-            let r: SwitchResponse = cli
-                .client()?
-                .call(
-                    Method::POST,
-                    &format!("/v1/sites/{site}/switch"),
-                    Some(&req),
-                    *if_match,
-                )
-                .await?;
+            let r = cli.client()?.switch(site, &req, *if_match).await?;
             println!("{}", r.message);
             Ok(())
         }
@@ -293,10 +285,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     wait_s: None,
                 },
             };
-            let r: ReadOnlyResponse = cli
-                .client()?
-                .call(Method::PUT, "/v1/read-only", Some(&req), None)
-                .await?;
+            let r = cli.client()?.read_only(&req).await?;
             if r.on {
                 println!(
                     "read-only ON for {} ({} ms to drain writes in flight)",
@@ -312,17 +301,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             what: PoolCmd::Set { site, color, addrs },
         } => {
             let color = parse_color(color)?;
-            let r: PoolResponse = cli
-                .client()?
-                .call(
-                    Method::PUT,
-                    &format!("/v1/sites/{site}/pools/{color}"),
-                    Some(&PoolRequest {
-                        backends: addrs.clone(),
-                    }),
-                    None,
-                )
-                .await?;
+            let r = cli.client()?.set_pool(site, color, addrs.clone()).await?;
             println!(
                 "{site} {color} pool: {}",
                 if r.backends.is_empty() {
@@ -334,10 +313,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Reload => {
-            let r: ReloadResponse = cli
-                .client()?
-                .call(Method::POST, "/v1/reload", None::<&()>, None)
-                .await?;
+            let r = cli.client()?.reload().await?;
             println!(
                 "reloaded: {} site(s){}",
                 r.sites.len(),
@@ -370,7 +346,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Flips back to the previous color, refusing when writes reached the current one since the switch.
 pub async fn rollback(c: &Client, site: &str, discard_writes: bool) -> anyhow::Result<()> {
-    let s: Status = c.call(Method::GET, "/v1/status", None::<&()>, None).await?;
+    let s = c.status().await?;
     let Some(st) = s.sites.iter().find(|x| x.name == site) else {
         bail!("no site named `{site}`")
     };
@@ -392,15 +368,9 @@ pub async fn rollback(c: &Client, site: &str, discard_writes: bool) -> anyhow::R
         to: prev,
         drain_s: None,
         force: false,
+        discard_writes: false,
     };
-    let r: SwitchResponse = c
-        .call(
-            Method::POST,
-            &format!("/v1/sites/{site}/switch"),
-            Some(&req),
-            Some(s.version),
-        )
-        .await?;
+    let r = c.switch(site, &req, Some(s.version)).await?;
     println!("rolled back: {}", r.message);
     Ok(())
 }

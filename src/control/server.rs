@@ -144,6 +144,7 @@ fn error(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
         &ErrorBody {
             error: msg.to_string(),
             problems: vec![],
+            code: None,
         },
     )
 }
@@ -159,6 +160,7 @@ fn op_error(e: OpError) -> Response<Full<Bytes>> {
         &ErrorBody {
             error: e.to_string(),
             problems,
+            code: None,
         },
     )
 }

@@ -1,14 +1,12 @@
 //! Entry points of the Docker commands (up, release, envs, backup, backups): find the site, take
 //! the lock, connect to the engine, call one function of `steps` or `backup`, print.
 
-use http::Method;
-
 use super::docker::{EnvId, EnvInfo};
 use super::steps::{self, Ctx};
 use super::{backup, human_bytes, journal, Progress, ReleaseError};
 use crate::cli::{BackupsCmd, Cmd, EnvsCmd};
 use crate::config::{Color, Config, ReleaseConfig, SiteConfig};
-use crate::control::api::{SiteStatus, Status};
+use crate::control::api::SiteStatus;
 use crate::control::client::Client;
 
 pub async fn run(cmd: &Cmd, cfg: Config, client: Client) -> anyhow::Result<()> {
@@ -243,10 +241,7 @@ async fn backups(cfg: &Config, what: &BackupsCmd) -> Result<(), ReleaseError> {
 }
 
 async fn site_status(client: &Client, site: &str) -> Result<SiteStatus, String> {
-    let s: Status = client
-        .call(Method::GET, "/v1/status", None::<&()>, None)
-        .await
-        .map_err(|e| e.to_string())?;
+    let s = client.status().await.map_err(|e| e.to_string())?;
     s.sites
         .into_iter()
         .find(|x| x.name == site)

@@ -7,8 +7,6 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use http::Method;
-
 use super::backup;
 use super::docker::{Engine, EnvId, EnvInfo, ExecOutcome};
 use super::journal::{self, Journal};
@@ -34,9 +32,9 @@ impl Ctx<'_> {
     }
 
     pub async fn status(&self) -> Result<SiteStatus, ReleaseError> {
-        let s: Status = self
+        let s = self
             .client
-            .call(Method::GET, "/v1/status", None::<&()>, None)
+            .status()
             .await
             .map_err(ctl("report its status"))?;
         s.sites
@@ -92,14 +90,8 @@ impl Ctx<'_> {
     }
 
     async fn set_pool(&self, color: Color, backends: Vec<String>) -> Result<(), ReleaseError> {
-        let _: PoolResponse = self
-            .client
-            .call(
-                Method::PUT,
-                &format!("/v1/sites/{}/pools/{color}", self.name()),
-                Some(&PoolRequest { backends }),
-                None,
-            )
+        self.client
+            .set_pool(self.name(), color, backends)
             .await
             .map_err(ctl(format!("set the {color} pool")))?;
         Ok(())
@@ -118,14 +110,11 @@ impl Ctx<'_> {
             sites: on.then(|| vec![self.site.name.clone()]),
             wait_s: None,
         };
-        self.client
-            .call(Method::PUT, "/v1/read-only", Some(&req), None)
-            .await
-            .map_err(ctl(if on {
-                "turn read-only on"
-            } else {
-                "turn read-only off"
-            }))
+        self.client.read_only(&req).await.map_err(ctl(if on {
+            "turn read-only on"
+        } else {
+            "turn read-only off"
+        }))
     }
 
     fn health(&self) -> HealthConfig {
@@ -175,18 +164,10 @@ impl Ctx<'_> {
             to,
             drain_s: None,
             force: false,
+            discard_writes: false,
         };
         loop {
-            match self
-                .client
-                .call(
-                    Method::POST,
-                    &format!("/v1/sites/{}/switch", self.name()),
-                    Some(&req),
-                    None,
-                )
-                .await
-            {
+            match self.client.switch(self.name(), &req, None).await {
                 Ok(r) => return Ok(r),
                 Err(ControlError::Refused { status: 409, .. }) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(200)).await
