@@ -61,6 +61,10 @@ pub enum Cmd {
         /// Switch even if no backend of COLOR is healthy.
         #[arg(long)]
         force: bool,
+        /// Switch even though the active color took writes that COLOR does not have (a site whose
+        /// colors hold their own data); those writes are left behind.
+        #[arg(long)]
+        discard_writes: bool,
         /// Only if the state version is still N (see `status`).
         #[arg(long)]
         if_match: Option<u64>,
@@ -250,6 +254,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             color,
             drain,
             force,
+            discard_writes,
             if_match,
         } => {
             let to = parse_color(color)?;
@@ -257,7 +262,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 to,
                 drain_s: Some(drain.as_secs()),
                 force: *force,
-                discard_writes: false,
+                discard_writes: *discard_writes,
             };
             let r = cli.client()?.switch(site, &req, *if_match).await?;
             println!("{}", r.message);
@@ -344,7 +349,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Flips back to the previous color, refusing when writes reached the current one since the switch.
+/// Flips back to the previous color. The daemon refuses it when writes reached the current color
+/// since the switch (a site whose colors hold their own data) unless `discard_writes`; this only
+/// words that refusal for a rollback.
 pub async fn rollback(c: &Client, site: &str, discard_writes: bool) -> anyhow::Result<()> {
     let s = c.status().await?;
     let Some(st) = s.sites.iter().find(|x| x.name == site) else {
@@ -356,21 +363,29 @@ pub async fn rollback(c: &Client, site: &str, discard_writes: bool) -> anyhow::R
     if prev == st.active {
         bail!("{site} is already on {prev}");
     }
-    let writes = st.writes_since_switch.get(&st.active).copied().unwrap_or(0);
-    if (writes > 0 || st.written_since_switch) && !discard_writes {
-        bail!(
-            "refusing to roll back {site}: {} write(s) reached {} since the switch and would be lost on {prev}. Add --discard-writes if that is what you want.",
-            if writes > 0 { writes.to_string() } else { "some (count lost in a restart)".into() },
-            st.active
-        );
-    }
     let req = SwitchRequest {
         to: prev,
         drain_s: None,
         force: false,
-        discard_writes: false,
+        discard_writes,
     };
-    let r = c.switch(site, &req, Some(s.version)).await?;
-    println!("rolled back: {}", r.message);
-    Ok(())
+    match c.switch(site, &req, Some(s.version)).await {
+        Ok(r) => {
+            println!("rolled back: {}", r.message);
+            Ok(())
+        }
+        Err(e) if e.has_code(WRITES_WOULD_BE_LOST) => {
+            let writes = st.writes_since_switch.get(&st.active).copied().unwrap_or(0);
+            if writes == 0 && !st.written_since_switch {
+                // The first write landed after our status read: the daemon's words have the count.
+                return Err(e.into());
+            }
+            bail!(
+                "refusing to roll back {site}: {} write(s) reached {} since the switch and would be lost on {prev}. Add --discard-writes if that is what you want.",
+                if writes > 0 { writes.to_string() } else { "some (count lost in a restart)".into() },
+                st.active
+            )
+        }
+        Err(e) => Err(e.into()),
+    }
 }

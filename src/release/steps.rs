@@ -158,18 +158,24 @@ impl Ctx<'_> {
     }
 
     /// Switches, retrying while the daemon's own checks have not yet seen the target healthy.
-    async fn switch(&self, to: Color) -> Result<SwitchResponse, ReleaseError> {
+    async fn switch(
+        &self,
+        to: Color,
+        discard_writes: bool,
+    ) -> Result<SwitchResponse, ReleaseError> {
         let deadline = Instant::now() + self.rel.health_timeout;
         let req = SwitchRequest {
             to,
             drain_s: None,
             force: false,
-            discard_writes: false,
+            discard_writes,
         };
         loop {
             match self.client.switch(self.name(), &req, None).await {
                 Ok(r) => return Ok(r),
-                Err(ControlError::Refused { status: 409, .. }) if Instant::now() < deadline => {
+                Err(e @ ControlError::Refused { status: 409, .. })
+                    if Instant::now() < deadline && !e.has_code(WRITES_WOULD_BE_LOST) =>
+                {
                     tokio::time::sleep(Duration::from_millis(200)).await
                 }
                 Err(e) => return Err(ctl(format!("switch to {to}"))(e)),
@@ -570,7 +576,8 @@ async fn run_steps(ctx: &Ctx<'_>, mut j: Journal, plan: &[Step]) -> Result<(), R
         ctx.wait_healthy(addr).await?;
         let healthy_in = t.elapsed();
         ctx.set_pool(j.to, vec![addr.to_string()]).await?;
-        ctx.switch(j.to).await?;
+        // The writes the active color took are in the backup restored into the new env.
+        ctx.switch(j.to, true).await?;
         p.line(format_args!(
             "          {} healthy at {addr} after {}; switched {} → {}",
             new.container(&ctx.rel.web),
@@ -739,7 +746,7 @@ pub async fn up(ctx: &Ctx<'_>, version: &str, color: Option<Color>) -> Result<()
     ));
     let active_empty = st.pools.get(&st.active).is_none_or(|v| v.is_empty());
     if color != st.active && active_empty {
-        ctx.switch(color).await?;
+        ctx.switch(color, false).await?;
         p.line(format_args!("switched {} to {color}", ctx.name()));
     } else if color != st.active {
         p.line(format_args!(
