@@ -112,14 +112,13 @@ pub async fn backups(cfg: &Config, what: &BackupsCmd) -> anyhow::Result<()> {
             println!("{} backup(s) of {site} verified", checked.len());
         }
         BackupsCmd::Prune { site } => {
-            let r = backup::prune_now(cfg, site).await?;
+            let (r, keep) = backup::prune_now(cfg, site).await?;
             for s in &r.removed {
                 println!("removed {s}");
             }
             for (s, why) in &r.broken {
                 println!("BROKEN  {s}: {why} (left for you to inspect)");
             }
-            let keep = release::site_of(cfg, site)?.1.keep_backups;
             println!(
                 "kept {} verified backup(s) of {site} (keep_backups = {keep})",
                 r.kept.len()

@@ -383,9 +383,10 @@ pub async fn verify_all(
     Ok(out)
 }
 
-/// `backups prune SITE`: [`prune`] to `keep_backups`, under the site's lock.
-pub async fn prune_now(cfg: &Config, site: &str) -> Result<PruneReport, ReleaseError> {
+/// `backups prune SITE`: [`prune`] to `keep_backups` (returned with the report), under the
+/// site's lock.
+pub async fn prune_now(cfg: &Config, site: &str) -> Result<(PruneReport, usize), ReleaseError> {
     let (_, rel) = site_of(cfg, site)?;
     let _lock = journal::lock(cfg, site, "backups prune")?;
-    prune(rel, site, rel.keep_backups).await
+    Ok((prune(rel, site, rel.keep_backups).await?, rel.keep_backups))
 }
