@@ -1,6 +1,14 @@
-//! The command line: parse, make one call, print. No business logic here; exit codes are decided
-//! in `main` from the error kind (0 done, 1 refused or failed, 2 usage).
+//! The command line: parse, make one call (to the control client or to `release::`), print. No
+//! business rule lives here: the daemon and `release` decide, this only words the answer. Exit
+//! codes are decided in `main` from the error kind (0 done, 1 refused or failed, 2 usage).
+//!
+//! - `mod.rs`: the clap tree and the dispatch, one arm per subcommand.
+//! - `control.rs`: the daemon's verbs (status, switch, read-only, pool, reload, rollback).
+//! - `release.rs`: the Docker commands (up, release, envs, backup, backups).
+//! - `render.rs`: tables and lines for people.
 
+mod control;
+mod release;
 mod render;
 
 use std::path::{Path, PathBuf};
@@ -8,10 +16,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use http::Method;
 
 use crate::config::{self, Color};
-use crate::control::api::*;
 use crate::control::client::Client;
 
 #[derive(Parser, Debug)]
@@ -62,6 +68,10 @@ pub enum Cmd {
         /// Switch even if no backend of COLOR is healthy.
         #[arg(long)]
         force: bool,
+        /// Switch even though the active color took writes that COLOR does not have (a site whose
+        /// colors hold their own data); those writes are left behind.
+        #[arg(long)]
+        discard_writes: bool,
         /// Only if the state version is still N (see `status`).
         #[arg(long)]
         if_match: Option<u64>,
@@ -236,171 +246,66 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Err(e) => Err(anyhow::anyhow!("{e}")),
             }
         }
-        Cmd::Status { json } => {
-            let c = cli.client()?;
-            let s: Status = c.call(Method::GET, "/v1/status", None::<&()>, None).await?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
-            } else {
-                print!("{}", render::status(&s));
-            }
-            Ok(())
-        }
+        Cmd::Status { json } => control::status(&cli.client()?, *json).await,
         Cmd::Switch {
             site,
             color,
             drain,
             force,
+            discard_writes,
             if_match,
         } => {
-            let to = parse_color(color)?;
-            let req = SwitchRequest {
-                to,
+            let req = crate::control::api::SwitchRequest {
+                to: parse_color(color)?,
                 drain_s: Some(drain.as_secs()),
                 force: *force,
+                discard_writes: *discard_writes,
             };
-            let r: SwitchResponse = cli
-                .client()?
-                .call(
-                    Method::POST,
-                    &format!("/v1/sites/{site}/switch"),
-                    Some(&req),
-                    *if_match,
-                )
-                .await?;
-            println!("{}", r.message);
-            Ok(())
+            control::switch(&cli.client()?, site, &req, *if_match).await
         }
-        Cmd::ReadOnly { what } => {
-            let req = match what {
-                ReadOnlyCmd::On {
-                    reason,
-                    retry_after,
-                    sites,
-                    wait,
-                } => ReadOnlyRequest {
-                    on: true,
-                    reason: Some(reason.clone()),
-                    retry_after_s: Some(*retry_after),
-                    sites: (!sites.is_empty()).then(|| sites.clone()),
-                    wait_s: wait.map(|w| w.as_secs()),
-                },
-                ReadOnlyCmd::Off => ReadOnlyRequest {
-                    on: false,
-                    reason: None,
-                    retry_after_s: None,
-                    sites: None,
-                    wait_s: None,
-                },
-            };
-            let r: ReadOnlyResponse = cli
-                .client()?
-                .call(Method::PUT, "/v1/read-only", Some(&req), None)
-                .await?;
-            if r.on {
-                println!(
-                    "read-only ON for {} ({} ms to drain writes in flight)",
-                    r.sites.join(", "),
-                    r.drained_ms
-                );
-            } else {
-                println!("read-only OFF");
-            }
-            Ok(())
-        }
+        Cmd::ReadOnly { what } => control::read_only(&cli.client()?, what).await,
         Cmd::Pool {
             what: PoolCmd::Set { site, color, addrs },
-        } => {
-            let color = parse_color(color)?;
-            let r: PoolResponse = cli
-                .client()?
-                .call(
-                    Method::PUT,
-                    &format!("/v1/sites/{site}/pools/{color}"),
-                    Some(&PoolRequest {
-                        backends: addrs.clone(),
-                    }),
-                    None,
-                )
-                .await?;
-            println!(
-                "{site} {color} pool: {}",
-                if r.backends.is_empty() {
-                    "(empty)".into()
-                } else {
-                    r.backends.join(" ")
-                }
-            );
-            Ok(())
-        }
-        Cmd::Reload => {
-            let r: ReloadResponse = cli
-                .client()?
-                .call(Method::POST, "/v1/reload", None::<&()>, None)
-                .await?;
-            println!(
-                "reloaded: {} site(s){}",
-                r.sites.len(),
-                if r.certificates.is_empty() {
-                    String::new()
-                } else {
-                    format!(", certificates: {}", r.certificates.join("; "))
-                }
-            );
-            for n in r.notes {
-                println!("note: {n}");
-            }
-            Ok(())
-        }
+        } => control::set_pool(&cli.client()?, site, parse_color(color)?, addrs).await,
+        Cmd::Reload => control::reload(&cli.client()?).await,
         Cmd::Rollback {
             site,
             discard_writes,
-        } => rollback(&cli.client()?, site, *discard_writes).await,
-        Cmd::Up { .. }
-        | Cmd::Release { .. }
-        | Cmd::Envs { .. }
-        | Cmd::Backup { .. }
-        | Cmd::Backups { .. } => {
-            let cfg = cli.load_config()?;
-            let client = cli.client()?;
-            crate::release::cli::run(&cli.cmd, cfg, client).await
+        } => control::rollback(&cli.client()?, site, *discard_writes).await,
+        Cmd::Up {
+            site,
+            version,
+            color,
+            prefix,
+        } => {
+            let color = color.as_deref().map(parse_color).transpose()?;
+            let (cfg, client) = (cli.load_config()?, cli.client()?);
+            release::up(&cfg, &client, site, version, color, prefix.as_deref()).await
         }
+        Cmd::Release {
+            site,
+            version,
+            prefix,
+            resume,
+            abort,
+        } => {
+            let how = match (resume, abort, version) {
+                (_, true, _) => release::How::Abort,
+                (true, _, _) => release::How::Resume,
+                (_, _, Some(v)) => release::How::Start(v),
+                _ => bail!("give --version V (or --resume / --abort)"),
+            };
+            let (cfg, client) = (cli.load_config()?, cli.client()?);
+            release::release(&cfg, &client, site, how, prefix.as_deref()).await
+        }
+        Cmd::Envs { what } => {
+            let (cfg, client) = (cli.load_config()?, cli.client()?);
+            release::envs(&cfg, &client, what).await
+        }
+        Cmd::Backup { site } => {
+            let (cfg, client) = (cli.load_config()?, cli.client()?);
+            release::backup(&cfg, &client, site).await
+        }
+        Cmd::Backups { what } => release::backups(&cli.load_config()?, what).await,
     }
-}
-
-/// Flips back to the previous color, refusing when writes reached the current one since the switch.
-pub async fn rollback(c: &Client, site: &str, discard_writes: bool) -> anyhow::Result<()> {
-    let s: Status = c.call(Method::GET, "/v1/status", None::<&()>, None).await?;
-    let Some(st) = s.sites.iter().find(|x| x.name == site) else {
-        bail!("no site named `{site}`")
-    };
-    let Some(prev) = st.previous else {
-        bail!("{site} has never been switched; there is nothing to roll back to")
-    };
-    if prev == st.active {
-        bail!("{site} is already on {prev}");
-    }
-    let writes = st.writes_since_switch.get(&st.active).copied().unwrap_or(0);
-    if (writes > 0 || st.written_since_switch) && !discard_writes {
-        bail!(
-            "refusing to roll back {site}: {} write(s) reached {} since the switch and would be lost on {prev}. Add --discard-writes if that is what you want.",
-            if writes > 0 { writes.to_string() } else { "some (count lost in a restart)".into() },
-            st.active
-        );
-    }
-    let req = SwitchRequest {
-        to: prev,
-        drain_s: None,
-        force: false,
-    };
-    let r: SwitchResponse = c
-        .call(
-            Method::POST,
-            &format!("/v1/sites/{site}/switch"),
-            Some(&req),
-            Some(s.version),
-        )
-        .await?;
-    println!("rolled back: {}", r.message);
-    Ok(())
 }

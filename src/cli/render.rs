@@ -1,9 +1,12 @@
-//! Human output: the status table.
+//! Output for people: the status table, environments, backups.
 
 use std::fmt::Write as _;
 
 use crate::config::Color;
 use crate::control::api::Status;
+use crate::release::backup::Entry;
+use crate::release::envs::{Listing, Pruned, Role};
+use crate::release::human_bytes;
 
 pub fn status(s: &Status) -> String {
     let mut o = String::new();
@@ -75,4 +78,75 @@ pub fn status(s: &Status) -> String {
         s.version, s.uptime_s, s.connections_open, s.requests_total
     );
     o
+}
+
+/// `envs list`: one row per environment, its containers under it.
+pub fn envs(l: &Listing) -> String {
+    if l.envs.is_empty() {
+        return "no environments on this Docker engine\n".into();
+    }
+    let mut s = format!(
+        "{:<20} {:<6} {:<12} {:<8} {:<22} {}\n",
+        "PREFIX", "COLOR", "VERSION", "STATE", "WEB", "ROLE"
+    );
+    for e in &l.envs {
+        let state = if e.running() { "running" } else { "stopped" };
+        let web = e
+            .web_addr
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into());
+        let role = match l.role(e) {
+            None => "?",
+            Some(Role::Active) => "active",
+            Some(Role::Rollback) => "rollback",
+            Some(Role::InPool) => "in a pool",
+            Some(Role::Idle) => "idle (prunable)",
+        };
+        let _ = writeln!(
+            s,
+            "{:<20} {:<6} {:<12} {:<8} {:<22} {role}",
+            e.prefix,
+            e.color.as_str(),
+            e.version,
+            state,
+            web,
+        );
+        for (svc, (name, state)) in &e.containers {
+            let _ = writeln!(s, "    {svc:<10} {name} ({state})");
+        }
+    }
+    s
+}
+
+/// `envs prune`: what happened to one environment.
+pub fn pruned(p: &Pruned) -> String {
+    match p {
+        Pruned::Kept(e, role) => {
+            let why = match role {
+                Role::Active => "active",
+                Role::Rollback => "rollback needs it",
+                Role::InPool | Role::Idle => "in a pool of the proxy",
+            };
+            format!("kept   {}-{} ({}): {why}", e.prefix, e.color, e.version)
+        }
+        Pruned::Removed(e) => format!(
+            "removed {}-{} ({}): containers, network and volumes",
+            e.prefix, e.color, e.version
+        ),
+    }
+}
+
+/// `backups list`: one line per backup.
+pub fn backup(e: &Entry) -> String {
+    match &e.manifest {
+        Some(m) => format!(
+            "{}  {:<6} {:<12} {:>10}  sha256 {}…",
+            e.stem,
+            m.color,
+            m.version,
+            human_bytes(m.size),
+            m.sha256.get(..12).unwrap_or("")
+        ),
+        None => format!("{}  (no readable manifest: not a verified backup)", e.stem),
+    }
 }

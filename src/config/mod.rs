@@ -247,6 +247,10 @@ pub struct SiteConfig {
     pub health: Option<HealthConfig>,
     pub read_only: ReadOnlyPolicy,
     pub release: Option<ReleaseConfig>,
+    /// Each color has its own copy of the data (true with `[site.release]`, or by
+    /// `colors_hold_data = true`): a switch away from a color that took writes leaves them behind,
+    /// so the daemon refuses it unless the request says `discard_writes`.
+    pub colors_hold_data: bool,
 }
 
 #[derive(Debug, Clone)]

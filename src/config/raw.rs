@@ -56,6 +56,7 @@ pub struct RawSite {
     pub health: Option<S<RawHealth>>,
     pub read_only: Option<S<RawReadOnly>>,
     pub release: Option<S<RawRelease>>,
+    pub colors_hold_data: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

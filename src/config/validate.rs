@@ -4,9 +4,11 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use super::raw::{RawConfig, RawHealth, RawRelease, RawSite, S};
+use super::raw::{RawConfig, RawHealth, RawSite, S};
 use super::units::{parse_duration, parse_size};
 use super::*;
+
+mod release;
 
 struct Ctx<'a> {
     file: String,
@@ -439,7 +441,15 @@ fn site(cx: &mut Ctx, rs: &RawSite, https: bool) -> Option<SiteConfig> {
             }
         }
     };
-    let release = rs.release.as_ref().map(|r| release(cx, r, &name));
+    let release = rs.release.as_ref().map(|r| release::release(cx, r, &name));
+    let colors_hold_data = match &rs.colors_hold_data {
+        Some(v) if !*v.get_ref() && release.is_some() => {
+            cx.err(v, format!("site `{name}` has [site.release], so each color has its own volumes and data; remove `colors_hold_data = false`"));
+            true
+        }
+        Some(v) => *v.get_ref(),
+        None => release.is_some(),
+    };
     Some(SiteConfig {
         name,
         hosts,
@@ -450,6 +460,7 @@ fn site(cx: &mut Ctx, rs: &RawSite, https: bool) -> Option<SiteConfig> {
         health,
         read_only,
         release,
+        colors_hold_data,
     })
 }
 
@@ -480,137 +491,6 @@ fn health(cx: &mut Ctx, h: &RawHealth) -> HealthConfig {
         fall: cx.count(&h.fall, "fall", 1, 100, 3) as u32,
         expect_status,
     }
-}
-
-fn release(cx: &mut Ctx, rr: &S<RawRelease>, site: &str) -> ReleaseConfig {
-    let r = rr.get_ref();
-    let prefix = r
-        .prefix
-        .as_ref()
-        .map(|p| p.get_ref().clone())
-        .unwrap_or_else(|| "w2l-dev".into());
-    if let Some(p) = &r.prefix {
-        if !valid_docker_name(&prefix) {
-            cx.err(p, format!("prefix `{prefix}` must be letters, digits, -, _ or . (it becomes part of container names)"));
-        }
-    }
-    let mut services = Vec::new();
-    let mut names = Vec::new();
-    for s in &r.services {
-        let s_ref = s.get_ref();
-        let name = s_ref.name.get_ref().clone();
-        if !valid_docker_name(&name) {
-            cx.err(
-                &s_ref.name,
-                format!("service name `{name}` must be letters, digits, -, _ or ."),
-            );
-        }
-        if names.contains(&name) {
-            cx.err(&s_ref.name, format!("service `{name}` is listed twice"));
-        }
-        names.push(name.clone());
-        let mut volumes = Vec::new();
-        for v in &s_ref.volumes {
-            match v.get_ref().split_once(':') {
-                Some((vol, mount)) if valid_docker_name(vol) && mount.starts_with('/') => {
-                    volumes.push((vol.to_string(), mount.to_string()))
-                }
-                _ => cx.err(
-                    v,
-                    format!(
-                        "volume `{}` must be NAME:/path (a named volume, one per environment)",
-                        v.get_ref()
-                    ),
-                ),
-            }
-        }
-        services.push(ServiceConfig {
-            name,
-            image: s_ref.image.get_ref().clone(),
-            env: s_ref
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            volumes,
-            command: s_ref.command.clone(),
-            backup: s_ref.backup.clone(),
-            restore: s_ref.restore.clone(),
-            migrate: s_ref.migrate.clone(),
-        });
-    }
-    if services.is_empty() {
-        cx.err(rr, format!("site `{site}`: [site.release] has no [[site.release.services]]; list at least the web service"));
-    }
-    let web = r
-        .web
-        .as_ref()
-        .map(|w| w.get_ref().clone())
-        .unwrap_or_else(|| "web".into());
-    if !services.is_empty() && !names.contains(&web) {
-        let span = r
-            .web
-            .as_ref()
-            .map(|w| w.span().start)
-            .unwrap_or(rr.span().start);
-        let line = cx.line(span);
-        cx.problems.push(Problem {
-            file: cx.file.clone(),
-            line,
-            message: format!("site `{site}`: web service `{web}` is not among the services ({}); set `web` to the one that takes traffic", names.join(", ")),
-        });
-    }
-    let db = match &r.db {
-        Some(d) => Some(d.get_ref().clone()),
-        None => services
-            .iter()
-            .find(|s| s.backup.is_some())
-            .map(|s| s.name.clone()),
-    };
-    if let Some(d) = &db {
-        match services.iter().find(|s| &s.name == d) {
-            Some(s) if s.backup.is_none() || s.restore.is_none() => cx.err(
-                rr,
-                format!("site `{site}`: service `{d}` needs both `backup` and `restore` commands"),
-            ),
-            None if !services.is_empty() => cx.err(
-                rr,
-                format!("site `{site}`: db service `{d}` is not among the services"),
-            ),
-            _ => {}
-        }
-    }
-    let web_port = cx.count(&r.web_port, "web_port", 1, 65535, 80) as u16;
-    ReleaseConfig {
-        prefix,
-        backups: cx.path(
-            r.backups
-                .as_ref()
-                .map(|b| b.get_ref().as_str())
-                .unwrap_or("backups"),
-        ),
-        keep_backups: cx.count(&r.keep_backups, "keep_backups", 1, 10_000, 10) as usize,
-        web,
-        web_port,
-        db,
-        app_read_only: r
-            .app_read_only
-            .as_ref()
-            .map(|a| (a.get_ref().on.clone(), a.get_ref().off.clone())),
-        verify_restore: r.verify_restore.clone(),
-        health_timeout: cx.duration(
-            &r.health_timeout,
-            "health_timeout",
-            Duration::from_secs(120),
-        ),
-        services,
-    }
-}
-
-pub(crate) fn valid_docker_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 #[cfg(test)]
@@ -655,5 +535,28 @@ mod tests {
             "{p:?}"
         );
         assert!(p.iter().any(|m| m.contains("neither")), "{p:?}");
+    }
+
+    #[test]
+    fn colors_hold_data_defaults_to_having_a_release() {
+        let site = |extra: &str| {
+            format!("{BASE}[[site]]\nname = \"a\"\nhosts = [\"a.test\"]\n{extra}\n[site.pools]\nblue = [\"127.0.0.1:1\"]\n")
+        };
+        let held = |text: &str| {
+            parse_config(Path::new("t.toml"), text).map(|c| c.sites[0].colors_hold_data)
+        };
+        assert!(matches!(held(&site("")), Ok(false)));
+        assert!(matches!(held(&site("colors_hold_data = true")), Ok(true)));
+        let rel =
+            "[site.release]\n[[site.release.services]]\nname = \"web\"\nimage = \"w:{version}\"\n";
+        let with_release =
+            format!("{BASE}[[site]]\nname = \"a\"\nhosts = [\"a.test\"]\n{{}}\n{rel}");
+        assert!(matches!(held(&with_release.replace("{}", "")), Ok(true)));
+        let p = problems(&with_release.replace("{}", "colors_hold_data = false"));
+        assert!(
+            p.iter()
+                .any(|m| m.contains("t.toml:7:") && m.contains("colors_hold_data")),
+            "{p:?}"
+        );
     }
 }

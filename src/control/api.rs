@@ -14,6 +14,10 @@ pub struct SwitchRequest {
     pub drain_s: Option<u64>,
     #[serde(default)]
     pub force: bool,
+    /// Switch even though the active color took writes that the target does not have (a site
+    /// whose colors hold their own data); those writes are left behind. Audited either way.
+    #[serde(default)]
+    pub discard_writes: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,4 +125,11 @@ pub struct ErrorBody {
     pub error: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// A machine-readable reason for refusals a client may act on, e.g. [`WRITES_WOULD_BE_LOST`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
+
+/// The 409 of a switch away from a color that took writes, on a site whose colors hold their own
+/// data: resend with `"discard_writes": true` to switch anyway.
+pub const WRITES_WOULD_BE_LOST: &str = "writes_would_be_lost";

@@ -1,9 +1,13 @@
-//! The CLI's side of the control socket: one request, one JSON answer, errors that say what to try.
+//! The client's side of the control socket, used by the CLI and the release tool: one typed method
+//! per call of the API (the paths live here and nowhere else), errors that say what to try.
 
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
+
+use super::api::*;
+use crate::config::Color;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
@@ -26,7 +30,16 @@ pub enum ControlError {
         status: u16,
         message: String,
         problems: Vec<String>,
+        /// The machine-readable reason, when the daemon gives one (see `api::ErrorBody::code`).
+        code: Option<String>,
     },
+}
+
+impl ControlError {
+    /// True when the daemon refused with this `code` (e.g. [`WRITES_WOULD_BE_LOST`]).
+    pub fn has_code(&self, want: &str) -> bool {
+        matches!(self, ControlError::Refused { code: Some(c), .. } if c == want)
+    }
 }
 
 pub struct Client {
@@ -40,7 +53,48 @@ impl Client {
         }
     }
 
-    pub async fn call<T: DeserializeOwned>(
+    /// `GET /v1/status`.
+    pub async fn status(&self) -> Result<Status, ControlError> {
+        self.call(Method::GET, "/v1/status", None::<&()>, None)
+            .await
+    }
+
+    /// `POST /v1/sites/{site}/switch`, with `If-Match` when given.
+    pub async fn switch(
+        &self,
+        site: &str,
+        req: &SwitchRequest,
+        if_match: Option<u64>,
+    ) -> Result<SwitchResponse, ControlError> {
+        let uri = format!("/v1/sites/{site}/switch");
+        self.call(Method::POST, &uri, Some(req), if_match).await
+    }
+
+    /// `PUT /v1/read-only`; with `on`, answers once no write is in flight.
+    pub async fn read_only(&self, req: &ReadOnlyRequest) -> Result<ReadOnlyResponse, ControlError> {
+        self.call(Method::PUT, "/v1/read-only", Some(req), None)
+            .await
+    }
+
+    /// `PUT /v1/sites/{site}/pools/{color}`.
+    pub async fn set_pool(
+        &self,
+        site: &str,
+        color: Color,
+        backends: Vec<String>,
+    ) -> Result<PoolResponse, ControlError> {
+        let uri = format!("/v1/sites/{site}/pools/{color}");
+        self.call(Method::PUT, &uri, Some(&PoolRequest { backends }), None)
+            .await
+    }
+
+    /// `POST /v1/reload`.
+    pub async fn reload(&self) -> Result<ReloadResponse, ControlError> {
+        self.call(Method::POST, "/v1/reload", None::<&()>, None)
+            .await
+    }
+
+    async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         uri: &str,
@@ -61,7 +115,7 @@ impl Client {
         })
     }
 
-    pub async fn raw(
+    async fn raw(
         &self,
         method: Method,
         uri: &str,
@@ -126,6 +180,7 @@ impl Client {
                             .collect()
                     })
                     .unwrap_or_default(),
+                code: v["code"].as_str().map(str::to_string),
             });
         }
         Ok(bytes)

@@ -85,13 +85,13 @@ async fn run(listener: UnixListener, ops: Arc<Ops>) {
             uid: cred.map(|c| c.uid()),
             pid: cred.and_then(|c| c.pid()),
         };
-        let cfg = ops.config().await;
+        // Lock-free: a switch that is probing its target must not hold up new connections.
+        let allow = ops.control_allow();
         let role = cred.and_then(|c| {
             if c.uid() == 0 || c.uid() == me {
                 return Some(Role::Operate);
             }
-            cfg.proxy
-                .control_allow
+            allow
                 .iter()
                 .filter(|(p, _)| match p {
                     Principal::Uid(u) => *u == c.uid(),
@@ -144,6 +144,7 @@ fn error(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
         &ErrorBody {
             error: msg.to_string(),
             problems: vec![],
+            code: None,
         },
     )
 }
@@ -159,6 +160,8 @@ fn op_error(e: OpError) -> Response<Full<Bytes>> {
         &ErrorBody {
             error: e.to_string(),
             problems,
+            code: matches!(e, OpError::WritesWouldBeLost(_))
+                .then(|| WRITES_WOULD_BE_LOST.to_string()),
         },
     )
 }

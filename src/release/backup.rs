@@ -16,9 +16,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWrite;
 
+use super::context::{site_of, Release};
 use super::docker::{Engine, EnvId};
-use super::{human_bytes, Progress, ReleaseError};
-use crate::config::ReleaseConfig;
+use super::journal;
+use super::{Progress, ReleaseError};
+use crate::config::{Config, ReleaseConfig};
+use crate::control::client::Client;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
@@ -336,17 +339,54 @@ pub async fn prune(
     Ok(r)
 }
 
-/// One line per backup for `backups list`.
-pub fn describe(e: &Entry) -> String {
-    match &e.manifest {
-        Some(m) => format!(
-            "{}  {:<6} {:<12} {:>10}  sha256 {}…",
-            e.stem,
-            m.color,
-            m.version,
-            human_bytes(m.size),
-            m.sha256.get(..12).unwrap_or("")
-        ),
-        None => format!("{}  (no readable manifest: not a verified backup)", e.stem),
+/// `backup SITE`: a verified backup of the active environment's database, now (under the site's
+/// lock, so never during a release). Returns its manifest and where the dump is.
+pub async fn take_now(
+    cfg: &Config,
+    client: &Client,
+    site: &str,
+) -> Result<(Manifest, PathBuf), ReleaseError> {
+    let _lock = journal::lock(cfg, site, "backup")?;
+    let r = Release::open(cfg, client, site, None).await?;
+    let st = r.status().await?;
+    let env = r
+        .find_env(st.active)
+        .await?
+        .filter(|e| e.running())
+        .ok_or_else(|| {
+            ReleaseError::Failed(format!(
+                "no running environment {}-{} to back up (the active color of {site})",
+                r.prefix, st.active
+            ))
+        })?;
+    let id = EnvId {
+        site: site.to_string(),
+        prefix: env.prefix,
+        color: env.color,
+        version: env.version,
+    };
+    let m = take(&r.engine, r.rel, &id, &r.progress).await?;
+    let path = site_dir(r.rel, site).join(&m.file);
+    Ok((m, path))
+}
+
+/// `backups verify SITE`: every backup checked against its manifest, newest first.
+pub async fn verify_all(
+    rel: &ReleaseConfig,
+    site: &str,
+) -> Result<Vec<(Entry, Result<(), String>)>, ReleaseError> {
+    let mut out = Vec::new();
+    for e in list(rel, site)? {
+        let v = verify(&e).await;
+        out.push((e, v));
     }
+    Ok(out)
+}
+
+/// `backups prune SITE`: [`prune`] to `keep_backups` (returned with the report), under the
+/// site's lock.
+pub async fn prune_now(cfg: &Config, site: &str) -> Result<(PruneReport, usize), ReleaseError> {
+    let (_, rel) = site_of(cfg, site)?;
+    let _lock = journal::lock(cfg, site, "backups prune")?;
+    Ok((prune(rel, site, rel.keep_backups).await?, rel.keep_backups))
 }

@@ -1,19 +1,25 @@
 //! The release journal and lock, beside the state file (`proxy.state`):
-//! `release-{site}.json` records the step a release is at (written atomically before each step)
-//! and `release-{site}.lock` is held (flock) by the one release, backup or prune running for the
-//! site. The kernel drops the lock when the process dies, so a crash never leaves a stale lock;
-//! the journal stays, and [`pending_release_note`] tells the next `serve` about it.
+//! `release-{site}.json` records the step a release is at and what it did that must be undone
+//! (written atomically as each step is entered, first when step 1 is) and `release-{site}.lock`
+//! is held (flock) by the one release, backup or prune running for the site. The kernel drops the
+//! lock when the process dies, so a crash never leaves a stale lock; the journal stays, and
+//! [`pending_release_note`] tells the next `serve` about it.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ReleaseError, Step};
+use super::step::{Effect, Step};
+use super::ReleaseError;
 use crate::config::{Color, Config};
 
+/// The state of one release: where it goes, how far it got, and what it did that the failure
+/// path must undo. The one place that state lives (see `step.rs` for what is decided from it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "OnDisk")]
 pub struct Journal {
     pub site: String,
     pub prefix: String,
@@ -21,19 +27,120 @@ pub struct Journal {
     pub to: Color,
     pub from_version: Option<String>,
     pub to_version: String,
-    /// The step being worked on (the ones before it are done).
+    /// The step being worked on (the ones before it in the plan are done).
     pub step: Step,
-    /// The verified backup file of this release, once step 2 is done.
+    /// What was done that must be undone if the release does not finish, recorded as each step
+    /// is entered ([`Step::effects`]).
+    pub effects: BTreeSet<Effect>,
+    /// The verified backup file of this release, once step 3 (backup) is done.
     pub backup: Option<String>,
     /// What `verify_restore` printed on the active database right after the backup.
-    #[serde(default)]
     pub verify_expected: Option<String>,
-    /// Whether this release turned read-only on (so abort knows to turn it off).
-    pub read_only_on: bool,
-    pub app_read_only_on: bool,
     pub started_at: String,
     pub updated_at: String,
     pub pid: u32,
+}
+
+impl Journal {
+    /// A release of `site` from `from` to `to`, before its first step. Saved when that step is
+    /// entered.
+    pub fn new(
+        site: &str,
+        prefix: &str,
+        from: Color,
+        to: Color,
+        from_version: Option<String>,
+        to_version: &str,
+    ) -> Journal {
+        let now = crate::state::now_rfc3339();
+        Journal {
+            site: site.into(),
+            prefix: prefix.into(),
+            from,
+            to,
+            from_version,
+            to_version: to_version.into(),
+            step: Step::Create,
+            effects: BTreeSet::new(),
+            backup: None,
+            verify_expected: None,
+            started_at: now.clone(),
+            updated_at: now,
+            pid: std::process::id(),
+        }
+    }
+
+    /// Moves to `step`, recording what it may leave behind (before it does anything).
+    pub fn enter(&mut self, step: Step, app_read_only: bool) {
+        self.step = step;
+        self.effects.extend(step.effects(app_read_only));
+    }
+
+    pub fn did(&self, e: Effect) -> bool {
+        self.effects.contains(&e)
+    }
+
+    /// Starting over: the old backup is not restored, a fresh one is taken.
+    pub fn forget_backup(&mut self) {
+        self.backup = None;
+        self.verify_expected = None;
+    }
+}
+
+/// The journal as any version wrote it. Before `effects`, two flags said what to undo, and the
+/// half-made env was always stopped when the switch had not happened.
+#[derive(Deserialize)]
+struct OnDisk {
+    site: String,
+    prefix: String,
+    from: Color,
+    to: Color,
+    from_version: Option<String>,
+    to_version: String,
+    step: Step,
+    #[serde(default)]
+    effects: Option<BTreeSet<Effect>>,
+    #[serde(default)]
+    read_only_on: bool,
+    #[serde(default)]
+    app_read_only_on: bool,
+    #[serde(default)]
+    backup: Option<String>,
+    #[serde(default)]
+    verify_expected: Option<String>,
+    started_at: String,
+    updated_at: String,
+    pid: u32,
+}
+
+impl From<OnDisk> for Journal {
+    fn from(d: OnDisk) -> Journal {
+        let effects = d.effects.unwrap_or_else(|| {
+            let mut e = BTreeSet::from([Effect::NewEnv]);
+            if d.read_only_on {
+                e.insert(Effect::ReadOnly);
+            }
+            if d.app_read_only_on {
+                e.insert(Effect::AppReadOnly);
+            }
+            e
+        });
+        Journal {
+            site: d.site,
+            prefix: d.prefix,
+            from: d.from,
+            to: d.to,
+            from_version: d.from_version,
+            to_version: d.to_version,
+            step: d.step,
+            effects,
+            backup: d.backup,
+            verify_expected: d.verify_expected,
+            started_at: d.started_at,
+            updated_at: d.updated_at,
+            pid: d.pid,
+        }
+    }
 }
 
 fn dir_of(cfg: &Config) -> PathBuf {
@@ -163,4 +270,37 @@ pub fn lock(cfg: &Config, site: &str, what: &str) -> Result<Lock, ReleaseError> 
 /// Where the lock of a site lives.
 pub fn lock_path(cfg: &Config, site: &str) -> PathBuf {
     dir_of(cfg).join(format!("release-{site}.lock"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A journal written before `effects` existed (by a release that had turned read-only on)
+    /// reads back with the same undo facts.
+    #[test]
+    fn reads_a_journal_of_the_previous_format() {
+        let old = r#"{"site":"wiki","prefix":"w2l-dev","from":"blue","to":"green","from_version":"1","to_version":"2","step":"restore","backup":"x.dump","verify_expected":"3","read_only_on":true,"app_read_only_on":false,"started_at":"t","updated_at":"t","pid":1}"#;
+        let j: Journal = serde_json::from_str(old).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(j.step, Step::Restore);
+        assert_eq!(
+            j.effects,
+            BTreeSet::from([Effect::NewEnv, Effect::ReadOnly])
+        );
+        assert_eq!(j.backup.as_deref(), Some("x.dump"));
+    }
+
+    #[test]
+    fn round_trips() {
+        let mut j = Journal::new("wiki", "w2l-dev", Color::Blue, Color::Green, None, "2");
+        j.enter(Step::ReadOnly, true);
+        let text = serde_json::to_string(&j).unwrap_or_default();
+        assert!(
+            text.contains(r#""effects":["read-only","app-read-only"]"#),
+            "{text}"
+        );
+        let back: Journal = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(back.effects, j.effects);
+        assert_eq!(back.step, Step::ReadOnly);
+    }
 }

@@ -1,63 +1,28 @@
 //! The Docker release coordinator (bollard). Never on the request path: it is a client of the
 //! Docker engine and of the running daemon's control socket, so a daemon restart never interrupts a
-//! release and a release crash never takes the proxy down.
+//! release and a release crash never takes the proxy down. `LIFECYCLE.md` beside this file says
+//! what a release does, step by step, and what a failure, `--abort` and `--resume` do.
 //!
-//! - `docker.rs`: the engine (environments, exec streaming, listing by label).
-//! - `backup.rs`: dumps on disk with a sha256 manifest, read back and verified; list/verify/prune.
-//! - `journal.rs`: the journal (one atomic write per step) and the per-site lock.
-//! - `steps.rs`: the six steps of a release, and the failure path.
-//! - `cli.rs`: the entry points (up, release, envs, backup, backups).
-//!
-//! # LIFECYCLE of a release (`switchyard release SITE --version V`)
-//!
-//! ```text
-//!  preflight ── images of V all local? active env running and in the active pool? no journal?
-//!     │          lock taken? ──(no)──▶ exit 1, nothing changed
-//!     │ journal written (step = create)
-//!     ▼
-//!  1 create ──── idle color's pool emptied, its old env removed; new env {prefix}-{idle}-* created
-//!     │          with version V; non-web services started and waited for (HEALTHCHECK or port);
-//!     │          the web container is created but NOT started (it starts at step 5, on restored
-//!     │          data, so an app that installs itself on an empty database cannot race the restore)
-//!  2 read-only ─ PUT /v1/read-only (returns once writes in flight are done) + app_read_only.on
-//!     │          in the active web                               ┐
-//!  3 backup ──── backup cmd in the active db → .partial file,    │
-//!     │          sha256 while streaming, fsync, read back,        │
-//!     │          compare, manifest, rename; verify_restore        │ the read-only window:
-//!     │          output of the active db remembered              │ backup + restore + migrate
-//!  4 restore ─── restore cmd in the new db, dump on stdin;        │ + health + switch
-//!     │          verify_restore must print the same               │
-//!  5 migrate ─── new web started; migrate cmd in it                │
-//!  6 switch ──── new web /health polled on its published port     │
-//!     │          (deadline health_timeout), PUT pool, POST switch │
-//!     │          (retried while the daemon still finds it         │
-//!     │          unhealthy), app_read_only.off, read-only off    ┘
-//!     ▼
-//!  done: journal removed, old backups pruned; the old env is left running for `rollback`.
-//! ```
-//!
-//! Creating the new environment comes first (DESIGN.md lists it third) because starting a
-//! database (MariaDB initialising its data directory: ~5 s here) has nothing to wait for from the
-//! backup, and doing it before read-only keeps it out of the read-only window. The old env is
-//! untouched either way.
-//!
-//! The journal is rewritten (atomically) before each step starts. On a failure at any step, or
-//! Ctrl-C / SIGTERM, the failure path runs: if the switch did not happen the half-made env is
-//! stopped (kept for inspection) and its pool emptied, app_read_only.off runs in the active web,
-//! read-only is lifted, the journal is removed, and the command exits 1 naming the step and the
-//! reason. If a clean-up action itself fails, the journal stays so `release --abort` can finish it.
-//!
-//! After a crash the journal is still there: the daemon says so at startup and keeps the old env
-//! active (read-only stays on, as recorded in its state). `release --resume` finishes if the
-//! switch had already happened; when read-only is still on and the journal's backup still
-//! verifies it makes a fresh new env and goes on from the restore; otherwise it starts over.
-//! `release --abort` runs the failure path.
+//! - `step.rs`: the six steps and the decisions about them (plans for start and resume, what to
+//!   undo), pure and unit-tested.
+//! - `journal.rs`: the state of a release on disk (one atomic write per step) and the site lock.
+//! - `driver.rs`: `release` start / `--resume` / `--abort`: walks a plan, races Ctrl-C/SIGTERM.
+//! - `steps.rs`: one function per step. `unwind.rs`: the failure path.
+//! - `context.rs`: [`Release`], the site + engine + control client every command works with.
+//! - `up.rs`: a first environment. `envs.rs`: list and prune environments.
+//! - `backup.rs`: dumps with a sha256 manifest, read back and verified; list/verify/prune.
+//! - `docker/`: the engine: names, environments, exec streaming, readiness.
 
 pub mod backup;
-pub mod cli;
+mod context;
 pub mod docker;
+mod driver;
+pub mod envs;
 pub mod journal;
+pub mod step;
 mod steps;
+mod unwind;
+mod up;
 
 use std::fmt;
 use std::io::Write;
@@ -65,55 +30,13 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use crate::control::client::ControlError;
 
+pub use context::{site_of, Release};
+pub use driver::{abort, resume, start};
 pub use journal::pending_release_note;
-
-/// The six steps, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Step {
-    Create,
-    ReadOnly,
-    Backup,
-    Restore,
-    Migrate,
-    Switch,
-}
-
-impl Step {
-    pub const ALL: [Step; 6] = [
-        Step::Create,
-        Step::ReadOnly,
-        Step::Backup,
-        Step::Restore,
-        Step::Migrate,
-        Step::Switch,
-    ];
-
-    pub fn number(self) -> usize {
-        self as usize + 1
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Step::Create => "create",
-            Step::ReadOnly => "read-only",
-            Step::Backup => "backup",
-            Step::Restore => "restore",
-            Step::Migrate => "migrate",
-            Step::Switch => "switch",
-        }
-    }
-}
-
-impl fmt::Display for Step {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/6 {}", self.number(), self.name())
-    }
-}
+pub use step::Step;
+pub use up::up;
 
 /// Everything that can go wrong at this boundary, written for the person at the terminal.
 #[derive(Debug, thiserror::Error)]
@@ -165,11 +88,6 @@ pub enum ReleaseError {
         reason: String,
         cleanup: Vec<String>,
     },
-}
-
-fn ctl(what: impl Into<String>) -> impl FnOnce(ControlError) -> ReleaseError {
-    let what = what.into();
-    move |source| ReleaseError::Control { what, source }
 }
 
 /// Progress lines on stdout: elapsed time since the start, the step, its time and bytes.
@@ -229,19 +147,6 @@ pub fn secs(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn steps_are_ordered_and_named() {
-        assert_eq!(
-            Step::ALL.iter().map(|s| s.number()).collect::<Vec<_>>(),
-            vec![1, 2, 3, 4, 5, 6]
-        );
-        assert_eq!(Step::Restore.to_string(), "4/6 restore");
-        assert_eq!(
-            serde_json::to_string(&Step::ReadOnly).ok().as_deref(),
-            Some("\"read-only\"")
-        );
-    }
 
     #[test]
     fn bytes_are_human() {

@@ -1,8 +1,11 @@
-//! The control socket: bad input, peers and roles, If-Match, reload, audit (issue 3).
+//! The control socket: bad input, peers and roles, If-Match, reload, audit (issue 3); the write
+//! guard in the daemon and switches that probe without the lock (issue 15).
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::support::*;
 
@@ -374,4 +377,227 @@ async fn control_thread_apart_at_the_edge_workers_priority() {
     let control = nice_of("control").unwrap_or_else(|| panic!("no control thread: {threads:?}"));
     let edge = nice_of("edge-0").unwrap_or_else(|| panic!("no edge worker: {threads:?}"));
     assert_eq!(control, edge, "{threads:?}");
+}
+
+/// The last line of the audit log.
+fn last_audit(p: &Proxy) -> serde_json::Value {
+    let audit = std::fs::read_to_string(p.dir.join("audit.log")).unwrap();
+    serde_json::from_str(audit.lines().last().unwrap()).unwrap()
+}
+
+/// The rollback guard is the daemon's: on a site whose colors hold their own data, a switch away
+/// from a color that took writes is refused with 409 and the count unless `discard_writes`, and
+/// both are audited. A site whose colors share their data is not guarded.
+// See: issue 15
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_15_daemon_refuses_a_switch_that_would_lose_writes() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let p = Proxy::start(
+        "",
+        &site(
+            "wiki",
+            &["wiki.test", "127.0.0.1"],
+            &[blue.addr],
+            &[green.addr],
+            "colors_hold_data = true",
+        ),
+    );
+    let switch = |body: &'static str| {
+        control(
+            &p.control,
+            "POST",
+            "/v1/sites/wiki/switch",
+            Some(body),
+            None,
+        )
+    };
+    let (s, r) = switch(r#"{"to":"green"}"#).await;
+    assert_eq!(s, 200, "blue took no writes: {r}");
+    let c = reqwest::Client::new();
+    let w = c.post(p.url("/echo")).body("w").send().await.unwrap();
+    assert_eq!(w.status(), 200);
+    assert_eq!(
+        green.seen.writes.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+
+    let (s, r) = switch(r#"{"to":"blue"}"#).await;
+    assert_eq!(s, 409, "{r}");
+    assert_eq!(r["code"], "writes_would_be_lost", "{r}");
+    let e = r["error"].as_str().unwrap();
+    assert!(
+        e.contains("1 write(s)") && e.contains("discard_writes"),
+        "{e}"
+    );
+    assert_eq!(p.status()["sites"][0]["active"], "green");
+    let a = last_audit(&p);
+    assert!(
+        a["action"]
+            .as_str()
+            .unwrap()
+            .contains("green->blue refused"),
+        "{a}"
+    );
+    assert_eq!(a["discard_writes"], false, "{a}");
+    assert_eq!(a["writes_since_switch"], 1, "{a}");
+
+    let (s, r) = switch(r#"{"to":"blue","discard_writes":true}"#).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(p.status()["sites"][0]["active"], "blue");
+    let a = last_audit(&p);
+    assert_eq!(a["action"], "switch wiki green->blue", "{a}");
+    assert_eq!(a["discard_writes"], true, "{a}");
+    assert_eq!(a["writes_since_switch"], 1, "{a}");
+
+    // The CLI: `switch` says how to override, and `--discard-writes` does.
+    let w = c.post(p.url("/echo")).body("w").send().await.unwrap();
+    assert_eq!(w.status(), 200);
+    let o = p.cli(&["switch", "wiki", "green"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("1 write(s)") && e.contains("--discard-writes"),
+        "{e}"
+    );
+    p.ok(&["switch", "wiki", "green", "--discard-writes"]);
+
+    // Colors that share their data (no [site.release], no colors_hold_data): no guard.
+    let (q, _b, _g) = proxy("").await;
+    let w = c.post(q.url("/echo")).body("w").send().await.unwrap();
+    assert_eq!(w.status(), 200);
+    let (s, r) = control(
+        &q.control,
+        "POST",
+        "/v1/sites/wiki/switch",
+        Some(r#"{"to":"green"}"#),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(last_audit(&q)["writes_since_switch"], 1);
+}
+
+/// A backend that reads request heads and never answers. Counts the heads whose Host is `host`
+/// (the switch's probes send the site's first host; the health checker sends `localhost`).
+async fn silent_backend(host: &'static str) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::AsyncReadExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let heads = Arc::new(AtomicUsize::new(0));
+    let counted = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if text.contains(&format!("host: {host}\r\n")) {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                }
+                // Hold the connection, unanswered, until the peer gives up.
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// A switch probes its target without the control plane's lock: while it waits on a backend that
+/// never answers, `status` (on a new connection) and other changes are answered at once; a change
+/// that lands meanwhile makes a switch sent with If-Match fail with 412 after its probes.
+// See: issue 15
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_15_status_answers_while_a_switch_probes() {
+    let blue = Backend::start("blue").await;
+    let (green, probes) = silent_backend("wiki.test").await;
+    let p = Proxy::start(
+        "",
+        &site(
+            "wiki",
+            &["wiki.test", "127.0.0.1"],
+            &[blue.addr],
+            &[green],
+            "[site.health]\npath = \"/health\"\ninterval = \"30s\"\ntimeout = \"3s\"\n",
+        ),
+    );
+    let probing = |n: usize| {
+        let probes = probes.clone();
+        wait_until_async(
+            Duration::from_secs(5),
+            "the switch to probe green",
+            move || {
+                let probes = probes.clone();
+                async move { (probes.load(Ordering::SeqCst) >= n).then_some(()) }
+            },
+        )
+    };
+
+    let started = Instant::now();
+    let ctl = p.control.clone();
+    let sw = tokio::spawn(async move {
+        control(
+            &ctl,
+            "POST",
+            "/v1/sites/wiki/switch",
+            Some(r#"{"to":"green"}"#),
+            None,
+        )
+        .await
+    });
+    probing(1).await;
+    let (s, st) = tokio::time::timeout(
+        Duration::from_secs(1),
+        control(&p.control, "GET", "/v1/status", None, None),
+    )
+    .await
+    .expect("status must answer within 1 s while a switch probes");
+    assert_eq!(s, 200, "{st}");
+    assert!(
+        !sw.is_finished(),
+        "the switch was still probing when status answered"
+    );
+    let (s, r) = sw.await.unwrap();
+    assert_eq!(s, 409, "{r}");
+    assert!(
+        r["error"].as_str().unwrap().contains("no answer within"),
+        "{r}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "the probe waited its timeout"
+    );
+
+    // If-Match is checked again after the probes: a change made while they run wins.
+    let v = st["version"].as_u64().unwrap();
+    let ctl = p.control.clone();
+    let sw = tokio::spawn(async move {
+        let body = Some(r#"{"to":"green","force":true}"#);
+        control(&ctl, "POST", "/v1/sites/wiki/switch", body, Some(v)).await
+    });
+    probing(2).await;
+    let pool = format!("{{\"backends\":[\"{}\"]}}", blue.addr);
+    let (s, r) = tokio::time::timeout(
+        Duration::from_secs(1),
+        control(
+            &p.control,
+            "PUT",
+            "/v1/sites/wiki/pools/blue",
+            Some(&pool),
+            None,
+        ),
+    )
+    .await
+    .expect("a pool change must not wait for a switch's probes");
+    assert_eq!(s, 200, "{r}");
+    let (s, r) = sw.await.unwrap();
+    assert_eq!(s, 412, "{r}");
+    assert_eq!(p.status()["sites"][0]["active"], "blue");
 }

@@ -511,7 +511,11 @@ async fn preview_host_routes_to_idle_color() {
 async fn writes_since_switch_guard_rollback() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let mut p = Proxy::start("", &two_color_site(&blue, &green, ""));
+    // The guard is the daemon's, for sites whose colors hold their own data (issue 15).
+    let mut p = Proxy::start(
+        "",
+        &two_color_site(&blue, &green, "colors_hold_data = true"),
+    );
     let o = p.cli(&["rollback", "wiki"]);
     assert_eq!(o.status.code(), Some(1), "nothing to roll back to yet");
     p.ok(&["switch", "wiki", "green"]);

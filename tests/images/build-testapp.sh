@@ -25,7 +25,8 @@ docker info >/dev/null 2>&1 || die "docker engine not reachable (is dockerd runn
 command -v cargo >/dev/null 2>&1 || die "cargo not found"
 
 log "cargo build --release --target $TARGET (static)"
-(cd "$APP" && RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --quiet --target "$TARGET") \
+# --target-dir: the binary is looked for there, whatever CARGO_TARGET_DIR the caller exported.
+(cd "$APP" && RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --quiet --target "$TARGET" --target-dir "$APP/target") \
     || die "cargo build of testapp failed"
 BIN="$APP/target/$TARGET/release/sy-testapp"
 [ -x "$BIN" ] || die "no binary at $BIN"

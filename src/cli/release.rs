@@ -1,0 +1,129 @@
+//! The Docker commands on the command line (up, release, envs, backup, backups): one call into
+//! `release::`, then print. The locks, plans and prune rules are all `release`'s.
+
+use crate::config::{Color, Config};
+use crate::control::client::Client;
+use crate::release::{self, backup, envs, human_bytes};
+
+use super::{render, BackupsCmd, EnvsCmd};
+
+/// Which way `release` goes.
+pub enum How<'a> {
+    Start(&'a str),
+    Resume,
+    Abort,
+}
+
+pub async fn up(
+    cfg: &Config,
+    client: &Client,
+    site: &str,
+    version: &str,
+    color: Option<Color>,
+    prefix: Option<&str>,
+) -> anyhow::Result<()> {
+    Ok(release::up(cfg, client, site, version, color, prefix).await?)
+}
+
+pub async fn release(
+    cfg: &Config,
+    client: &Client,
+    site: &str,
+    how: How<'_>,
+    prefix: Option<&str>,
+) -> anyhow::Result<()> {
+    match how {
+        How::Start(v) => release::start(cfg, client, site, v, prefix).await?,
+        How::Resume => release::resume(cfg, client, site, prefix).await?,
+        How::Abort => release::abort(cfg, client, site, prefix).await?,
+    }
+    Ok(())
+}
+
+pub async fn envs(cfg: &Config, client: &Client, what: &EnvsCmd) -> anyhow::Result<()> {
+    match what {
+        EnvsCmd::List { site, prefix } => {
+            let listing = envs::list(cfg, client, site, prefix.as_deref()).await?;
+            print!("{}", render::envs(&listing));
+            if let Err(e) = &listing.status {
+                println!("(the daemon did not answer, so active/rollback are not shown: {e})");
+            }
+        }
+        EnvsCmd::Prune { site, prefix } => {
+            let mut removed = 0;
+            let pruned = envs::prune(cfg, client, site, prefix.as_deref(), |p| {
+                removed += matches!(p, envs::Pruned::Removed(_)) as usize;
+                println!("{}", render::pruned(p));
+            })
+            .await?;
+            if removed == 0 {
+                println!("nothing to prune for {site} (prefix {pruned})");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn backup(cfg: &Config, client: &Client, site: &str) -> anyhow::Result<()> {
+    let (m, path) = backup::take_now(cfg, client, site).await?;
+    println!(
+        "backup verified: {} {} sha256 {}",
+        path.display(),
+        human_bytes(m.size),
+        m.sha256
+    );
+    Ok(())
+}
+
+pub async fn backups(cfg: &Config, what: &BackupsCmd) -> anyhow::Result<()> {
+    match what {
+        BackupsCmd::List { site } => {
+            let (_, rel) = release::site_of(cfg, site)?;
+            let list = backup::list(rel, site)?;
+            if list.is_empty() {
+                println!(
+                    "no backups of {site} in {}",
+                    backup::site_dir(rel, site).display()
+                );
+            }
+            for e in &list {
+                println!("{}", render::backup(e));
+            }
+        }
+        BackupsCmd::Verify { site } => {
+            let (_, rel) = release::site_of(cfg, site)?;
+            let checked = backup::verify_all(rel, site).await?;
+            let mut bad = 0;
+            for (e, v) in &checked {
+                match v {
+                    Ok(()) => println!("ok      {}", e.stem),
+                    Err(why) => {
+                        bad += 1;
+                        println!("BROKEN  {}: {why}", e.stem);
+                    }
+                }
+            }
+            if bad > 0 {
+                anyhow::bail!(
+                    "{bad} of {} backup(s) of {site} failed verification; do not rely on them",
+                    checked.len()
+                );
+            }
+            println!("{} backup(s) of {site} verified", checked.len());
+        }
+        BackupsCmd::Prune { site } => {
+            let (r, keep) = backup::prune_now(cfg, site).await?;
+            for s in &r.removed {
+                println!("removed {s}");
+            }
+            for (s, why) in &r.broken {
+                println!("BROKEN  {s}: {why} (left for you to inspect)");
+            }
+            println!(
+                "kept {} verified backup(s) of {site} (keep_backups = {keep})",
+                r.kept.len()
+            );
+        }
+    }
+    Ok(())
+}

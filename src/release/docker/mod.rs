@@ -1,0 +1,76 @@
+//! The Docker engine, through bollard. Owns every call to the engine; the rest of `release` never
+//! sees a bollard type. Nothing here pulls an image: [`Engine::check_images`] only inspects the
+//! local ones.
+//!
+//! - `names.rs`: what things are called (EnvId: containers, network, volumes, labels).
+//! - `env.rs`: environments: create, start, stop, remove, list, the published web address.
+//! - `exec.rs`: a command in a container, with stdin/stdout streamed.
+//! - `ready.rs`: waiting until a service is ready (HEALTHCHECK, else its TCP port).
+
+mod env;
+mod exec;
+mod names;
+mod ready;
+
+use bollard::errors::Error as DockerError;
+use bollard::Docker;
+
+pub use env::EnvInfo;
+pub use exec::ExecOutcome;
+pub use names::*;
+
+use super::ReleaseError;
+use crate::config::ReleaseConfig;
+
+pub struct Engine {
+    d: Docker,
+}
+
+fn docker_err(what: impl Into<String>) -> impl FnOnce(DockerError) -> ReleaseError {
+    let what = what.into();
+    move |source| ReleaseError::Docker { what, source }
+}
+
+fn is_not_found(e: &DockerError) -> bool {
+    matches!(
+        e,
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+impl Engine {
+    /// Connects to the local engine (DOCKER_HOST or the default socket) and pings it.
+    pub async fn connect() -> Result<Engine, ReleaseError> {
+        let d = Docker::connect_with_local_defaults()
+            .map_err(|source| ReleaseError::DockerUnreachable { source })?;
+        d.ping()
+            .await
+            .map_err(|source| ReleaseError::DockerUnreachable { source })?;
+        Ok(Engine { d })
+    }
+
+    /// Every image of the release at `version` must be on the local engine; nothing is pulled.
+    pub async fn check_images(
+        &self,
+        rel: &ReleaseConfig,
+        version: &str,
+    ) -> Result<(), ReleaseError> {
+        let mut missing = Vec::new();
+        for s in &rel.services {
+            let img = image_of(s, version);
+            match self.d.inspect_image(&img).await {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => missing.push(img),
+                Err(e) => return Err(docker_err(format!("inspect image {img}"))(e)),
+            }
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(ReleaseError::MissingImages { images: missing })
+        }
+    }
+}
