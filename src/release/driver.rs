@@ -6,7 +6,8 @@
 use super::backup;
 use super::context::Release;
 use super::journal::{self, Journal};
-use super::step::{self, Resume, Step};
+use super::plan::{self, Resume};
+use super::step::Step;
 use super::steps::{self, Run};
 use super::unwind::unwind;
 use super::ReleaseError;
@@ -73,7 +74,7 @@ pub async fn start(
         "release of {site} from {from} ({}) to {to} ({version}), prefix {}",
         env.version, r.prefix
     ));
-    drive(&r, j, step::start_plan()).await
+    drive(&r, j, plan::start_plan()).await
 }
 
 /// The unfinished release of `site`, and the release opened on the prefix it was started with
@@ -108,7 +109,7 @@ pub async fn resume(
     let st = r.status().await?;
     // Only worth the work when the answer can depend on it.
     let backup_verifies = st.active == j.from && st.read_only && backup_verifies(&r, &j).await?;
-    let how = step::resume(&j, st.active, st.read_only, backup_verifies)?;
+    let how = plan::resume(&j, st.active, st.read_only, backup_verifies)?;
     match how {
         Resume::Finish => r.progress.line(format_args!(
             "{site} already serves {} ({}); finishing",

@@ -3,8 +3,9 @@
 //! release and a release crash never takes the proxy down. `LIFECYCLE.md` beside this file says
 //! what a release does, step by step, and what a failure, `--abort` and `--resume` do.
 //!
-//! - `step.rs`: the six steps and the decisions about them (plans for start and resume, what to
-//!   undo), pure and unit-tested.
+//! - `step.rs`: the six steps and the effects a step leaves behind.
+//! - `plan.rs`: the decisions about them (plans for start and resume, what to undo), pure and
+//!   unit-tested.
 //! - `journal.rs`: the state of a release on disk (one atomic write per step) and the site lock.
 //! - `driver.rs`: `release` start / `--resume` / `--abort`: walks a plan, races Ctrl-C/SIGTERM.
 //! - `steps.rs`: one function per step. `unwind.rs`: the failure path.
@@ -19,6 +20,7 @@ pub mod docker;
 mod driver;
 pub mod envs;
 pub mod journal;
+mod plan;
 pub mod step;
 mod steps;
 mod unwind;

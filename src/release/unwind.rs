@@ -1,12 +1,12 @@
 //! The failure path, after a failed step, Ctrl-C or SIGTERM, and for `release --abort`: keep the
 //! active environment serving, stop the half-made one (kept for inspection), lift read-only. What
-//! to undo is decided by `step::undo` from the journal and the daemon's active color; this
+//! to undo is decided by `plan::undo` from the journal and the daemon's active color; this
 //! carries it out, keeps going past a failed action, and removes the journal only when all
 //! of it worked (otherwise `--abort` finishes the job later).
 
 use super::context::Release;
 use super::journal::{self, Journal};
-use super::step::{self, Undo};
+use super::plan::{self, Undo};
 
 /// Runs the failure path for `j`. Returns what it did, line by line, and whether all of it worked.
 pub async fn unwind(r: &Release<'_>, j: &Journal) -> (Vec<String>, bool) {
@@ -29,7 +29,7 @@ pub async fn unwind(r: &Release<'_>, j: &Journal) -> (Vec<String>, bool) {
     }
     let new = r.env(j.to, &j.to_version);
     let old = r.env(j.from, j.from_version.as_deref().unwrap_or(""));
-    let plan = step::undo(j, active);
+    let plan = plan::undo(j, active);
     for action in &plan {
         match action {
             Undo::EmptyNewPool => {
