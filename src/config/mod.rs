@@ -115,6 +115,7 @@ pub struct ProxyConfig {
     pub state: PathBuf,
     pub metrics: Option<SocketAddr>,
     pub access_log: LogTarget,
+    pub access_log_format: LogFormat,
     pub audit_log: PathBuf,
     pub limits: Limits,
     /// Peers whose forwarding headers (`Forwarded`, `X-Forwarded-*`) are kept and extended; from
@@ -128,6 +129,16 @@ pub enum LogTarget {
     Stdout,
     Off,
     File(PathBuf),
+}
+
+/// How access-log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// `time client host method path status bytes seconds color backend [aborted]`
+    #[default]
+    Text,
+    /// One JSON object a line, the same fields.
+    Json,
 }
 
 /// Who may talk to the control socket, besides root and the socket's owner.
@@ -241,6 +252,10 @@ pub struct SiteConfig {
     pub hosts: Vec<HostPattern>,
     pub active: Color,
     pub redirect_http: bool,
+    /// The `Strict-Transport-Security` value the edge adds to the site's HTTPS responses.
+    pub hsts: Option<String>,
+    /// Path prefixes whose error pages are JSON whatever the client's Accept says.
+    pub json_errors: Vec<String>,
     pub preview_hosts: Vec<HostPattern>,
     /// Backends per color, from the config (the state file may override them).
     pub pools: [Vec<SocketAddr>; 2],

@@ -27,6 +27,7 @@ pub struct RawProxy {
     pub state: Option<S<String>>,
     pub metrics: Option<S<String>>,
     pub access_log: Option<S<String>>,
+    pub access_log_format: Option<S<String>>,
     pub audit_log: Option<S<String>>,
     pub header_timeout: Option<S<String>>,
     pub idle_timeout: Option<S<String>>,
@@ -50,6 +51,11 @@ pub struct RawSite {
     pub hosts: Vec<S<String>>,
     pub active: Option<S<String>>,
     pub redirect_http: Option<bool>,
+    /// `Strict-Transport-Security` added to the site's HTTPS responses.
+    pub hsts: Option<S<String>>,
+    /// Path prefixes whose error pages are JSON whatever the client's Accept (API clients).
+    #[serde(default)]
+    pub json_errors: Vec<S<String>>,
     #[serde(default)]
     pub preview_hosts: Vec<S<String>>,
     pub pools: Option<S<RawPools>>,

@@ -102,6 +102,8 @@ mod tests {
             policy: s.policy.clone(),
             redirect_http: s.redirect_http,
             health: s.health.clone(),
+            hsts: None,
+            json_errors: Box::default(),
         }
     }
 

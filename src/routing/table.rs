@@ -71,6 +71,18 @@ pub struct SiteRoute {
     pub policy: ReadOnlyPolicy,
     pub redirect_http: bool,
     pub health: Option<HealthConfig>,
+    /// `Strict-Transport-Security` for HTTPS responses.
+    pub hsts: Option<HeaderValue>,
+    /// Path prefixes whose error pages are JSON.
+    pub json_errors: Box<[Box<str>]>,
+}
+
+impl SiteRoute {
+    /// Error pages of this path are JSON whatever the client asked for.
+    #[inline]
+    pub fn json_errors(&self, path: &str) -> bool {
+        self.json_errors.iter().any(|p| path.starts_with(&**p))
+    }
 }
 
 impl SiteRoute {
@@ -150,6 +162,11 @@ impl RoutingTable {
                 policy: sc.read_only.clone(),
                 redirect_http: sc.redirect_http,
                 health: sc.health.clone(),
+                hsts: sc
+                    .hsts
+                    .as_deref()
+                    .and_then(|v| HeaderValue::from_str(v).ok()),
+                json_errors: sc.json_errors.iter().map(|p| p.as_str().into()).collect(),
             };
             t.sites.push(Arc::new(route));
             for (patterns, preview) in [(&sc.hosts, false), (&sc.preview_hosts, true)] {
