@@ -82,6 +82,11 @@ pub enum Cmd {
         #[command(subcommand)]
         what: ReadOnlyCmd,
     },
+    /// Maintenance mode: every request (reads too) gets a 503 page with a message.
+    Maintenance {
+        #[command(subcommand)]
+        what: MaintenanceCmd,
+    },
     /// Backend pools.
     Pool {
         #[command(subcommand)]
@@ -148,6 +153,25 @@ pub enum ReadOnlyCmd {
         wait: Option<Duration>,
     },
     /// Accept writes again.
+    Off,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MaintenanceCmd {
+    /// Answer every request of the site(s) with the maintenance page (503 + Retry-After), but
+    /// for `[site.maintenance]` allow_clients and allow_paths.
+    On {
+        /// What users see on the page.
+        #[arg(long)]
+        message: String,
+        /// Seconds for Retry-After.
+        #[arg(long, default_value_t = 300)]
+        retry_after: u64,
+        /// Only these sites (repeatable); default every site.
+        #[arg(long = "site")]
+        sites: Vec<String>,
+    },
+    /// Serve again.
     Off,
 }
 
@@ -264,6 +288,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             control::switch(&cli.client()?, site, &req, *if_match).await
         }
         Cmd::ReadOnly { what } => control::read_only(&cli.client()?, what).await,
+        Cmd::Maintenance { what } => control::maintenance(&cli.client()?, what).await,
         Cmd::Pool {
             what: PoolCmd::Set { site, color, addrs },
         } => control::set_pool(&cli.client()?, site, parse_color(color)?, addrs).await,

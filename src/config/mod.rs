@@ -261,6 +261,8 @@ pub struct SiteConfig {
     pub pools: [Vec<SocketAddr>; 2],
     pub health: Option<HealthConfig>,
     pub read_only: ReadOnlyPolicy,
+    /// Who and what passes during maintenance mode, and the site's own page.
+    pub maintenance: MaintenancePolicy,
     pub release: Option<ReleaseConfig>,
     /// Each color has its own copy of the data (true with `[site.release]`, or by
     /// `colors_hold_data = true`): a switch away from a color that took writes leaves them behind,
@@ -301,6 +303,14 @@ impl ReadOnlyPolicy {
         let ip = canonical_ip(ip);
         self.allow_clients.iter().any(|n| n.contains(&ip))
     }
+}
+
+/// `[site.maintenance]`: the allow lists (as for read-only) and an optional page of the site's own.
+#[derive(Debug, Clone, Default)]
+pub struct MaintenancePolicy {
+    pub allow: ReadOnlyPolicy,
+    /// The HTML of `page`, read when the config is loaded (so a reload picks up an edit).
+    pub page: Option<std::sync::Arc<str>>,
 }
 
 /// IPv4-mapped IPv6 addresses (from a dual-stack listener) compare as IPv4.

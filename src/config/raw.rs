@@ -61,6 +61,7 @@ pub struct RawSite {
     pub pools: Option<S<RawPools>>,
     pub health: Option<S<RawHealth>>,
     pub read_only: Option<S<RawReadOnly>>,
+    pub maintenance: Option<S<RawMaintenance>>,
     pub release: Option<S<RawRelease>>,
     pub colors_hold_data: Option<S<bool>>,
 }
@@ -83,6 +84,17 @@ pub struct RawHealth {
     pub rise: Option<S<i64>>,
     pub fall: Option<S<i64>>,
     pub expect_status: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMaintenance {
+    #[serde(default)]
+    pub allow_paths: Vec<S<String>>,
+    #[serde(default)]
+    pub allow_clients: Vec<S<String>>,
+    /// An HTML file served as the maintenance page instead of the built-in one.
+    pub page: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -341,6 +341,25 @@ fn proxy(cx: &mut Ctx, rp: &S<raw::RawProxy>) -> ProxyConfig {
     }
 }
 
+/// `allow_paths` (each starting with `/`) and `allow_clients` (addresses or networks).
+fn allow_policy(cx: &mut Ctx, paths: &[S<String>], clients: &[S<String>]) -> ReadOnlyPolicy {
+    let allow_clients = networks(cx, clients, "allow_clients");
+    let mut allow_paths = Vec::new();
+    for p in paths {
+        if !p.get_ref().starts_with('/') {
+            cx.err(
+                p,
+                format!("allow_paths entry `{}` must start with /", p.get_ref()),
+            );
+        }
+        allow_paths.push(p.get_ref().clone());
+    }
+    ReadOnlyPolicy {
+        allow_paths,
+        allow_clients,
+    }
+}
+
 /// A list of addresses or CIDR networks ("10.0.0.0/8", "192.0.2.1", "::1").
 fn networks(cx: &mut Ctx, list: &[S<String>], key: &str) -> Vec<IpNet> {
     let mut out = Vec::new();
@@ -439,20 +458,26 @@ fn site(cx: &mut Ctx, rs: &RawSite, https: bool) -> Option<SiteConfig> {
         None => ReadOnlyPolicy::default(),
         Some(r) => {
             let r = r.get_ref();
-            let allow_clients = networks(cx, &r.allow_clients, "allow_clients");
-            let mut allow_paths = Vec::new();
-            for p in &r.allow_paths {
-                if !p.get_ref().starts_with('/') {
-                    cx.err(
-                        p,
-                        format!("allow_paths entry `{}` must start with /", p.get_ref()),
-                    );
+            allow_policy(cx, &r.allow_paths, &r.allow_clients)
+        }
+    };
+    let maintenance = match &rs.maintenance {
+        None => MaintenancePolicy::default(),
+        Some(m) => {
+            let m = m.get_ref();
+            let page = m.page.as_ref().and_then(|p| {
+                let path = cx.path(p.get_ref());
+                match std::fs::read_to_string(&path) {
+                    Ok(html) => Some(std::sync::Arc::<str>::from(html)),
+                    Err(e) => {
+                        cx.err(p, format!("site `{name}`: cannot read the maintenance page {}: {e}; fix the path (relative to this file) or leave `page` out for the built-in page", path.display()));
+                        None
+                    }
                 }
-                allow_paths.push(p.get_ref().clone());
-            }
-            ReadOnlyPolicy {
-                allow_paths,
-                allow_clients,
+            });
+            MaintenancePolicy {
+                allow: allow_policy(cx, &m.allow_paths, &m.allow_clients),
+                page,
             }
         }
     };
@@ -497,6 +522,7 @@ fn site(cx: &mut Ctx, rs: &RawSite, https: bool) -> Option<SiteConfig> {
         pools,
         health,
         read_only,
+        maintenance,
         release,
         colors_hold_data,
     })

@@ -183,6 +183,14 @@ pub(crate) fn decide(
             return Ok(Decision::Redirect(port));
         }
     }
+    let client_ip = conn.peer.ip();
+    if let Some(m) = &site.maintenance {
+        if !site.maintenance_allow.path_allowed(path)
+            && !site.maintenance_allow.client_allowed(client_ip)
+        {
+            return Err(ProxyError::Maintenance(m.clone()));
+        }
+    }
     if let Some(len) = content_length {
         let len: u64 =
             len.to_str()
@@ -195,7 +203,6 @@ pub(crate) fn decide(
             return Err(ProxyError::BodyTooLarge(edge.limits.max_body_bytes));
         }
     }
-    let client_ip = conn.peer.ip();
     let mark_read_only = match gate::check(&site, method, path, client_ip) {
         Gate::Refuse(notice) => {
             edge.metrics.rejected_write(&site.name);

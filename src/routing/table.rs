@@ -60,6 +60,15 @@ pub struct ReadOnlyNotice {
     pub retry_after: HeaderValue,
 }
 
+/// What maintenance mode says to clients: the message, and the site's own page if it has one.
+#[derive(Debug)]
+pub struct MaintenanceNotice {
+    pub message: String,
+    pub retry_after_s: u64,
+    pub retry_after: HeaderValue,
+    pub page: Option<Arc<str>>,
+}
+
 /// One site as the request path sees it.
 #[derive(Debug)]
 pub struct SiteRoute {
@@ -69,6 +78,9 @@ pub struct SiteRoute {
     pub shared: Arc<SiteShared>,
     pub read_only: Option<Arc<ReadOnlyNotice>>,
     pub policy: ReadOnlyPolicy,
+    /// Maintenance mode on for this site: every request not allowed gets the page.
+    pub maintenance: Option<Arc<MaintenanceNotice>>,
+    pub maintenance_allow: ReadOnlyPolicy,
     pub redirect_http: bool,
     pub health: Option<HealthConfig>,
     /// `Strict-Transport-Security` for HTTPS responses.
@@ -153,6 +165,18 @@ impl RoutingTable {
                         retry_after: HeaderValue::from(r.retry_after_s),
                     })
                 });
+            let maintenance = state
+                .maintenance
+                .as_ref()
+                .filter(|m| m.covers(&sc.name))
+                .map(|m| {
+                    Arc::new(MaintenanceNotice {
+                        message: m.message.clone(),
+                        retry_after_s: m.retry_after_s,
+                        retry_after: HeaderValue::from(m.retry_after_s),
+                        page: sc.maintenance.page.clone(),
+                    })
+                });
             let route = SiteRoute {
                 name: sh.name.clone(),
                 active,
@@ -160,6 +184,8 @@ impl RoutingTable {
                 shared: sh,
                 read_only,
                 policy: sc.read_only.clone(),
+                maintenance,
+                maintenance_allow: sc.maintenance.allow.clone(),
                 redirect_http: sc.redirect_http,
                 health: sc.health.clone(),
                 hsts: sc

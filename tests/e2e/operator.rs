@@ -130,3 +130,124 @@ async fn issue_21_json_error_pages_for_api_paths() {
         }
     }
 }
+
+/// See: issue 21. Maintenance mode: every request of the site, reads too, gets the 503 page with
+/// the message and Retry-After (HTML, the site's own page, or JSON); allow_paths and
+/// allow_clients pass; the backend sees nothing else; audited; survives a restart; off serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_21_maintenance_mode() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let t = Proxy::tempdir();
+    std::fs::write(
+        t.path().join("down.html"),
+        "<html><body>Back soon: {{message}}</body></html>",
+    )
+    .unwrap();
+    let toml = format!(
+        "{}{}{}",
+        proxy_section(t.path(), ""),
+        site(
+            "a",
+            &["a.test"],
+            &[a.addr],
+            &[],
+            "[site.maintenance]\nallow_paths = [\"/health\"]\nallow_clients = [\"192.0.2.0/24\"]"
+        ),
+        site(
+            "b",
+            &["b.test"],
+            &[b.addr],
+            &[],
+            "[site.maintenance]\npage = \"down.html\""
+        )
+    );
+    let dir = t.path().to_path_buf();
+    let mut p = Proxy::start_in(Some(t), &dir, &toml).unwrap();
+    let get = |host: &'static str, path: &'static str, accept: &'static str| {
+        let addr = p.http.unwrap();
+        async move {
+            let mut r = raw(addr).await;
+            r.send(
+                format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: {accept}\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await;
+            r.response().await
+        }
+    };
+    assert_eq!(get("a.test", "/", "*/*").await.status(), 200);
+    let out = p.ok(&[
+        "maintenance",
+        "on",
+        "--message",
+        "moving <db>",
+        "--retry-after",
+        "120",
+    ]);
+    assert!(out.contains("maintenance ON for a, b"), "{out}");
+    let seen_before = a.seen.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let r = get("a.test", "/", "text/html").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.header("retry-after").as_deref(), Some("120"));
+    let html = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(
+        html.contains("moving &lt;db&gt;"),
+        "escaped message: {html}"
+    );
+    let r = get("a.test", "/x", "application/json").await;
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        (v["error"].as_str(), v["message"].as_str()),
+        (Some("maintenance"), Some("moving <db>"))
+    );
+    assert_eq!(
+        get("a.test", "/health", "*/*").await.status(),
+        200,
+        "allow_paths pass"
+    );
+    let r = get("b.test", "/", "text/html").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        "<html><body>Back soon: moving &lt;db&gt;</body></html>"
+    );
+    assert_eq!(
+        a.seen.requests.load(std::sync::atomic::Ordering::SeqCst),
+        seen_before + 1,
+        "only the allowed /health reached the backend"
+    );
+    let st = p.status();
+    assert_eq!(st["maintenance"]["message"], "moving <db>");
+    assert_eq!(st["sites"][0]["maintenance"], true);
+    let audit = std::fs::read_to_string(p.dir.join("audit.log")).unwrap();
+    assert!(
+        audit.lines().any(|l| l.contains("\"maintenance on\"")),
+        "{audit}"
+    );
+    // A restart keeps it on.
+    p.stop();
+    let mut p = Proxy::spawn(p.take_tmp(), &dir, &dir.join("switchyard.toml"), &[]).unwrap();
+    assert_eq!(get_on(&p, "a.test").await, 503);
+    p.ok(&["maintenance", "off"]);
+    assert_eq!(get_on(&p, "a.test").await, 200);
+    let audit = std::fs::read_to_string(p.dir.join("audit.log")).unwrap();
+    assert!(
+        audit.lines().any(|l| l.contains("\"maintenance off\"")),
+        "{audit}"
+    );
+    assert!(
+        p.cli(&["maintenance", "on", "--message", " "])
+            .status
+            .code()
+            == Some(1)
+    );
+    p.stop();
+}
+
+async fn get_on(p: &Proxy, host: &str) -> u16 {
+    let mut r = raw(p.http.unwrap()).await;
+    r.send(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await;
+    r.response().await.status()
+}
