@@ -47,6 +47,9 @@ pub enum Cmd {
         http: String,
         #[arg(long, default_value = "127.0.0.1:8443")]
         https: String,
+        /// The metrics listener: /metrics and the dashboard at /.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        metrics: String,
         /// Where the demo keeps its certificate, config and state.
         #[arg(long, default_value = ".switchyard-demo")]
         dir: PathBuf,
@@ -249,9 +252,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = cli.load_config()?;
             crate::server::serve(cfg, |b, c| eprintln!("{}", crate::server::ready_line(b, c))).await
         }
-        Cmd::Demo { http, https, dir } => {
+        Cmd::Demo {
+            http,
+            https,
+            metrics,
+            dir,
+        } => {
             std::fs::create_dir_all(dir)?;
-            let path = crate::demo::prepare(dir, http, https).await?;
+            let path = crate::demo::prepare(dir, http, https, metrics).await?;
             let cfg = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
             let d = dir.clone();
             crate::server::serve(cfg, |b, c| {
