@@ -33,7 +33,9 @@ interval (10 000 resamples) instead, marked "b". Both are in the JSON. See bench
 Knobs (environment): ROUNDS=12 DURATION=5 (s per load) WARMUP=1 (s of the same load before each
 measured one, not counted) COOLDOWN=1 (s after each load) TESTS="h1 https h2 handshake" SEED=1
 RESULTS_DIR (default target/bench-results/compare-<UTC time>) KEY_TYPE=ec|rsa CONNS=64 H2_CONNS=32
-H2_STREAMS=10 THREADS=2 ACCESS_LOG=stdout|off (switchyard) BASE_PORT=18600 BOOT=10000.
+H2_STREAMS=10 THREADS=2 ACCESS_LOG=stdout|off (switchyard) BASE_PORT=18600 BOOT=10000
+MAX_FOREIGN=0.3 RETRIES=2 (a load during which other processes took more than 0.3 cores is
+run again, up to twice, for at most a quarter of the loads; the number is in the report).
 Output: Markdown on stdout, progress on stderr, compare.json + compare.md + raw/ in RESULTS_DIR.
 All traffic on 127.0.0.1; every subprocess has a timeout; everything started is stopped on exit.
 """
@@ -189,7 +191,7 @@ def summarise(xs, seed_label, seed, boot):
         out.update(lo=blo, hi=bhi, method='bootstrap')
     half = (out['hi'] - out['lo']) / (2 * m)
     out['half_width'] = half
-    out['narrow'] = half < TOL
+    out['narrow'] = half < TOL and 'os_lo' in out   # the bootstrap of < 6 rounds is too short
     out['rounds_needed'] = rounds_for(xs)
     return out
 
@@ -600,7 +602,9 @@ def versions(cands):
                       ('openssl', ['openssl', 'version'])):
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-            v[what] = (r.stdout + r.stderr).strip().splitlines()[0]
+            line = (r.stdout + r.stderr).strip().splitlines()[0]
+            m = re.search(r'(\d+\.\d+[\w.+~-]*)', line)
+            v[what] = m.group(1) if m else line
         except (OSError, subprocess.TimeoutExpired, IndexError):
             v[what] = '?'
     for c in cands:
@@ -636,6 +640,8 @@ def run(args):
     duration = env_int('DURATION', 5)
     warmup = env_int('WARMUP', 1)
     cooldown = env_float('COOLDOWN', 1)
+    max_foreign = env_float('MAX_FOREIGN', 0.3)
+    retries = env_int('RETRIES', 2)
     seed = env_int('SEED', 1)
     boot = env_int('BOOT', 10000)
     threads = env_int('THREADS', 2)
@@ -724,6 +730,7 @@ def measure(cfg):
     tmp, shm, cands, tests = g('tmp'), g('shm'), g('cands'), g('tests')
     up_port, results_dir = g('up_port'), g('results_dir')
     rounds, duration, warmup, cooldown = g('rounds'), g('duration'), g('warmup'), g('cooldown')
+    max_foreign, retries = g('max_foreign'), g('retries')
     threads, conns, h2_conns, h2_streams = g('threads'), g('conns'), g('h2_conns'), g('h2_streams')
 
     cert, key = write_configs(tmp, up_port, g('key_type'))
@@ -800,7 +807,8 @@ def measure(cfg):
         'date': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
         'host': {'cpus': os.cpu_count(), 'model': cpu_model(), 'kernel': os.uname().release},
         'versions': versions(cands),
-        'knobs': {k: g(k) for k in ('rounds', 'duration', 'warmup', 'cooldown', 'seed', 'boot',
+        'knobs': {k: g(k) for k in ('rounds', 'duration', 'warmup', 'cooldown', 'max_foreign',
+                                    'retries', 'seed', 'boot',
                                     'threads', 'conns', 'h2_conns', 'h2_streams', 'key_type',
                                     'access_log', 'tests')},
         'candidates': [{'name': c.name, 'kind': c.kind, 'path': c.path} for c in cands],
@@ -818,10 +826,74 @@ def measure(cfg):
         f'+{cooldown:g} s pause): about {rounds * n_loads * per / 60:.0f} min; results in '
         f'{results_dir}')
     t_start = time.monotonic()
+    budget = [math.ceil(rounds * n_loads / 4)]   # repeats of loads disturbed by other work
 
     def save():
         with open(f'{results_dir}/compare.json', 'w') as fh:
             json.dump({'meta': meta, 'runs': runs}, fh, indent=1)
+
+    def one(test, c, rnd, pos, order, attempt):
+        """One measured load (after its warm-up); appends its row to runs, returns it."""
+        name = c.name
+        if warmup > 0:
+            run_bounded(load_cmd(test, c, warmup), warmup + 30)
+        h2log = f'{shm}/h2.log' if test == 'h2' else None
+        pg = c.proc.pid if c.proc else None
+        b_c = group_cpu(pg) if pg else (0, 0)
+        b_u, b_lg, b_m, t0 = group_cpu(up.pid), children_cpu(), machine_cpu(), time.monotonic()
+        rc, text = run_bounded(load_cmd(test, c, duration, h2log), duration + 30)
+        t1 = time.monotonic()
+        a_c = group_cpu(pg) if pg else (0, 0)
+        a_u, a_lg, a_m = group_cpu(up.pid), children_cpu(), machine_cpu()
+        raw = f'{results_dir}/raw/{test}.{name}.r{rnd + 1}' + (f'.{attempt}' if attempt else '')
+        with open(raw + '.txt', 'w') as fh:
+            fh.write(text)
+        if test == 'h2':
+            res = parse_h2load(text, read_h2log(h2log))
+            try:
+                os.unlink(h2log)
+            except OSError:
+                pass
+        else:
+            res = parse_wrk(text)
+        if c.kind == 'switchyard':     # keep the access log from filling the disk
+            try:
+                os.truncate(c.log, 0)
+            except OSError:
+                pass
+        for cc in cands:               # a candidate that died ends the run
+            if cc.proc.poll() is not None:
+                die(f'{cc.name} exited (rc {cc.proc.returncode}); startup log:\n{cc.startup}')
+        if rc != 0 or res is None or res['requests'] == 0:
+            log(f'  r{rnd + 1} {test} {name}: FAILED (rc {rc}): {text[-300:]!r}')
+            runs.append({'round': rnd + 1, 'test': test, 'cand': name, 'pos': pos,
+                         'failed': True})
+            save()
+            return None
+        n = res['requests']
+        wall = t1 - t0
+        proxy_u, proxy_s = a_c[0] - b_c[0], a_c[1] - b_c[1]
+        upstream = sum(a_u) - sum(b_u)
+        lg = a_lg - b_lg
+        busy, steal = a_m[0] - b_m[0], a_m[1] - b_m[1]
+        row = dict(res, round=rnd + 1, test=test, cand=name, pos=pos, attempt=attempt,
+                   after=order[pos - 1] if pos else None, t=round(t0 - t_start, 2),
+                   wall_s=wall,
+                   proxy_user_us=1e6 * proxy_u / n if pg else None,
+                   proxy_sys_us=1e6 * proxy_s / n if pg else None,
+                   proxy_us=1e6 * (proxy_u + proxy_s) / n if pg else None,
+                   upstream_us=1e6 * upstream / n, loadgen_us=1e6 * lg / n,
+                   foreign_cores=max(0.0, busy - proxy_u - proxy_s - upstream - lg) / wall,
+                   steal_cores=steal / wall)
+        runs.append(row)
+        save()
+        px = f'{row["proxy_us"]:.1f}' if pg else '-'
+        log(f'  r{rnd + 1} {test:9s} {name:8s} {row["rps"]:8.0f} rps  p99 '
+            f'{row["p99_ms"]:6.2f} ms  CPU/req proxy {px} us, loadgen '
+            f'{row["loadgen_us"]:.1f} us, foreign {row["foreign_cores"]:.2f} cores'
+            + (f'  {res["errors"]} ERRORS' if res['errors'] else '')
+            + (f'  proto {res["proto"]}!' if res.get('proto') not in (None, 'h2') else ''))
+        return row
 
     for rnd in range(rounds):
         k = rnd % len(tests)
@@ -829,67 +901,22 @@ def measure(cfg):
             order = orders.get(test, [c.name for c in cands_for(test)], rnd)
             for pos, name in enumerate(order):
                 c = by_name[name]
-                if warmup > 0:
-                    run_bounded(load_cmd(test, c, warmup), warmup + 30)
-                h2log = f'{shm}/h2.log' if test == 'h2' else None
-                pg = c.proc.pid if c.proc else None
-                b_c = group_cpu(pg) if pg else (0, 0)
-                b_u, b_lg, b_m, t0 = group_cpu(up.pid), children_cpu(), machine_cpu(), \
-                    time.monotonic()
-                rc, text = run_bounded(load_cmd(test, c, duration, h2log), duration + 30)
-                t1 = time.monotonic()
-                a_c = group_cpu(pg) if pg else (0, 0)
-                a_u, a_lg, a_m = group_cpu(up.pid), children_cpu(), machine_cpu()
-                raw = f'{results_dir}/raw/{test}.{name}.r{rnd + 1}.txt'
-                with open(raw, 'w') as fh:
-                    fh.write(text)
-                if test == 'h2':
-                    res = parse_h2load(text, read_h2log(h2log))
-                    try:
-                        os.unlink(h2log)
-                    except OSError:
-                        pass
-                else:
-                    res = parse_wrk(text)
-                if c.kind == 'switchyard':     # keep the access log from filling the disk
-                    try:
-                        os.truncate(c.log, 0)
-                    except OSError:
-                        pass
-                for cc in cands:               # a candidate that died ends the run
-                    if cc.proc.poll() is not None:
-                        die(f'{cc.name} exited (rc {cc.proc.returncode}); startup log:\n'
-                            f'{cc.startup}')
-                if rc != 0 or res is None or res['requests'] == 0:
-                    log(f'  r{rnd + 1} {test} {name}: FAILED (rc {rc}): {text[-300:]!r}')
-                    runs.append({'round': rnd + 1, 'test': test, 'cand': name, 'pos': pos,
-                                 'failed': True})
-                    save()
-                    time.sleep(cooldown)
-                    continue
-                n = res['requests']
-                wall = t1 - t0
-                proxy_u, proxy_s = a_c[0] - b_c[0], a_c[1] - b_c[1]
-                upstream = sum(a_u) - sum(b_u)
-                lg = a_lg - b_lg
-                busy, steal = a_m[0] - b_m[0], a_m[1] - b_m[1]
-                row = dict(res, round=rnd + 1, test=test, cand=name, pos=pos,
-                           after=order[pos - 1] if pos else None, t=round(t0 - t_start, 2),
-                           wall_s=wall,
-                           proxy_user_us=1e6 * proxy_u / n if pg else None,
-                           proxy_sys_us=1e6 * proxy_s / n if pg else None,
-                           proxy_us=1e6 * (proxy_u + proxy_s) / n if pg else None,
-                           upstream_us=1e6 * upstream / n, loadgen_us=1e6 * lg / n,
-                           foreign_cores=max(0.0, busy - proxy_u - proxy_s - upstream - lg) / wall,
-                           steal_cores=steal / wall)
-                runs.append(row)
-                save()
-                px = f'{row["proxy_us"]:.1f}' if pg else '-'
-                log(f'  r{rnd + 1} {test:9s} {name:8s} {row["rps"]:8.0f} rps  p99 '
-                    f'{row["p99_ms"]:6.2f} ms  CPU/req proxy {px} us, loadgen '
-                    f'{row["loadgen_us"]:.1f} us, foreign {row["foreign_cores"]:.2f} cores'
-                    + (f'  {res["errors"]} ERRORS' if res['errors'] else '')
-                    + (f'  proto {res["proto"]}!' if res.get('proto') not in (None, 'h2') else ''))
+                for attempt in range(retries + 1):
+                    row = one(test, c, rnd, pos, order, attempt)
+                    if row is None or row['foreign_cores'] <= max_foreign:
+                        break
+                    if attempt < retries and budget[0] > 0:
+                        budget[0] -= 1
+                        log(f'  (foreign CPU {row["foreign_cores"]:.2f} > MAX_FOREIGN='
+                            f'{max_foreign:g} cores: repeating this load)')
+                        row['discarded'] = True
+                        time.sleep(cooldown)
+                    else:
+                        row['noisy'] = True
+                        if budget[0] == 0:
+                            log('  (no repeats left: RETRIES cover at most a quarter of the loads)')
+                            budget[0] = -1
+                        break
                 time.sleep(cooldown)
         log(f'round {rnd + 1}/{rounds} done, {(time.monotonic() - t_start) / 60:.1f} min')
     meta['elapsed_s'] = round(time.monotonic() - t_start)
@@ -926,6 +953,8 @@ def fmt_iv(s, digits=2, short=False):
         return txt
     if s['narrow']:
         return txt + ' ✓'
+    if s['method'] == 'bootstrap':
+        return txt + f' ±{100 * s["half_width"]:.1f} % ({s["n"]} rounds)'
     need = s.get('rounds_needed')
     return txt + f' ±{100 * s["half_width"]:.1f} %' + (f', ~{need} rounds' if need else '')
 
@@ -952,7 +981,7 @@ def analyse(data):
     boot = meta['knobs'].get('boot', 10000)
     kinds = {c['name']: c['kind'] for c in meta['candidates']}
     kinds['direct'] = 'direct'
-    good = [r for r in runs if not r.get('failed')]
+    good = [r for r in runs if not r.get('failed') and not r.get('discarded')]
     tests = [t for t in meta['knobs']['tests'] if any(r['test'] == t for r in good)]
     cells, ratios = {}, {}
     for t in tests:
@@ -1013,7 +1042,7 @@ def report(data):
     meta, runs = data['meta'], data['runs']
     tests, cells, ratios, kinds = analyse(data)
     k = meta['knobs']
-    good = [r for r in runs if not r.get('failed')]
+    good = [r for r in runs if not r.get('failed') and not r.get('discarded')]
     out = []
     w = out.append
     w(f'### compare.py run {meta["date"]}\n\n')
@@ -1036,10 +1065,16 @@ def report(data):
         if c['kind'] == 'switchyard':
             w(f'- switchyard `{c["name"]}` = {v.get(c["name"], c["path"])}\n')
     failed = [r for r in runs if r.get('failed')]
+    rep_ = sum(1 for r in runs if r.get('discarded'))
+    noisy = sum(1 for r in good if r.get('noisy'))
     w(f'- {k["rounds"]} rounds × {k["duration"]} s per load (warm-up {k["warmup"]} s, pause '
       f'{k["cooldown"]} s), seed {k["seed"]}, cert {k["key_type"]}, switchyard access log '
       f'{k["access_log"]}; {len(good)} loads' + (f', **{len(failed)} failed**' if failed else '')
       + (f', total {meta["elapsed_s"] / 60:.1f} min' if 'elapsed_s' in meta else '') + '\n')
+    if 'max_foreign' in k:
+        w(f'- a load during which other work took more than {k["max_foreign"]:g} cores is '
+          f'repeated (up to {k["retries"]} times, for at most a quarter of the loads): {rep_} '
+          f'repeated, {noisy} kept over the limit\n')
     w('- load: h1/https/handshake `wrk -t{0} -c{1}` (handshake with `Connection: close`), h2 '
       '`h2load -t{0} -c{2} -m{3}`; 1 KiB answers from one nginx worker\n\n'
       .format(k['threads'], k['conns'], k['h2_conns'], k['h2_streams']))
@@ -1070,8 +1105,10 @@ def report(data):
     w('\nOther ratios. All ratios are per round (candidate ÷ reference measured in the same round, '
       'seconds apart), **median** [95 % interval]. The interval is the distribution-free one on the median from order '
       'statistics (needs ≥ 6 rounds); "b" marks the bootstrap percentile interval, used with '
-      'fewer rounds. ✓ = within ±5 % of the median; otherwise its half-width and the rounds '
-      'that would bring it to ±5 % at the spread seen. CPU/req ratios below 1 = cheaper.\n\n')
+      'fewer rounds (it is then too short to trust: with 3 rounds it is their range, which holds '
+      'the true median only 75 % of the time). ✓ = an order-statistics interval within ±5 % of '
+      'the median (half its width < 5 %); otherwise the half-width and the rounds that would '
+      'bring it to ±5 % at the spread seen. CPU/req ratios below 1 = cheaper.\n\n')
     w('| test | ratio | rounds | req/s ratio | CPU/req ratio |\n|---|---|---|---|---|\n')
     for (t, a, b), r in ratios.items():
         if b == 'haproxy':
