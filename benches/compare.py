@@ -40,6 +40,7 @@ Output: Markdown on stdout, progress on stderr, compare.json + compare.md + raw/
 All traffic on 127.0.0.1; every subprocess has a timeout; everything started is stopped on exit.
 """
 import argparse
+import functools
 import json
 import math
 import os
@@ -122,24 +123,21 @@ def bootstrap_median_ci(xs, rng, boot=10000, level=LEVEL):
     return _quantile_sorted(meds, a), _quantile_sorted(meds, 1 - a)
 
 
-def binom_cdf_half(k, n):
-    """P(X <= k) for X ~ Binomial(n, 1/2)."""
-    if k < 0:
-        return 0.0
-    return sum(math.comb(n, i) for i in range(0, min(k, n) + 1)) / 2 ** n
-
-
+@functools.lru_cache(maxsize=None)
 def os_median_ranks(n, level=LEVEL):
     """Ranks (1-based) (k, n+1-k) of the order statistics that bracket the median with coverage
     >= level whatever the distribution (the sign-test interval), and that coverage; None when n is
     too small for any such pair (n < 6 at 95 %)."""
     a = (1 - level) / 2
-    k = 0
-    while binom_cdf_half(k, n) <= a:   # P(X <= k) <= a  ->  rank k+1 is a valid lower bound
+    total = 2 ** n
+    term, cdf, k = 1, 1, 0          # term = C(n, k); cdf = sum of C(n, i) for i <= k
+    while cdf * 1.0 / total <= a:   # P(X <= k) <= a  ->  rank k+1 is a valid lower bound
         k += 1
+        term = term * (n - k + 1) // k
+        cdf += term
     if k == 0:
         return None
-    return k, n + 1 - k, 1 - 2 * binom_cdf_half(k - 1, n)
+    return k, n + 1 - k, 1 - 2 * (cdf - term) / total
 
 
 def os_median_ci(xs, level=LEVEL):
@@ -166,10 +164,10 @@ def rounds_for(xs, tol=TOL):
     if len(xs) < 2 or min(xs) <= 0:
         return None
     s = statistics.stdev([math.log(x) for x in xs])
-    for n in range(6, 2001):   # the width jumps with n (ranks are whole): all of n..n+10 must do
+    for n in range(6, 1001):   # the width jumps with n (ranks are whole): all of n..n+10 must do
         if all(os_half_width(m, s) < tol for m in range(n, n + 11)):
             return n
-    return None
+    return None                # more than 1000
 
 
 def summarise(xs, seed_label, seed, boot):
@@ -956,7 +954,8 @@ def fmt_iv(s, digits=2, short=False):
     if s['method'] == 'bootstrap':
         return txt + f' ±{100 * s["half_width"]:.1f} % ({s["n"]} rounds)'
     need = s.get('rounds_needed')
-    return txt + f' ±{100 * s["half_width"]:.1f} %' + (f', ~{need} rounds' if need else '')
+    return txt + f' ±{100 * s["half_width"]:.1f} %, ' + (f'~{need} rounds' if need else
+                                                        '> 1000 rounds')
 
 
 def pairs_for(test, names, kinds):
