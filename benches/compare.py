@@ -30,7 +30,7 @@ summarised by their median and a 95 % interval: the distribution-free interval o
 from order statistics (binomial ranks, >= 6 rounds); with fewer rounds the bootstrap percentile
 interval (10 000 resamples) instead, marked "b". Both are in the JSON. See benches/README.md.
 
-Knobs (environment): ROUNDS=12 DURATION=5 (s per load) WARMUP=1 (s of the same load before each
+Knobs (environment): ROUNDS=20 DURATION=5 (s per load) WARMUP=1 (s of the same load before each
 measured one, not counted) COOLDOWN=1 (s after each load) TESTS="h1 https h2 handshake" SEED=1
 RESULTS_DIR (default target/bench-results/compare-<UTC time>) KEY_TYPE=ec|rsa CONNS=64 H2_CONNS=32
 H2_STREAMS=10 THREADS=2 ACCESS_LOG=stdout|off (switchyard) BASE_PORT=18600 BOOT=10000
@@ -634,7 +634,7 @@ def env_float(name, default):
 
 
 def run(args):
-    rounds = env_int('ROUNDS', 12)
+    rounds = env_int('ROUNDS', 20)
     duration = env_int('DURATION', 5)
     warmup = env_int('WARMUP', 1)
     cooldown = env_float('COOLDOWN', 1)

@@ -6,7 +6,7 @@
 #                             # and benches/load.sh; reports go to stdout and target/bench-results/
 #   BASE_BIN=/tmp/sy-base benches/run.sh   # compare.py also runs that build, as the reference
 #                             # ("base") the new one ("new") is divided by, in the same rounds
-# Knobs: ROUNDS=12 DURATION=5 (compare.py; its other knobs pass through), BASE_BIN,
+# Knobs: ROUNDS=20 DURATION=5 (compare.py; its other knobs pass through), BASE_BIN,
 #        PROXY_COMPARE=1 (also ../shared/bench/proxy-compare.sh, with PC_ROUNDS=2 PC_DURATION=7),
 #        FLOOR_ROUNDS=4 FLOOR_DURATION=5 (floor.py), LOAD_DURATION=10 (load.sh), SKIP_BUILD=1,
 #        CARGO_TARGET_DIR (where the release binary is).
@@ -23,7 +23,7 @@ mkdir -p "$OUT"
 } | tee "$OUT/machine.txt"
 SY=(--sy "new=$BIN")
 [[ -n ${BASE_BIN:-} ]] && SY=(--sy "base=$(readlink -f "$BASE_BIN")" "${SY[@]}")
-RESULTS_DIR=$OUT/compare ROUNDS=${ROUNDS:-12} DURATION=${DURATION:-5} \
+RESULTS_DIR=$OUT/compare ROUNDS=${ROUNDS:-20} DURATION=${DURATION:-5} \
   benches/compare.py "${SY[@]}" | tee "$OUT/compare.md"
 COMPARE=../shared/bench/proxy-compare.sh
 if [[ ${PROXY_COMPARE:-0} == 1 ]]; then
