@@ -1048,6 +1048,8 @@ TARGETS = [   # (test, metric, comparison, threshold, text) — issue 22, per sw
 def verdict(s, op, thr):
     if not s or s.get('n', 0) == 0:
         return 'n/a'
+    if s['method'] != 'order statistics':
+        return f'no verdict from {s["n"]} rounds'
     if op == '>=':
         return 'met' if s['lo'] >= thr else 'missed' if s['hi'] < thr else 'undecided'
     return 'met' if s['hi'] <= thr else 'missed' if s['lo'] > thr else 'undecided'
@@ -1058,7 +1060,7 @@ def fmt_util(cells):
     for (t, n), c in cells.items():
         if n == 'haproxy':
             parts.append(f'{t} {100 * c["util"]:.0f} %')
-    return ', '.join(parts) + ' of it (haproxy)' if parts else 'n/a'
+    return ', '.join(parts) if parts else 'n/a'
 
 
 def report(data):
@@ -1111,7 +1113,7 @@ def report(data):
       'load generator + upstream CPU per request): the rate if those three had the machine to '
       'themselves. It is a model: it holds while the three saturate the CPUs (see the line '
       'above: then req/s = (CPUs − foreign) ÷ CPU per request), and it takes the co-tenants out '
-      'of the throughput; median share of the machine the three got: '
+      'of the throughput. Share of the CPUs the three got (median of haproxy\'s loads): '
       f'{fmt_util(cells)}. The ÷ haproxy columns are '
       'medians of per-round ratios with their 95 % intervals (see below).\n\n')
     w('| test | candidate | req/s | CPU-bound req/s | p99 | proxy CPU µs/req (user) | load gen '
@@ -1154,7 +1156,8 @@ def report(data):
         w('\nTargets of issue 22 (met = the whole interval on the right side of the line, missed '
           '= on the wrong side, undecided = the interval contains the line). "no worse than '
           f'today" compares each build with `{sy[0]}` (the first --sy) and counts as met when the '
-          'interval of the ratio lies above 0.95 (the ±5 % the instrument resolves).\n\n')
+          'interval of the ratio lies above 0.95 (the ±5 % the instrument resolves). No verdict '
+          'below 6 rounds.\n\n')
         w('| target | ' + ' | '.join(sy) + ' |\n|---|' + '---|' * len(sy) + '\n')
         rows = list(TARGETS)
         for t in ('h1', 'https'):
@@ -1174,6 +1177,8 @@ def report(data):
                         if sb and sb.get('n'):
                             vd = ('met' if sb['lo'] >= thr else
                                   'missed' if sb['hi'] < 1 else 'undecided')
+                            if sb['method'] != 'order statistics':
+                                vd = f'no verdict from {sb["n"]} rounds'
                             txt += f'; ÷ {sy[0]} {fmt_iv(sb, short=True)}: {vd}'
                     else:
                         txt += ' (the reference build)'
