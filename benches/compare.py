@@ -952,7 +952,7 @@ def fmt_iv(s, digits=2, short=False):
     if s['narrow']:
         return txt + ' ✓'
     if s['method'] == 'bootstrap':
-        return txt + f' ±{100 * s["half_width"]:.1f} % ({s["n"]} rounds)'
+        return txt + f' ±{100 * s["half_width"]:.1f} % ({s["n"]} round{"s" if s["n"] > 1 else ""})'
     need = s.get('rounds_needed')
     return txt + f' ±{100 * s["half_width"]:.1f} %, ' + (f'~{need} rounds' if need else
                                                         '> 1000 rounds')
