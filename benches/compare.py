@@ -23,7 +23,9 @@ candidate equally often in every position and after every other candidate), shuf
 the order of the tests rotates per round. For each load: requests/s, p50/p99 latency (wrk
 --latency; h2load's per-request log), errors, and CPU time per request from /proc (utime+stime
 of all processes of the candidate's process group, of the upstream, of the load generator, and
-what else the machine ran meanwhile, "foreign", from /proc/stat).
+what else the machine ran meanwhile, "foreign", from /proc/stat). "CPU-bound req/s" = CPUs /
+(proxy + upstream + load generator CPU per request): the rate if those three had the machine to
+themselves (they saturate it in every load, so req/s = (CPUs - foreign) / CPU per request).
 
 Ratios are taken per round (candidate / reference in the same round, measured seconds apart) and
 summarised by their median and a 95 % interval: the distribution-free interval on the median
