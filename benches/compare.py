@@ -3,7 +3,7 @@
 per-round paired ratios and 95 % intervals, so that "5 % faster" can be checked on a noisy box.
 
 Usage (from the project root):
-  benches/compare.py --sy a=/tmp/sy-A --sy b=target/release/switchyard
+  benches/compare.py --sy a=/tmp/sy-A --sy b=target/dist/switchyard
   ROUNDS=3 DURATION=3 benches/compare.py --sy a=/tmp/sy-A --sy b=/tmp/sy-A    # A/A check
   benches/compare.py --selftest              # the statistics on synthetic data, no load
   benches/compare.py --report DIR/compare.json   # re-print the tables of a finished run

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # run.sh — the whole benchmark in one command, from the project root:
-#   benches/run.sh            # cargo build --release, then benches/compare.py (haproxy, nginx,
+#   benches/run.sh            # cargo build --profile dist, then benches/compare.py (haproxy, nginx,
 #                             # switchyard, interleaved rounds, ratios with 95 % intervals),
 #                             # benches/floor.py (direct, haproxy, a zero-work relay, switchyard)
 #                             # and benches/load.sh; reports go to stdout and target/bench-results/
@@ -9,12 +9,12 @@
 # Knobs: ROUNDS=20 DURATION=5 (compare.py; its other knobs pass through), BASE_BIN,
 #        PROXY_COMPARE=1 (also ../shared/bench/proxy-compare.sh, with PC_ROUNDS=2 PC_DURATION=7),
 #        FLOOR_ROUNDS=4 FLOOR_DURATION=5 (floor.py), LOAD_DURATION=10 (load.sh), SKIP_BUILD=1,
-#        CARGO_TARGET_DIR (where the release binary is).
+#        CARGO_TARGET_DIR (where the dist binary is).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=${CARGO_TARGET_DIR:-target}
-[[ ${SKIP_BUILD:-0} == 1 ]] || cargo build --release
-BIN=$(readlink -f "$TARGET/release/switchyard")
+[[ ${SKIP_BUILD:-0} == 1 ]] || cargo build --profile dist
+BIN=$(readlink -f "$TARGET/dist/switchyard")
 OUT=target/bench-results/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 {
