@@ -143,7 +143,7 @@ impl From<OnDisk> for Journal {
     }
 }
 
-fn dir_of(cfg: &Config) -> PathBuf {
+pub(super) fn dir_of(cfg: &Config) -> PathBuf {
     match cfg.proxy.state.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
