@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::context::site_of;
 use super::docker::Engine;
 use super::sync::sync;
-use super::{interrupted, secs, ReleaseError};
+use super::{interrupted, ReleaseError};
 use crate::config::Config;
 use crate::control::client::Client;
 
@@ -47,7 +47,7 @@ pub async fn watch(
     say(format_args!(
         "envs watch: following {} (a sync at every container start, and every {})",
         sites.join(", "),
-        secs(every)
+        humantime::format_duration(every)
     ));
     let mut w = Watcher {
         cfg,
