@@ -154,7 +154,7 @@ impl Watcher<'_> {
                         self.every
                     } else {
                         let d = retry;
-                        retry = (retry * 2).min(self.every);
+                        retry = (retry * 2).min(MAX_BACKOFF).min(self.every);
                         d
                     };
                 }
