@@ -163,11 +163,13 @@ pub enum PoolCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum EnvsCmd {
+    /// The site's environments on this engine, each with its role (active, rollback, idle).
     List {
         site: String,
         #[arg(long)]
         prefix: Option<String>,
     },
+    /// Remove the environments nothing needs (never the active or the rollback one).
     Prune {
         site: String,
         #[arg(long)]
@@ -180,6 +182,7 @@ pub enum EnvsCmd {
         /// The site (or --all: every site with a [site.release]).
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         site: Option<String>,
+        /// Every site with a [site.release].
         #[arg(long)]
         all: bool,
         /// Follow this prefix's environments (default: the one each pool was set to, else the config's).
