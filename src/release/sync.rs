@@ -206,7 +206,7 @@ pub async fn sync(
     site: &str,
     prefix: Option<&str>,
 ) -> Result<SyncReport, ReleaseError> {
-    let _lock = match journal::lock(cfg, site, "envs sync") {
+    let _lock = match journal::lock(cfg, site, journal::SYNC_LOCK) {
         Ok(l) => l,
         Err(ReleaseError::Locked { holder, .. }) => {
             return Ok(SyncReport {
