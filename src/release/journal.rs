@@ -1,9 +1,9 @@
 //! The release journal and lock, beside the state file (`proxy.state`):
 //! `release-{site}.json` records the step a release is at and what it did that must be undone
 //! (written atomically as each step is entered, first when step 1 is) and `release-{site}.lock`
-//! is held (flock) by the one release, backup, prune or sync running for the site. The kernel drops the
-//! lock when the process dies, so a crash never leaves a stale lock; the journal stays, and
-//! [`pending_release_note`] tells the next `serve` about it.
+//! is held (flock) by the one release, backup, prune or sync running for the site. The kernel
+//! drops the lock when the process dies, so a crash never leaves a stale lock; the journal stays,
+//! and [`pending_release_note`] tells the next `serve` about it.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Seek, Write};
