@@ -76,14 +76,23 @@ pub async fn envs(cfg: &Config, client: &Client, what: &EnvsCmd) -> anyhow::Resu
                     "no site of the config has a [site.release] section: nothing to sync"
                 );
             }
-            let mut down = Vec::new();
+            let (mut down, mut failed) = (Vec::new(), Vec::new());
             for s in &sites {
-                let rep = sync::sync(cfg, client, s, prefix.as_deref()).await?;
-                for l in rep.lines(true) {
-                    println!("{l}");
-                }
-                if rep.active_down() {
-                    down.push(s.as_str());
+                match sync::sync(cfg, client, s, prefix.as_deref()).await {
+                    Ok(rep) => {
+                        for l in rep.lines(true) {
+                            println!("{l}");
+                        }
+                        if rep.active_down() {
+                            down.push(s.as_str());
+                        }
+                    }
+                    // One site's trouble does not keep --all from the others.
+                    Err(e) if sites.len() > 1 => {
+                        println!("{s}: not synced: {e}");
+                        failed.push(s.as_str());
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
             if !down.is_empty() {
@@ -91,6 +100,9 @@ pub async fn envs(cfg: &Config, client: &Client, what: &EnvsCmd) -> anyhow::Resu
                     "the active pool of {} points at nothing and was left as it is (see above for what to do)",
                     down.join(", ")
                 );
+            }
+            if !failed.is_empty() {
+                anyhow::bail!("could not sync {} (see above)", failed.join(", "));
             }
         }
         EnvsCmd::Watch { sites, every } => release::watch(cfg, client, sites, *every).await?,
