@@ -133,10 +133,10 @@ impl Reads {
     }
 }
 
-/// `docker restart` of the active web under a read load, with `envs watch` running: the watcher
-/// follows the new port at the container's start event, reads fail only between the restart and
-/// that moment, and every read afterwards succeeds. The sync is an audited pool change that moves
-/// nothing else (active color, switch history, rollback guard).
+/// `envs watch` started after a restart (as at boot) heals at once. Then `docker restart` of the
+/// active web under a read load: the watcher follows the new port at the container's start event,
+/// reads fail only between the restart and that moment, and every read afterwards succeeds. The
+/// sync is an audited pool change that moves nothing else (active color, history, rollback guard).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn issue_16_watch_follows_a_restarted_web_under_reads() {
     if !testapp() {
@@ -157,10 +157,16 @@ async fn issue_16_watch_follows_a_restarted_web_under_reads() {
     }
     assert_eq!(s.post_note("before the restart").await.status(), 201);
 
-    // --every 10m: whatever heals here is the start event, not the periodic sync.
+    // As at boot: the web came back on a new port before the watcher started. Its first sync,
+    // once connected, heals that.
+    let stale = host_port(&s, "blue");
+    docker(&format!("restart -t 10 {}-blue-web", s.prefix));
+    let booted = host_port(&s, "blue");
+    assert_ne!(booted, stale);
+    // --every 10m: whatever heals after the first sync is the start event, not the periodic one.
     let (mut watch, rx, watch_err) = s.spawn(&["envs", "watch", "--every", "10m"]);
     let mut seen = Vec::new();
-    wait_line(&rx, "following the Docker engine", &mut seen);
+    wait_line(&rx, &format!("pool {stale} -> {booted}"), &mut seen);
     let watch_out = Arc::new(Mutex::new(seen));
     {
         let out = watch_out.clone();
