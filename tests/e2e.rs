@@ -37,3 +37,6 @@ mod mediawiki;
 
 #[path = "e2e/http_rules.rs"]
 mod http_rules;
+
+#[path = "e2e/operator.rs"]
+mod operator;

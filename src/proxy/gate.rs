@@ -45,16 +45,19 @@ pub fn check(site: &SiteRoute, method: &Method, path: &str, client: IpAddr) -> G
     let shared = &site.shared;
     shared.inflight_writes.fetch_add(1, Ordering::SeqCst);
     let guard = WriteGuard(shared.clone());
-    if shared.read_only.load(Ordering::SeqCst)
-        && !site.policy.path_allowed(path)
-        && !site.policy.client_allowed(client)
-    {
+    let on = shared.read_only.load(Ordering::SeqCst);
+    if on && !site.policy.path_allowed(path) && !site.policy.client_allowed(client) {
         drop(guard);
         let notice = site.read_only.clone().unwrap_or_else(default_notice);
         return Gate::Refuse(notice);
     }
+    // A write is marked by the flag it was let through by, not by the table's notice: the two
+    // change a moment apart (read-only on stores the notice, then raises the flag; off lowers
+    // the flag, then drops the notice), and a write admitted as a normal one but marked
+    // `X-Read-Only: 1` is refused by an app that honours the header, after the edge counted it
+    // as accepted.
     Gate::Pass {
-        read_only: site.read_only.is_some(),
+        read_only: on,
         write: Some(guard),
     }
 }
@@ -70,4 +73,60 @@ fn default_notice() -> Arc<ReadOnlyNotice> {
         })
     })
     .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(notice: bool, flag: bool) -> SiteRoute {
+        let cfg = crate::config::parse_config(
+            std::path::Path::new("t.toml"),
+            "[proxy]\nhttp=\"127.0.0.1:0\"\nstate=\"s\"\n[[site]]\nname=\"w\"\nhosts=[\"w.test\"]\n[site.pools]\nblue=[\"127.0.0.1:1\"]\n",
+        )
+        .unwrap();
+        let t = crate::routing::RoutingTable::build(
+            &cfg,
+            &crate::state::State::default(),
+            &mut std::collections::HashMap::new(),
+            None,
+        );
+        let s = t.sites[0].as_ref();
+        s.shared.read_only.store(flag, Ordering::SeqCst);
+        SiteRoute {
+            name: s.name.clone(),
+            active: s.active,
+            pools: s.pools.clone(),
+            shared: s.shared.clone(),
+            read_only: notice.then(default_notice),
+            policy: s.policy.clone(),
+            maintenance: None,
+            maintenance_allow: s.maintenance_allow.clone(),
+            redirect_http: s.redirect_http,
+            health: s.health.clone(),
+            hsts: None,
+            json_errors: Box::default(),
+        }
+    }
+
+    fn pass(g: Gate) -> Option<bool> {
+        match g {
+            Gate::Pass { read_only, .. } => Some(read_only),
+            Gate::Refuse(_) => None,
+        }
+    }
+
+    #[test]
+    fn a_write_is_marked_by_the_flag_that_let_it_through() {
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        // The notice is in the table, the flag not yet up (or already down): a normal write.
+        let s = site(true, false);
+        assert_eq!(pass(check(&s, &Method::POST, "/", ip)), Some(false));
+        // Reads follow the notice (a banner, never a refusal).
+        assert_eq!(pass(check(&s, &Method::GET, "/", ip)), Some(true));
+        // The flag up: refused, and not counted in flight.
+        let s = site(true, true);
+        assert_eq!(pass(check(&s, &Method::POST, "/", ip)), None);
+        assert_eq!(s.shared.inflight_writes.load(Ordering::SeqCst), 0);
+    }
 }

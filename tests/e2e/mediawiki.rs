@@ -357,7 +357,10 @@ async fn issue_8_mediawiki_up_edit_release_rollback() {
         .await;
     let status = child.wait().unwrap();
     let release_s = t.elapsed().as_secs_f64();
-    seen.extend(rx.try_iter());
+    // Every line the release printed: the reader thread ends (and drops its sender) at the EOF
+    // of the pipe, which may come a moment after the exit. `try_iter` here once lost the last
+    // lines (the read-only window) to that race.
+    seen.extend(rx.iter());
     let mut err = String::new();
     let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
     let out = format!("{}\n{err}", seen.join("\n"));
