@@ -20,6 +20,9 @@ mod switching;
 #[path = "e2e/release.rs"]
 mod release;
 
+#[path = "e2e/envs_sync.rs"]
+mod envs_sync;
+
 #[path = "e2e/health.rs"]
 mod health;
 

@@ -190,15 +190,40 @@ pub enum PoolCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum EnvsCmd {
+    /// The site's environments on this engine, each with its role (active, rollback, idle).
     List {
         site: String,
         #[arg(long)]
         prefix: Option<String>,
     },
+    /// Remove the environments nothing needs (never the active or the rollback one).
     Prune {
         site: String,
         #[arg(long)]
         prefix: Option<String>,
+    },
+    /// Point the pools at the web containers' published ports again (they change when a container,
+    /// the engine or the host restarts). Changes only a stale pool, says what it did; exit 1 when
+    /// the active pool points at nothing and could not be healed.
+    Sync {
+        /// The site (or --all: every site with a [site.release]).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        site: Option<String>,
+        /// Every site with a [site.release].
+        #[arg(long)]
+        all: bool,
+        /// Follow this prefix's environments (default: the one each pool was set to, else the config's).
+        #[arg(long, conflicts_with = "all")]
+        prefix: Option<String>,
+    },
+    /// Keep the pools synced: at every container start, and every --every. Runs until Ctrl-C or
+    /// SIGTERM; start it at boot (docker/systemd/switchyard-envs-watch.service).
+    Watch {
+        /// Sites to follow (default: every site with a [site.release]).
+        sites: Vec<String>,
+        /// Full sync this often too, in case an event was missed.
+        #[arg(long, default_value = "30s", value_parser = parse_dur)]
+        every: Duration,
     },
 }
 
@@ -304,7 +329,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Rollback {
             site,
             discard_writes,
-        } => control::rollback(&cli.client()?, site, *discard_writes).await,
+        } => {
+            let client = cli.client()?;
+            // A release-managed site: heal a stale pool first, or the switch back finds the
+            // previous environment down. Best effort: a rollback never waits on Docker.
+            if let Ok(cfg) = cli.load_config() {
+                if cfg.site(site).is_some_and(|s| s.release.is_some()) {
+                    release::sync_first(&cfg, &client, site, None).await;
+                }
+            }
+            control::rollback(&client, site, *discard_writes).await
+        }
         Cmd::Up {
             site,
             version,

@@ -3,7 +3,7 @@
 
 use crate::config::{Color, Config};
 use crate::control::client::Client;
-use crate::release::{self, backup, envs, human_bytes};
+use crate::release::{self, backup, envs, human_bytes, sync};
 
 use super::{render, BackupsCmd, EnvsCmd};
 
@@ -43,6 +43,7 @@ pub async fn release(
 pub async fn envs(cfg: &Config, client: &Client, what: &EnvsCmd) -> anyhow::Result<()> {
     match what {
         EnvsCmd::List { site, prefix } => {
+            sync_first(cfg, client, site, prefix.as_deref()).await;
             let listing = envs::list(cfg, client, site, prefix.as_deref()).await?;
             print!("{}", render::envs(&listing));
             if let Err(e) = &listing.status {
@@ -60,8 +61,66 @@ pub async fn envs(cfg: &Config, client: &Client, what: &EnvsCmd) -> anyhow::Resu
                 println!("nothing to prune for {site} (prefix {pruned})");
             }
         }
+        EnvsCmd::Sync { site, prefix, .. } => {
+            let sites: Vec<String> = match site {
+                Some(s) => vec![s.clone()],
+                None => cfg
+                    .sites
+                    .iter()
+                    .filter(|s| s.release.is_some())
+                    .map(|s| s.name.clone())
+                    .collect(),
+            };
+            if sites.is_empty() {
+                anyhow::bail!(
+                    "no site of the config has a [site.release] section: nothing to sync"
+                );
+            }
+            let (mut down, mut failed) = (Vec::new(), Vec::new());
+            for s in &sites {
+                match sync::sync(cfg, client, s, prefix.as_deref()).await {
+                    Ok(rep) => {
+                        for l in rep.lines(true) {
+                            println!("{l}");
+                        }
+                        if rep.active_down() {
+                            down.push(s.as_str());
+                        }
+                    }
+                    // One site's trouble does not keep --all from the others.
+                    Err(e) if sites.len() > 1 => {
+                        println!("{s}: not synced: {e}");
+                        failed.push(s.as_str());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if !down.is_empty() {
+                anyhow::bail!(
+                    "the active pool of {} points at nothing and was left as it is (see above for what to do)",
+                    down.join(", ")
+                );
+            }
+            if !failed.is_empty() {
+                anyhow::bail!("could not sync {} (see above)", failed.join(", "));
+            }
+        }
+        EnvsCmd::Watch { sites, every } => release::watch(cfg, client, sites, *every).await?,
     }
     Ok(())
+}
+
+/// Before a command that reads or flips pools (`envs list`, `rollback`): a best-effort sync,
+/// saying only what changed or is wrong.
+pub async fn sync_first(cfg: &Config, client: &Client, site: &str, prefix: Option<&str>) {
+    match sync::sync(cfg, client, site, prefix).await {
+        Ok(rep) => {
+            for l in rep.lines(false) {
+                println!("envs sync: {l}");
+            }
+        }
+        Err(e) => println!("envs sync: not done ({e})"),
+    }
 }
 
 pub async fn backup(cfg: &Config, client: &Client, site: &str) -> anyhow::Result<()> {

@@ -92,8 +92,19 @@ impl Client {
         color: Color,
         backends: Vec<String>,
     ) -> Result<PoolResponse, ControlError> {
+        self.set_pool_if(site, color, backends, None).await
+    }
+
+    /// `PUT /v1/sites/{site}/pools/{color}` with `If-Match` when given (412 if the state moved on).
+    pub async fn set_pool_if(
+        &self,
+        site: &str,
+        color: Color,
+        backends: Vec<String>,
+        if_match: Option<u64>,
+    ) -> Result<PoolResponse, ControlError> {
         let uri = format!("/v1/sites/{site}/pools/{color}");
-        self.call(Method::PUT, &uri, Some(&PoolRequest { backends }), None)
+        self.call(Method::PUT, &uri, Some(&PoolRequest { backends }), if_match)
             .await
     }
 

@@ -348,6 +348,7 @@ pub async fn take_now(
 ) -> Result<(Manifest, PathBuf), ReleaseError> {
     let _lock = journal::lock(cfg, site, "backup")?;
     let r = Release::open(cfg, client, site, None).await?;
+    super::sync::before(&r, false).await;
     let st = r.status().await?;
     let env = r
         .find_env(st.active)

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::bindings;
 use super::docker::{Engine, EnvId, EnvInfo, ExecOutcome};
 use super::{secs, Progress, ReleaseError};
 use crate::config::{Color, Config, HealthConfig, ReleaseConfig, ServiceConfig, SiteConfig};
@@ -78,15 +79,21 @@ impl<'a> Release<'a> {
 
     /// The daemon's view of this site.
     pub async fn status(&self) -> Result<SiteStatus, ReleaseError> {
+        Ok(self.versioned_status().await?.1)
+    }
+
+    /// The daemon's state version and its view of this site.
+    pub async fn versioned_status(&self) -> Result<(u64, SiteStatus), ReleaseError> {
         let s = self
             .client
             .status()
             .await
             .map_err(ctl("report its status"))?;
-        s.sites
+        let site = s.sites
             .into_iter()
             .find(|x| x.name == self.site.name)
-            .ok_or_else(|| ReleaseError::Failed(format!("the running daemon does not know site `{}`; run `switchyard reload` after editing the config", self.site.name)))
+            .ok_or_else(|| ReleaseError::Failed(format!("the running daemon does not know site `{}`; run `switchyard reload` after editing the config", self.site.name)))?;
+        Ok((s.version, site))
     }
 
     pub fn env(&self, color: Color, version: &str) -> EnvId {
@@ -136,11 +143,15 @@ impl<'a> Release<'a> {
         Ok(out)
     }
 
+    /// Sets a color's pool, and records which environment it now follows (`bindings.rs`).
     pub async fn set_pool(&self, color: Color, backends: Vec<String>) -> Result<(), ReleaseError> {
         self.client
-            .set_pool(self.name(), color, backends)
+            .set_pool(self.name(), color, backends.clone())
             .await
             .map_err(ctl(format!("set the {color} pool")))?;
+        if let Err(e) = bindings::record(self.cfg, self.name(), color, &self.prefix, &backends) {
+            self.progress.line(format_args!("note: {e}"));
+        }
         Ok(())
     }
 

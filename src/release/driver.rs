@@ -9,8 +9,9 @@ use super::journal::{self, Journal};
 use super::plan::{self, Resume};
 use super::step::Step;
 use super::steps::{self, Run};
+use super::sync;
 use super::unwind::unwind;
-use super::ReleaseError;
+use super::{interrupted, ReleaseError};
 use crate::config::Config;
 use crate::control::client::Client;
 
@@ -24,6 +25,8 @@ pub async fn start(
 ) -> Result<(), ReleaseError> {
     let _lock = journal::lock(cfg, site, "release")?;
     let r = Release::open(cfg, client, site, prefix).await?;
+    // After a restart the active pool is stale, and the preflight below would refuse.
+    sync::before(&r, prefix.is_some()).await;
     if let Some(j) = journal::load(cfg, site)? {
         return Err(ReleaseError::Failed(format!(
             "an unfinished release of {} (to version {} on {}, at step {}) is recorded in {}; run `switchyard release {} --resume` or `--abort` first",
@@ -105,6 +108,7 @@ pub async fn resume(
 ) -> Result<(), ReleaseError> {
     let _lock = journal::lock(cfg, site, "release")?;
     let (r, mut j) = unfinished(cfg, client, site, prefix, "resume").await?;
+    sync::before(&r, false).await;
     j.pid = std::process::id();
     let st = r.status().await?;
     // Only worth the work when the answer can depend on it.
@@ -156,6 +160,7 @@ pub async fn abort(
 ) -> Result<(), ReleaseError> {
     let _lock = journal::lock(cfg, site, "release")?;
     let (r, j) = unfinished(cfg, client, site, prefix, "abort").await?;
+    sync::before(&r, false).await;
     let (notes, clean) = unwind(&r, &j).await;
     for n in &notes {
         r.progress.line(format_args!("abort: {n}"));
@@ -197,15 +202,4 @@ async fn walk(run: &mut Run<'_>, plan: &[Step]) -> Result<(), ReleaseError> {
         steps::run(step, run).await?;
     }
     steps::finish(run).await
-}
-
-async fn interrupted() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

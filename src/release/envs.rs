@@ -33,9 +33,17 @@ pub fn role(e: &EnvInfo, st: &SiteStatus, config_prefix: &str) -> Role {
                 .is_some_and(|p| p.iter().any(|b| b.addr == a.to_string()))
         })
     };
+    // The config's prefix of a color whose pool is set counts as that color's env even when its
+    // web is down or its pool stale (after a restart, before `envs sync`): never prunable then.
+    let ours = |c: Color| {
+        e.color == c && e.prefix == config_prefix && st.pools.get(&c).is_some_and(|p| !p.is_empty())
+    };
     if in_pool(st.active) || (e.color == st.active && e.prefix == config_prefix) {
         Role::Active
-    } else if st.previous.is_some_and(|p| p != st.active && in_pool(p)) {
+    } else if st
+        .previous
+        .is_some_and(|p| p != st.active && (in_pool(p) || ours(p)))
+    {
         Role::Rollback
     } else if Color::ALL.iter().any(|c| in_pool(*c)) {
         Role::InPool
@@ -104,6 +112,8 @@ pub async fn prune(
         return Err(ReleaseError::Failed(format!("a release of {site} to {} is unfinished; run `release --resume` or `--abort` before pruning", j.to_version)));
     }
     let r = Release::open(cfg, client, site, prefix).await?;
+    // A stale pool would make the rollback environment look unused: heal first.
+    super::sync::before(&r, prefix.is_some()).await;
     let st = r.status().await?;
     for e in r.engine.list(site, Some(&r.prefix)).await? {
         let outcome = match role(&e, &st, &r.rel.prefix) {
@@ -183,5 +193,12 @@ mod tests {
         // In the idle pool without being the rollback target: kept.
         let st = status(Blue, None, &[(Blue, 1), (Green, 3)]);
         assert_eq!(role(&env("w", Green, Some(3)), &st, "w"), Role::InPool);
+        // After a restart the rollback env's web is on a new port (or down) and its pool stale:
+        // still the rollback env, not prunable.
+        let st = status(Green, Some(Blue), &[(Green, 2), (Blue, 1)]);
+        assert_eq!(role(&env("w", Blue, Some(9)), &st, "w"), Role::Rollback);
+        assert_eq!(role(&env("w", Blue, None), &st, "w"), Role::Rollback);
+        // ... but another prefix's env of that color is not.
+        assert_eq!(role(&env("x", Blue, None), &st, "w"), Role::Idle);
     }
 }

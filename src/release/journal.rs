@@ -1,9 +1,9 @@
 //! The release journal and lock, beside the state file (`proxy.state`):
 //! `release-{site}.json` records the step a release is at and what it did that must be undone
 //! (written atomically as each step is entered, first when step 1 is) and `release-{site}.lock`
-//! is held (flock) by the one release, backup or prune running for the site. The kernel drops the
-//! lock when the process dies, so a crash never leaves a stale lock; the journal stays, and
-//! [`pending_release_note`] tells the next `serve` about it.
+//! is held (flock) by the one release, backup, prune or sync running for the site. The kernel
+//! drops the lock when the process dies, so a crash never leaves a stale lock; the journal stays,
+//! and [`pending_release_note`] tells the next `serve` about it.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Seek, Write};
@@ -143,7 +143,7 @@ impl From<OnDisk> for Journal {
     }
 }
 
-fn dir_of(cfg: &Config) -> PathBuf {
+pub(super) fn dir_of(cfg: &Config) -> PathBuf {
     match cfg.proxy.state.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -225,6 +225,9 @@ pub fn pending_release_note(cfg: &Config) -> Option<String> {
     (!notes.is_empty()).then(|| notes.join("\n"))
 }
 
+/// What `envs sync` calls itself in the lock file (the other commands wait for it).
+pub const SYNC_LOCK: &str = "envs sync";
+
 /// The per-site lock; released when dropped or when the process dies.
 pub struct Lock {
     _file: std::fs::File,
@@ -245,16 +248,29 @@ pub fn lock(cfg: &Config, site: &str, what: &str) -> Result<Lock, ReleaseError> 
         .truncate(false)
         .open(&p)
         .map_err(io)?;
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
+    // A sync (`envs watch` runs one at every container start) holds the lock for well under a
+    // second: wait it out rather than refuse. Anything else holding it is refused at once.
+    let patience = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            break;
+        }
         let mut holder = String::new();
+        let _ = f.rewind();
         let _ = f.read_to_string(&mut holder);
-        return Err(ReleaseError::Locked {
-            site: site.into(),
-            holder: holder.trim().to_string(),
-            path: p,
-        });
+        let holder = holder.trim().to_string();
+        // Empty: the holder has just taken it and not written its name yet.
+        let brief = holder.is_empty() || holder.starts_with(SYNC_LOCK);
+        if !brief || what == SYNC_LOCK || std::time::Instant::now() >= patience {
+            return Err(ReleaseError::Locked {
+                site: site.into(),
+                holder,
+                path: p,
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let _ = f.set_len(0);
     let _ = f.rewind();

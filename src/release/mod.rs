@@ -11,10 +11,14 @@
 //! - `steps.rs`: one function per step. `unwind.rs`: the failure path.
 //! - `context.rs`: [`Release`], the site + engine + control client every command works with.
 //! - `up.rs`: a first environment. `envs.rs`: list and prune environments.
+//! - `sync.rs`: the pools follow the web containers' published ports (after a restart);
+//!   `watch.rs` runs it at every container start; `bindings.rs` remembers which environment
+//!   each pool follows.
 //! - `backup.rs`: dumps with a sha256 manifest, read back and verified; list/verify/prune.
 //! - `docker/`: the engine: names, environments, exec streaming, readiness.
 
 pub mod backup;
+mod bindings;
 mod context;
 pub mod docker;
 mod driver;
@@ -23,8 +27,10 @@ pub mod journal;
 mod plan;
 pub mod step;
 mod steps;
+pub mod sync;
 mod unwind;
 mod up;
+mod watch;
 
 use std::fmt;
 use std::io::Write;
@@ -39,6 +45,7 @@ pub use driver::{abort, resume, start};
 pub use journal::pending_release_note;
 pub use step::Step;
 pub use up::up;
+pub use watch::watch;
 
 /// Everything that can go wrong at this boundary, written for the person at the terminal.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +146,18 @@ pub fn human_bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", U[i])
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+pub(crate) async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }
 

@@ -4,6 +4,7 @@
 
 use super::context::Release;
 use super::journal;
+use super::sync;
 use super::ReleaseError;
 use crate::config::{Color, Config};
 use crate::control::client::Client;
@@ -18,6 +19,7 @@ pub async fn up(
 ) -> Result<(), ReleaseError> {
     let _lock = journal::lock(cfg, site, "up")?;
     let r = Release::open(cfg, client, site, prefix).await?;
+    sync::before(&r, prefix.is_some()).await;
     r.engine.check_images(r.rel, version).await?;
     let st = r.status().await?;
     let color = color.unwrap_or(st.active);

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-const HOST: &str = "notes.test";
-const SITE: &str = "notes";
+pub(crate) const HOST: &str = "notes.test";
+pub(crate) const SITE: &str = "notes";
 
 fn engine_ready() -> bool {
     static READY: OnceLock<bool> = OnceLock::new();
@@ -47,7 +47,7 @@ fn build(script: &str) {
 }
 
 /// True when Docker is there and the test images are built (once per run).
-fn testapp() -> bool {
+pub(crate) fn testapp() -> bool {
     static DONE: OnceLock<()> = OnceLock::new();
     if !engine_ready() {
         return false;
@@ -65,12 +65,12 @@ fn mariadb() -> bool {
     true
 }
 
-fn sh(cmd: &str) -> Output {
+pub(crate) fn sh(cmd: &str) -> Output {
     Command::new("sh").arg("-c").arg(cmd).output().expect("sh")
 }
 
 /// The testapp stack: db (volume `data`) + web, with app read-only and verify_restore.
-fn testapp_release(prefix: &str) -> String {
+pub(crate) fn testapp_release(prefix: &str) -> String {
     format!(
         r#"
 [site.release]
@@ -104,14 +104,14 @@ migrate = ["/sy-testapp", "migrate"]
 }
 
 /// A proxy with one site `notes` managed by `release`, and the Docker objects of its prefix.
-struct Stack {
-    p: Proxy,
-    prefix: String,
-    http: reqwest::Client,
+pub(crate) struct Stack {
+    pub(crate) p: Proxy,
+    pub(crate) prefix: String,
+    pub(crate) http: reqwest::Client,
 }
 
 impl Stack {
-    fn start(name: &str, release: impl FnOnce(&str) -> String) -> Stack {
+    pub(crate) fn start(name: &str, release: impl FnOnce(&str) -> String) -> Stack {
         let prefix = format!("syt-{name}-{}", std::process::id());
         let site = format!(
             "\n[[site]]\nname = \"{SITE}\"\nhosts = [\"{HOST}\"]\nredirect_http = false\n[site.health]\npath = \"/health\"\ninterval = \"200ms\"\nrise = 1\nfall = 2\n{}",
@@ -125,11 +125,11 @@ impl Stack {
         Stack { p, prefix, http }
     }
 
-    fn cli(&self, args: &[&str]) -> Output {
+    pub(crate) fn cli(&self, args: &[&str]) -> Output {
         self.p.cli(args)
     }
 
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         self.p.ok(args)
     }
 
@@ -149,7 +149,7 @@ impl Stack {
             .unwrap()
     }
 
-    async fn post_note(&self, text: &str) -> reqwest::Response {
+    pub(crate) async fn post_note(&self, text: &str) -> reqwest::Response {
         self.http
             .post(self.p.url("/notes"))
             .header("host", HOST)
@@ -159,7 +159,7 @@ impl Stack {
             .unwrap()
     }
 
-    async fn version(&self) -> String {
+    pub(crate) async fn version(&self) -> String {
         let r = self.get("/version").await;
         assert_eq!(r.status(), 200, "GET /version through the proxy");
         r.headers()
@@ -175,7 +175,7 @@ impl Stack {
         r.json().await.unwrap()
     }
 
-    fn site_status(&self) -> serde_json::Value {
+    pub(crate) fn site_status(&self) -> serde_json::Value {
         self.p.status()["sites"]
             .as_array()
             .unwrap()
@@ -244,12 +244,12 @@ impl Stack {
         }
     }
 
-    fn release(&self, version: &str) -> Output {
+    pub(crate) fn release(&self, version: &str) -> Output {
         self.cli(&["release", SITE, "--version", version])
     }
 
     /// Starts `release` as a child; its stdout lines arrive on the returned channel.
-    fn spawn(
+    pub(crate) fn spawn(
         &self,
         args: &[&str],
     ) -> (
@@ -298,7 +298,7 @@ impl Drop for Stack {
     }
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
@@ -306,7 +306,11 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn wait_line(rx: &std::sync::mpsc::Receiver<String>, what: &str, seen: &mut Vec<String>) {
+pub(crate) fn wait_line(
+    rx: &std::sync::mpsc::Receiver<String>,
+    what: &str,
+    seen: &mut Vec<String>,
+) {
     let end = Instant::now() + Duration::from_secs(120);
     loop {
         let left = end.saturating_duration_since(Instant::now());

@@ -6,8 +6,10 @@
 //! - `env.rs`: environments: create, start, stop, remove, list, the published web address.
 //! - `exec.rs`: a command in a container, with stdin/stdout streamed.
 //! - `ready.rs`: waiting until a service is ready (HEALTHCHECK, else its TCP port).
+//! - `events.rs`: container starts as they happen, and the host ports running containers publish.
 
 mod env;
+mod events;
 mod exec;
 mod names;
 mod ready;
@@ -16,6 +18,7 @@ use bollard::errors::Error as DockerError;
 use bollard::Docker;
 
 pub use env::EnvInfo;
+pub use events::Published;
 pub use exec::ExecOutcome;
 pub use names::*;
 
