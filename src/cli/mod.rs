@@ -43,8 +43,10 @@ pub enum Cmd {
     Serve,
     /// Run the proxy on 127.0.0.1:8080/:8443 in front of two built-in demo backends.
     Demo {
+        /// The plain HTTP listener.
         #[arg(long, default_value = "127.0.0.1:8080")]
         http: String,
+        /// The HTTPS listener (a self-signed dev certificate is made on first run).
         #[arg(long, default_value = "127.0.0.1:8443")]
         https: String,
         /// The metrics listener: /metrics and the dashboard at /.
@@ -58,12 +60,15 @@ pub enum Cmd {
     Check,
     /// What is active, pool health, read-only, writes since the last switch.
     Status {
+        /// The whole status as JSON, for scripts.
         #[arg(long)]
         json: bool,
     },
     /// Flip SITE to COLOR (blue or green).
     Switch {
+        /// The site (its `name` in the config).
         site: String,
+        /// blue or green.
         color: String,
         /// How long upgraded (WebSocket) connections on the old color may stay.
         #[arg(long, default_value = "30s", value_parser = parse_dur)]
@@ -99,6 +104,7 @@ pub enum Cmd {
     Reload,
     /// Flip back to the previous environment.
     Rollback {
+        /// The site (its `name` in the config).
         site: String,
         /// Roll back even though writes reached the current color since the switch (they are lost).
         #[arg(long)]
@@ -106,23 +112,33 @@ pub enum Cmd {
     },
     /// Create a first environment on Docker.
     Up {
+        /// The site (its `name` in the config).
         site: String,
+        /// The version to run (fills `{version}` in the services' images).
         #[arg(long)]
         version: String,
+        /// The color to create it in (default: the active one).
         #[arg(long)]
         color: Option<String>,
+        /// Container-name prefix (default: the site's [site.release] prefix).
         #[arg(long)]
         prefix: Option<String>,
     },
     /// The six-step release on Docker.
     Release {
+        /// The site (its `name` in the config).
         site: String,
+        /// The version to release (fills `{version}` in the services' images).
         #[arg(long, required_unless_present_any = ["resume", "abort"])]
         version: Option<String>,
+        /// Container-name prefix (default: the site's [site.release] prefix; --resume and
+        /// --abort use the one the release was started with).
         #[arg(long)]
         prefix: Option<String>,
+        /// Finish a release that was cut off (see `release/LIFECYCLE.md`).
         #[arg(long, conflicts_with = "abort")]
         resume: bool,
+        /// Undo a release that was cut off: the old environment keeps serving.
         #[arg(long)]
         abort: bool,
     },
@@ -144,8 +160,10 @@ pub enum Cmd {
 pub enum ReadOnlyCmd {
     /// Refuse writes (503 + Retry-After); returns once no write is in flight.
     On {
+        /// Why, as users see it on the 503 page.
         #[arg(long)]
         reason: String,
+        /// Seconds for Retry-After.
         #[arg(long, default_value_t = 300)]
         retry_after: u64,
         /// Only these sites (repeatable); default every site.
@@ -182,8 +200,11 @@ pub enum MaintenanceCmd {
 pub enum PoolCmd {
     /// Replace a color's backends.
     Set {
+        /// The site (its `name` in the config).
         site: String,
+        /// blue or green.
         color: String,
+        /// IP:PORT of each backend; none empties the pool (refused for the active color).
         addrs: Vec<String>,
     },
 }
@@ -192,13 +213,17 @@ pub enum PoolCmd {
 pub enum EnvsCmd {
     /// The site's environments on this engine, each with its role (active, rollback, idle).
     List {
+        /// The site (its `name` in the config).
         site: String,
+        /// Only this container-name prefix (default: every prefix of the site).
         #[arg(long)]
         prefix: Option<String>,
     },
     /// Remove the environments nothing needs (never the active or the rollback one).
     Prune {
+        /// The site (its `name` in the config).
         site: String,
+        /// Container-name prefix (default: the site's [site.release] prefix).
         #[arg(long)]
         prefix: Option<String>,
     },
