@@ -48,6 +48,24 @@ pub(super) fn release(cx: &mut Ctx, rr: &S<RawRelease>, site: &str) -> ReleaseCo
                 ),
             }
         }
+        let mut data_volumes: Vec<String> = Vec::new();
+        for d in &s_ref.data_volumes {
+            let v = d.get_ref();
+            if data_volumes.contains(v) {
+                cx.err(d, format!("data volume `{v}` is listed twice"));
+            } else if volumes.iter().any(|(n, _)| n == v) {
+                data_volumes.push(v.clone());
+            } else {
+                let have: Vec<&str> = volumes.iter().map(|(n, _)| n.as_str()).collect();
+                cx.err(
+                    d,
+                    format!(
+                        "data volume `{v}` is not one of service `{name}`'s volumes ({}); add `\"{v}:/path\"` to its `volumes`, or name one of those",
+                        if have.is_empty() { "it has none".to_string() } else { have.join(", ") }
+                    ),
+                );
+            }
+        }
         services.push(ServiceConfig {
             name,
             image: s_ref.image.get_ref().clone(),
@@ -57,6 +75,7 @@ pub(super) fn release(cx: &mut Ctx, rr: &S<RawRelease>, site: &str) -> ReleaseCo
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             volumes,
+            data_volumes,
             command: s_ref.command.clone(),
             backup: s_ref.backup.clone(),
             restore: s_ref.restore.clone(),

@@ -5,8 +5,10 @@
 //! - `names.rs`: what things are called (EnvId: containers, network, volumes, labels).
 //! - `env.rs`: environments: create, start, stop, remove, list, the published web address.
 //! - `exec.rs`: a command in a container, with stdin/stdout streamed.
+//! - `archive.rs`: files out of and into a container's folders (tar streams, no helper image).
 //! - `ready.rs`: waiting until a service is ready (HEALTHCHECK, else its TCP port).
 
+mod archive;
 mod env;
 mod exec;
 mod names;
