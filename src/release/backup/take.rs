@@ -222,7 +222,15 @@ async fn member(
                 .exec(&container, &cmd, None::<tokio::io::Empty>, Some(&mut w), |n| {
                     progress.bytes(&what, t, n)
                 })
-                .await?;
+                .await
+                .map_err(|e| match e {
+                    ReleaseError::Failed(why) if why.contains("(os error 28)") => {
+                        io(format!("write backup member {} to", p.name), &path)(
+                            std::io::Error::from_raw_os_error(libc::ENOSPC),
+                        )
+                    }
+                    e => e,
+                })?;
             if out.code != 0 {
                 return Err(ReleaseError::Command {
                     what: "the backup command".into(),
