@@ -260,6 +260,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             match config::check(&p) {
                 Ok(cfg) => {
                     println!("{}: ok ({} site(s))", p.display(), cfg.sites.len());
+                    for w in config::perms::warnings(&cfg) {
+                        eprintln!("warning: {w}");
+                    }
                     Ok(())
                 }
                 Err(e) => Err(anyhow::anyhow!("{e}")),

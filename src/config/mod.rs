@@ -4,6 +4,7 @@
 //! or *every* problem found, each with file:line and a hint. Relative paths in the file are taken
 //! relative to the directory of the config file.
 
+pub mod perms;
 mod raw;
 pub mod units;
 mod validate;

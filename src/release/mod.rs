@@ -142,7 +142,10 @@ impl Progress {
         if last.elapsed() >= Duration::from_secs(1) && since.elapsed() >= Duration::from_secs(1) {
             *last = Instant::now();
             drop(last);
-            self.line(format_args!("          {}", rate_line(what, since.elapsed(), n)));
+            self.line(format_args!(
+                "          {}",
+                rate_line(what, since.elapsed(), n)
+            ));
         }
     }
 

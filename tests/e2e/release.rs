@@ -325,7 +325,11 @@ pub(crate) fn text(o: &Output) -> String {
     )
 }
 
-pub(crate) fn wait_line(rx: &std::sync::mpsc::Receiver<String>, what: &str, seen: &mut Vec<String>) {
+pub(crate) fn wait_line(
+    rx: &std::sync::mpsc::Receiver<String>,
+    what: &str,
+    seen: &mut Vec<String>,
+) {
     let end = Instant::now() + Duration::from_secs(120);
     loop {
         let left = end.saturating_duration_since(Instant::now());
@@ -654,7 +658,8 @@ async fn issue_5_fault_missing_image_changes_nothing() {
     let o = s.release("9");
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        text(&o).contains(&format!("{}:9", repo())) && text(&o).contains("not on this Docker engine"),
+        text(&o).contains(&format!("{}:9", repo()))
+            && text(&o).contains("not on this Docker engine"),
         "{}",
         text(&o)
     );

@@ -110,7 +110,12 @@ async fn issue_17_release_carries_uploads_and_rollback_stays_honest() {
     let s = Arc::new(Stack::start("uploads", testapp_release));
     s.ok(&["up", SITE, "--version", "1"]);
     for i in 0..5 {
-        let (st, _) = s.put_file(&format!("before-{i}.bin"), bytes(i, 1000 + 7919 * i as usize)).await;
+        let (st, _) = s
+            .put_file(
+                &format!("before-{i}.bin"),
+                bytes(i, 1000 + 7919 * i as usize),
+            )
+            .await;
         assert_eq!(st, 201);
         assert_eq!(s.post_note(&format!("note {i}")).await.status(), 201);
     }
@@ -140,7 +145,11 @@ async fn issue_17_release_carries_uploads_and_rollback_stays_honest() {
         seen.extend(rx.iter());
         let status = child.wait().unwrap();
         let err = err.join().unwrap_or_default().join("\n");
-        assert!(status.success(), "release failed:\n{}\n{err}", seen.join("\n"));
+        assert!(
+            status.success(),
+            "release failed:\n{}\n{err}",
+            seen.join("\n")
+        );
         seen.join("\n")
     })
     .await
@@ -155,15 +164,33 @@ async fn issue_17_release_carries_uploads_and_rollback_stays_honest() {
     .await;
     stop.store(true, Ordering::Relaxed);
     uploader.await.unwrap();
-    assert!(out.contains("3/6 backup done") && out.contains("files"), "{out}");
-    assert!(out.contains("files ok"), "the restore checks the files:\n{out}");
+    assert!(
+        out.contains("3/6 backup done") && out.contains("files"),
+        "{out}"
+    );
+    assert!(
+        out.contains("files ok"),
+        "the restore checks the files:\n{out}"
+    );
 
     let log = log.lock().unwrap().clone();
     let bad: Vec<_> = log.iter().filter(|l| !matches!(l.2, 201 | 503)).collect();
-    assert!(bad.is_empty(), "uploads neither stored nor refused: {bad:?}");
-    assert!(log.iter().filter(|l| l.2 == 503).all(|l| l.3), "503 without Retry-After");
-    let first_refused = log.iter().position(|l| l.2 == 503).expect("no upload met the read-only window");
-    let last_refused = log.iter().rposition(|l| l.2 == 503).unwrap_or(first_refused);
+    assert!(
+        bad.is_empty(),
+        "uploads neither stored nor refused: {bad:?}"
+    );
+    assert!(
+        log.iter().filter(|l| l.2 == 503).all(|l| l.3),
+        "503 without Retry-After"
+    );
+    let first_refused = log
+        .iter()
+        .position(|l| l.2 == 503)
+        .expect("no upload met the read-only window");
+    let last_refused = log
+        .iter()
+        .rposition(|l| l.2 == 503)
+        .unwrap_or(first_refused);
     let before: Vec<_> = log[..first_refused].iter().filter(|l| l.2 == 201).collect();
     let after: Vec<_> = log[last_refused..].iter().filter(|l| l.2 == 201).collect();
     assert!(!before.is_empty() && !after.is_empty());
@@ -187,7 +214,10 @@ async fn issue_17_release_carries_uploads_and_rollback_stays_honest() {
     // The uploads on v2 are writes: the guard refuses a plain rollback, with the count.
     let st = s.site_status();
     let writes = st["writes_since_switch"]["green"].as_u64().unwrap_or(0);
-    assert!(writes >= after.len() as u64, "uploads counted as writes: {st}");
+    assert!(
+        writes >= after.len() as u64,
+        "uploads counted as writes: {st}"
+    );
     let r = s.cli(&["rollback", SITE]);
     assert_eq!(r.status.code(), Some(1), "{}", text(&r));
     assert!(text(&r).contains("write(s)"), "{}", text(&r));
@@ -198,7 +228,10 @@ async fn issue_17_release_carries_uploads_and_rollback_stays_honest() {
         .iter()
         .map(|l| (l.0.clone(), l.1.clone()))
         .chain((0..5u64).map(|i| {
-            (format!("before-{i}.bin"), sha(&bytes(i, 1000 + 7919 * i as usize)))
+            (
+                format!("before-{i}.bin"),
+                sha(&bytes(i, 1000 + 7919 * i as usize)),
+            )
         }))
         .collect();
     assert_eq!(on_v1, want, "blue has its own files, none of green's");
@@ -270,12 +303,17 @@ async fn issue_17_corrupt_member_is_named_and_never_restored() {
     s.edit("SY_HEALTH_FAIL = \"1\"", "WEB_ENV = \"1\"");
     let r = s.ok(&["release", SITE, "--resume"]);
     assert!(
-        r.contains(&format!("backup set {id} cannot be restored: member files (volume-files.tar)")),
+        r.contains(&format!(
+            "backup set {id} cannot be restored: member files (volume-files.tar)"
+        )),
         "{r}"
     );
     assert!(r.contains("starting again from step 1"), "{r}");
     assert_eq!(s.version().await, "2");
-    assert_eq!(s.file("a.bin").await.map(|b| sha(&b)), Some(sha(&bytes(1, 50_000))));
+    assert_eq!(
+        s.file("a.bin").await.map(|b| sha(&b)),
+        Some(sha(&bytes(1, 50_000)))
+    );
     assert_eq!(s.notes().await.len(), 1);
 }
 
@@ -287,7 +325,10 @@ async fn issue_17_missing_data_volume_changes_nothing() {
         return;
     }
     let s = Stack::start("novol", testapp_release);
-    s.edit("volumes = [\"files:/files\"]\ndata_volumes = [\"files\"]\n", "");
+    s.edit(
+        "volumes = [\"files:/files\"]\ndata_volumes = [\"files\"]\n",
+        "",
+    );
     s.ok(&["up", SITE, "--version", "1"]);
     s.edit(
         "env = { WEB_ENV = \"1\" }\n",
@@ -308,7 +349,11 @@ async fn issue_17_missing_data_volume_changes_nothing() {
             text(&o)
         );
     }
-    assert_eq!(s.p.status()["version"], v_before, "nothing changed in the proxy");
+    assert_eq!(
+        s.p.status()["version"],
+        v_before,
+        "nothing changed in the proxy"
+    );
     assert_eq!(s.container_state("green", "web"), "", "no new environment");
     assert!(!s.backups_dir().exists(), "no backup");
     s.assert_recovered(0).await;
@@ -331,7 +376,11 @@ async fn issue_17_disk_full_during_backup() {
         return;
     }
     if unsafe { libc::geteuid() } != 0 {
-        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI=true: this test needs root (mount -t tmpfs)");
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI=true: this test needs root (mount -t tmpfs)"
+        );
         eprintln!("\n*** SKIPPED: issue_17_disk_full_during_backup needs root for a tmpfs ***\n");
         return;
     }
@@ -345,7 +394,10 @@ async fn issue_17_disk_full_during_backup() {
         .unwrap();
     assert!(ok.success(), "mount -t tmpfs");
     let _mounted = Tmpfs(small.clone());
-    s.edit("backups = \"backups\"", &format!("backups = \"{}\"", small.display()));
+    s.edit(
+        "backups = \"backups\"",
+        &format!("backups = \"{}\"", small.display()),
+    );
     s.ok(&["up", SITE, "--version", "1"]);
     assert_eq!(s.put_file("small.bin", bytes(7, 20_000)).await.0, 201);
     assert_eq!(s.post_note("one").await.status(), 201);
@@ -356,9 +408,15 @@ async fn issue_17_disk_full_during_backup() {
     let t = Instant::now();
     let o = s.cli(&["release", SITE, "--version", "2"]);
     let out = text(&o);
-    println!("disk full: failed in {:.2}s:\n{out}", t.elapsed().as_secs_f64());
+    println!(
+        "disk full: failed in {:.2}s:\n{out}",
+        t.elapsed().as_secs_f64()
+    );
     assert_eq!(o.status.code(), Some(1), "{out}");
-    assert!(out.contains("3/6 backup") && out.contains("the disk is full"), "{out}");
+    assert!(
+        out.contains("3/6 backup") && out.contains("the disk is full"),
+        "{out}"
+    );
     let site_dir = small.join(SITE);
     let left: Vec<String> = std::fs::read_dir(&site_dir)
         .unwrap()
@@ -369,7 +427,63 @@ async fn issue_17_disk_full_during_backup() {
     assert!(!left[0].contains("partial"), "{left:?}");
     let v = s.ok(&["backups", "verify", SITE]);
     assert!(v.contains("1 backup set(s) of notes verified"), "{v}");
-    assert_eq!(s.container_state("green", "db"), "exited", "the new env is stopped");
+    assert_eq!(
+        s.container_state("green", "db"),
+        "exited",
+        "the new env is stopped"
+    );
     s.assert_recovered(1).await;
     assert!(s.file("big.bin").await.is_some());
+}
+
+/// `check` warns (exit 0) when the config or the backups folder can be read by others.
+#[test]
+fn issue_17_check_warns_about_readable_secrets() {
+    let t = Proxy::tempdir();
+    let cfg = t.path().join("sy.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[[site]]\nname = \"w\"\nhosts = [\"w.test\"]\n[site.release]\nbackups = \"b\"\n[[site.release.services]]\nname = \"web\"\nimage = \"w:{{version}}\"\n",
+            proxy_section(t.path(), "")
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(t.path().join("b/w")).unwrap();
+    for (p, m) in [
+        (cfg.clone(), 0o644),
+        (t.path().join("b"), 0o755),
+        (t.path().join("b/w"), 0o700),
+    ] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).unwrap();
+    }
+    let o = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("warning:") && err.contains("chmod 600"),
+        "{err}"
+    );
+    assert!(
+        err.contains("backups folder") && err.contains("chmod 700"),
+        "{err}"
+    );
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(t.path().join("b"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let o = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && !String::from_utf8_lossy(&o.stderr).contains("warning"),
+        "{}",
+        text(&o)
+    );
 }

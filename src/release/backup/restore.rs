@@ -86,7 +86,10 @@ pub async fn restore(
     progress: &Progress,
 ) -> Result<Restored, ReleaseError> {
     let listings = check(rel, set, progress).await?;
-    let m = set.manifest.as_ref().map_err(|e| ReleaseError::Failed(e.clone()))?;
+    let m = set
+        .manifest
+        .as_ref()
+        .map_err(|e| ReleaseError::Failed(e.clone()))?;
     let mut out = Restored::default();
     for p in plan(rel) {
         let Some(mem) = m.member(p.kind, p.volume) else {
@@ -126,7 +129,8 @@ pub async fn restore(
                 }
                 progress.done(&what, t, o.stdin_bytes);
                 out.bytes += o.stdin_bytes;
-                out.lines.push(format!("{} {}", mem.name, human_bytes(o.stdin_bytes)));
+                out.lines
+                    .push(format!("{} {}", mem.name, human_bytes(o.stdin_bytes)));
             }
             MemberKind::Volume => {
                 let mount = p.mount.unwrap_or("/").trim_end_matches('/');

@@ -186,7 +186,8 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, String> {
 
 fn legacy_manifest(site_dir: &Path, stem: &str) -> Result<Manifest, String> {
     let p = site_dir.join(format!("{stem}.manifest.json"));
-    let b = std::fs::read(&p).map_err(|e| format!("no readable manifest ({}: {e})", p.display()))?;
+    let b =
+        std::fs::read(&p).map_err(|e| format!("no readable manifest ({}: {e})", p.display()))?;
     let m: LegacyManifest =
         serde_json::from_slice(&b).map_err(|e| format!("{} is corrupt: {e}", p.display()))?;
     Ok(Manifest {
@@ -305,7 +306,10 @@ pub async fn verify(
         let (error, listing) = match got {
             Err(e) => (Some(format!("cannot read {}: {e}", path.display())), None),
             Ok((size, _, _)) if size != mem.size => (
-                Some(format!("size is {size} bytes, the manifest says {}", mem.size)),
+                Some(format!(
+                    "size is {size} bytes, the manifest says {}",
+                    mem.size
+                )),
                 None,
             ),
             Ok((_, sha, _)) if sha != mem.sha256 => (

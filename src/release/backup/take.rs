@@ -131,11 +131,7 @@ fn io(what: impl Into<String>, path: &Path) -> impl FnOnce(std::io::Error) -> Re
                 path.display()
             ))
         } else {
-            ReleaseError::Io {
-                what,
-                path,
-                source,
-            }
+            ReleaseError::Io { what, path, source }
         }
     }
 }
@@ -219,9 +215,13 @@ async fn member(
                 ReleaseError::Failed(format!("service `{}` has no `backup` command", p.name))
             })?;
             let out = engine
-                .exec(&container, &cmd, None::<tokio::io::Empty>, Some(&mut w), |n| {
-                    progress.bytes(&what, t, n)
-                })
+                .exec(
+                    &container,
+                    &cmd,
+                    None::<tokio::io::Empty>,
+                    Some(&mut w),
+                    |n| progress.bytes(&what, t, n),
+                )
                 .await
                 .map_err(|e| match e {
                     ReleaseError::Failed(why) if why.contains("(os error 28)") => {

@@ -112,9 +112,11 @@ impl Listing {
         for (p, e) in &a {
             match b.get(p) {
                 None => out.push(format!("missing: {p}")),
-                Some(g) if g.line() != e.line() => {
-                    out.push(format!("differs: {p} (want {}, got {})", e.line(), g.line()))
-                }
+                Some(g) if g.line() != e.line() => out.push(format!(
+                    "differs: {p} (want {}, got {})",
+                    e.line(),
+                    g.line()
+                )),
                 _ => {}
             }
         }
@@ -258,7 +260,13 @@ impl Lister {
         let sum: u64 = h
             .iter()
             .enumerate()
-            .map(|(i, b)| if (148..156).contains(&i) { 32 } else { *b as u64 })
+            .map(|(i, b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    *b as u64
+                }
+            })
             .sum();
         if sum != stored {
             return Err(self.err(format!(
@@ -267,7 +275,12 @@ impl Lister {
         }
         let typ = h[156];
         let pax = std::mem::take(&mut self.pax);
-        let pax_get = |k: &str| pax.iter().rev().find(|(pk, _)| pk == k).map(|(_, v)| v.clone());
+        let pax_get = |k: &str| {
+            pax.iter()
+                .rev()
+                .find(|(pk, _)| pk == k)
+                .map(|(_, v)| v.clone())
+        };
         let mut size = num(&h[124..136]).ok_or_else(|| self.err("bad size field"))?;
         if let Some(s) = pax_get("size").and_then(|s| s.parse().ok()) {
             size = s;

@@ -48,7 +48,9 @@ impl Engine {
                 body,
             )
             .await
-            .map_err(docker_err(format!("extract files into {dir} of {container}")))
+            .map_err(docker_err(format!(
+                "extract files into {dir} of {container}"
+            )))
     }
 
     /// Whether `container` mounts the named volume `volume` at `mount`; Err names what is wrong
