@@ -241,8 +241,10 @@ impl Wiki {
             ("token", "+\\"),
         ] {
             body.extend(
-                format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
-                    .as_bytes(),
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
+                )
+                .as_bytes(),
             );
         }
         body.extend(
@@ -275,8 +277,12 @@ impl Wiki {
             .await;
         assert_eq!(r.status(), 200);
         let v: serde_json::Value = r.json().await.unwrap();
-        let url = v["query"]["pages"][0]["imageinfo"][0]["url"].as_str()?.to_string();
-        let path = &url[url.find("/images/").unwrap_or_else(|| panic!("upload url {url}"))..];
+        let url = v["query"]["pages"][0]["imageinfo"][0]["url"]
+            .as_str()?
+            .to_string();
+        let path = &url[url
+            .find("/images/")
+            .unwrap_or_else(|| panic!("upload url {url}"))..];
         let r = self.get(path).await;
         match r.status().as_u16() {
             200 => Some(r.bytes().await.unwrap().to_vec()),
@@ -544,7 +550,11 @@ async fn issue_8_mediawiki_up_edit_release_rollback() {
         Some(DOT_PNG),
         "blue has its own upload after the rollback"
     );
-    assert_eq!(w.file("Green.png").await, None, "green's upload stays on green");
+    assert_eq!(
+        w.file("Green.png").await,
+        None,
+        "green's upload stays on green"
+    );
     assert!(matches!(
         w.edit("After rollback", "text", "v1 again").await,
         Edit::Saved

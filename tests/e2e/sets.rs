@@ -487,3 +487,63 @@ fn issue_17_check_warns_about_readable_secrets() {
         text(&o)
     );
 }
+
+/// Measurement, not a check (runs only with SY_SETS_MB=N): N MiB of uploads, then `backup`,
+/// `backups list|verify` (human and --json) and a release, with their times and sizes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_17_measure_sets() {
+    let Some(mb) = std::env::var("SY_SETS_MB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
+        return;
+    };
+    if !testapp() {
+        return;
+    }
+    let s = Stack::start("measure", testapp_release);
+    s.ok(&["up", SITE, "--version", "1"]);
+    assert_eq!(s.post_note("a note").await.status(), 201);
+    let t = Instant::now();
+    for i in 0..mb.div_ceil(4) {
+        assert_eq!(
+            s.put_file(&format!("f{i:04}.bin"), bytes(i as u64, 4 << 20))
+                .await
+                .0,
+            201
+        );
+    }
+    println!(
+        "RESULT measure: {mb} MiB uploaded in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    let b = s.ok(&["backup", SITE]);
+    println!(
+        "{b}RESULT measure: backup {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
+    for args in [
+        &["backups", "list", SITE][..],
+        &["backups", "list", SITE, "--json"][..],
+        &["backups", "verify", SITE][..],
+        &["backups", "verify", SITE, "--json"][..],
+    ] {
+        let t = Instant::now();
+        let o = s.cli(args);
+        println!(
+            "$ switchyard {}\n{}RESULT measure: {args:?} {:.2}s",
+            args.join(" "),
+            text(&o),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let t = Instant::now();
+    let o = s.cli(&["release", SITE, "--version", "2"]);
+    println!(
+        "{}RESULT measure: release {:.2}s",
+        text(&o),
+        t.elapsed().as_secs_f64()
+    );
+    assert!(o.status.success());
+}

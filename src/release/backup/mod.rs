@@ -134,7 +134,7 @@ pub async fn verify_all(
     let mut out = Vec::new();
     for s in list(rel, site)? {
         let t = Instant::now();
-        let v = set::verify(&s, &|name, n| {
+        let v = set::verify(&s, false, &|name, n| {
             progress.bytes(&format!("verify {} {name}", s.id), t, n)
         })
         .await;

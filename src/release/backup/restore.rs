@@ -66,7 +66,7 @@ pub async fn check(
     }
     let t = Instant::now();
     let report = |name: &str, n: u64| progress.bytes(&format!("verify {name}"), t, n);
-    let checks = set::verify(set, &report).await.map_err(refuse)?;
+    let checks = set::verify(set, true, &report).await.map_err(refuse)?;
     if let Some(bad) = set::first_bad(&checks) {
         return Err(refuse(format!("{bad}; it is corrupt, do not use it")));
     }

@@ -281,10 +281,12 @@ pub struct MemberCheck {
     pub listing: Option<super::tarlist::Listing>,
 }
 
-/// Re-reads every member and checks its size and sha256 against the manifest (and a volume's
-/// archive listing). `progress` sees (member, bytes read so far).
+/// Re-reads every member and checks its size and sha256 against the manifest. With `listings`,
+/// also lists each volume archive (checked against the manifest's listing digest, and kept in the
+/// answer for comparing a restore with). `progress` sees (member, bytes read so far).
 pub async fn verify(
     set: &Set,
+    listings: bool,
     progress: &(dyn Fn(&str, u64) + Sync),
 ) -> Result<Vec<MemberCheck>, String> {
     let m = set.manifest.as_ref().map_err(|e| e.clone())?;
@@ -293,7 +295,8 @@ pub async fn verify(
         let path = set.path_of(mem);
         let name = mem.name.clone();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
-        let hashing = files::hash_file(&path, mem.kind == MemberKind::Volume, move |n| {
+        let tar = listings && mem.kind == MemberKind::Volume;
+        let hashing = files::hash_file(&path, tar, move |n| {
             let _ = tx.send(n);
         });
         tokio::pin!(hashing);
@@ -360,7 +363,7 @@ pub async fn prune(site_dir: &Path, keep: usize) -> Result<PruneReport, ReleaseE
     let mut r = PruneReport::default();
     let keep = keep.max(1);
     for set in list(site_dir)? {
-        let bad = match verify(&set, &|_, _| {}).await {
+        let bad = match verify(&set, false, &|_, _| {}).await {
             Ok(checks) => first_bad(&checks),
             Err(e) => Some(e),
         };
