@@ -37,8 +37,14 @@ const DOT_PNG: &[u8] = &[
 const SITE: &str = "wiki";
 
 fn images() -> bool {
-    static READY: OnceLock<bool> = OnceLock::new();
-    *READY.get_or_init(|| {
+    web_repo().is_some()
+}
+
+/// The repository of this tree's web images (`w2l-web-<hash>`, tags 1 and 2; see
+/// build-images.sh), once the images are built; None without a Docker engine.
+fn web_repo() -> Option<&'static str> {
+    static READY: OnceLock<Option<String>> = OnceLock::new();
+    READY.get_or_init(|| {
         let ok = Command::new("docker")
             .args(["info", "--format", "{{.ServerVersion}}"])
             .output()
@@ -49,7 +55,7 @@ fn images() -> bool {
                 panic!("CI=true but no Docker engine is reachable: the MediaWiki test needs one (start dockerd)");
             }
             eprintln!("\n*** SKIPPED: no Docker engine; the MediaWiki example test did not run ***\n");
-            return false;
+            return None;
         }
         let script = format!(
             "{}/examples/mediawiki/build-images.sh",
@@ -64,8 +70,14 @@ fn images() -> bool {
             "RESULT mediawiki: images ready in {:.1}s",
             t.elapsed().as_secs_f64()
         );
-        true
+        let repo = out
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("WEB_REPO="))
+            .unwrap_or_else(|| panic!("build-images.sh printed no WEB_REPO= line"));
+        Some(repo.trim().to_string())
     })
+    .as_deref()
 }
 
 fn text(o: &Output) -> String {
@@ -107,6 +119,10 @@ fn example_site(prefix: &str) -> String {
             "backups = \"backups\"".to_string(),
         ),
         ("interval = \"1s\"", "interval = \"300ms\"".to_string()),
+        (
+            "image = \"w2l-web:{version}\"",
+            format!("image = \"{}:{{version}}\"", web_repo().unwrap_or("w2l-web")),
+        ),
     ] {
         assert!(
             site.contains(from),
