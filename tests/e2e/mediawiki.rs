@@ -121,7 +121,10 @@ fn example_site(prefix: &str) -> String {
         ("interval = \"1s\"", "interval = \"300ms\"".to_string()),
         (
             "image = \"w2l-web:{version}\"",
-            format!("image = \"{}:{{version}}\"", web_repo().unwrap_or("w2l-web")),
+            format!(
+                "image = \"{}:{{version}}\"",
+                web_repo().unwrap_or("w2l-web")
+            ),
         ),
     ] {
         assert!(
