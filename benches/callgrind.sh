@@ -3,7 +3,7 @@
 # for one change (callgrind counts instructions, not seconds: the same binary and load give the
 # same total whatever else the machine does).
 #
-# Usage: benches/callgrind.sh [PATH-TO-switchyard]     (default target/release/switchyard)
+# Usage: benches/callgrind.sh [PATH-TO-switchyard]     (default target/dist/switchyard)
 #
 # One nginx (1 worker, 1 KiB body at /) as the backend, switchyard under
 # `valgrind --tool=callgrind` in front of it, and for each route a warm-up batch, then
@@ -17,7 +17,7 @@
 # All traffic on 127.0.0.1.
 set -uo pipefail
 
-BIN=$(readlink -f "${1:-target/release/switchyard}")
+BIN=$(readlink -f "${1:-target/dist/switchyard}")
 N=${N:-3000}
 WARM=${WARM:-500}
 ROUTES=${ROUTES:-"h1 https h2 h2post"}
@@ -29,7 +29,7 @@ die() { log "FATAL: $*"; exit 1; }
 for b in nginx h2load valgrind callgrind_control openssl ss; do
   command -v "$b" >/dev/null || die "missing $b (apt-get install -y nginx nghttp2-client valgrind openssl)"
 done
-[[ -x $BIN ]] || die "no binary at $BIN (cargo build --release)"
+[[ -x $BIN ]] || die "no binary at $BIN (cargo build --profile dist)"
 
 TMP=$(mktemp -d /tmp/switchyard-callgrind.XXXXXX)
 PIDS=()

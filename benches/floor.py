@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """floor.py — how close a proxy can get to going direct on this machine.
 
-Usage: benches/floor.py [PATH-TO-switchyard]      (default target/release/switchyard)
+Usage: benches/floor.py [PATH-TO-switchyard]      (default target/dist/switchyard)
 
 HTTP/1.1 keep-alive (wrk -t2 -c64, 1 KiB answers from one nginx worker, as in
 ../shared/bench/proxy-compare.sh) through four routes, in an order that rotates every round:
@@ -31,7 +31,7 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else 'target/release/switchyard')
+BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else 'target/dist/switchyard')
 ROUNDS = int(os.environ.get('ROUNDS', '8'))
 DURATION = int(os.environ.get('DURATION', '5'))
 CONNS = int(os.environ.get('CONNS', '64'))
@@ -142,7 +142,7 @@ def main():
         if not shutil.which(b):
             die(f'missing {b} (apt-get install -y nginx wrk haproxy gcc)')
     if 'switchyard' in ROUTES and not os.access(BIN, os.X_OK):
-        die(f'no binary at {BIN} (cargo build --release)')
+        die(f'no binary at {BIN} (cargo build --profile dist)')
     tmp = tempfile.mkdtemp(prefix='floor.')
     relay = f'{tmp}/relay'
     r = subprocess.run(['cc', '-O2', '-pthread', '-o', relay, f'{HERE}/relay.c'],

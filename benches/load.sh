@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # load.sh — load benchmark of the real switchyard binary against a local nginx backend.
 #
-# Usage: benches/load.sh [PATH-TO-switchyard]     (default target/release/switchyard)
+# Usage: benches/load.sh [PATH-TO-switchyard]     (default target/dist/switchyard)
 #
 # Starts one nginx (1 worker) as two backends, blue on :19080 and green on :19081 (1 KiB body at /,
 # a 100 MiB file at /big, /upload swallows a body), and switchyard on :19181 (http) / :19443
@@ -30,7 +30,7 @@
 #        TESTS="memory h1 h1-tls h2-tls handshakes body switching" (subset), IDLE_CONNS=10000.
 set -uo pipefail
 
-BIN=${1:-target/release/switchyard}
+BIN=${1:-target/dist/switchyard}
 BIN=$(readlink -f "$BIN")
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-64}
@@ -55,7 +55,7 @@ die() { log "FATAL: $*"; exit 1; }
 for b in nginx wrk h2load curl openssl python3 ss setsid timeout; do
   command -v "$b" >/dev/null || die "missing $b (apt-get install -y nginx wrk nghttp2-client curl openssl python3)"
 done
-[[ -x $BIN ]] || die "no binary at $BIN (cargo build --release)"
+[[ -x $BIN ]] || die "no binary at $BIN (cargo build --profile dist)"
 ulimit -n 65536 2>/dev/null || true
 
 TMP=$(mktemp -d /tmp/switchyard-load.XXXXXX)

@@ -111,7 +111,12 @@ async fn page(
 }
 
 /// Prepares the demo folder (certificate on first run, a fresh config) and returns the config path.
-pub async fn prepare(dir: &Path, http: &str, https: &str) -> anyhow::Result<std::path::PathBuf> {
+pub async fn prepare(
+    dir: &Path,
+    http: &str,
+    https: &str,
+    metrics: &str,
+) -> anyhow::Result<std::path::PathBuf> {
     let certs = dir.join("certs");
     if !certs.join("localhost.crt").exists() {
         crate::proxy::tls::write_self_signed(
@@ -136,6 +141,7 @@ https = "{https}"
 certs = "certs"
 control = "control.sock"
 state = "state.json"
+metrics = "{metrics}"
 access_log = "access.log"
 
 [[site]]
@@ -169,7 +175,8 @@ pub fn banner(b: &crate::server::Bound, dir: &Path) -> String {
         .unwrap_or_else(|| "switchyard".into());
     format!(
         "\nswitchyard demo is running (Ctrl-C to stop)\n\
-         \n  open   http://{http}/   or   https://{https}/  (self-signed certificate)\n\
+         \n  open   http://{http}/   or   https://{https}/  (self-signed certificate)\
+         \n  dashboard   {dash}\n\
          \nTry, in another terminal:\n\
          \n  curl -s http://{http}/ | grep demo:                      # blue answers\
          \n  {me} --control {ctl} status\
@@ -178,9 +185,15 @@ pub fn banner(b: &crate::server::Bound, dir: &Path) -> String {
          \n  {me} --control {ctl} read-only on --reason \"backup\" --retry-after 60\
          \n  curl -si -X POST -d note=hi http://{http}/notes | head -1   # 503, Retry-After: 60\
          \n  {me} --control {ctl} read-only off\
+         \n  {me} --control {ctl} maintenance on --message \"moving house\"   # reads get 503 too\
+         \n  {me} --control {ctl} maintenance off\
          \n  {me} --control {ctl} switch demo blue\
          \n\nAccess log: {log}\n",
         ctl = ctl.display(),
         log = dir.join("access.log").display(),
+        dash = b
+            .metrics
+            .map(|a| format!("http://{a}/"))
+            .unwrap_or_else(|| "(no metrics listener)".into()),
     )
 }

@@ -6,9 +6,11 @@ fn main() -> ExitCode {
     let cli = switchyard::cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
         .unwrap_or_else(|_| "switchyard=info".into());
+    // Colour only for a person at a terminal: `docker logs` and files get plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -71,7 +71,8 @@ pub async fn serve(cfg: Config, on_ready: impl FnOnce(&Bound, &Config)) -> anyho
         // The state file still names the old environment, so it is what we serve.
         tracing::warn!("{note}");
     }
-    let log = AccessLog::start(&cfg.proxy.access_log).context("cannot open the access log")?;
+    let log = AccessLog::start(&cfg.proxy.access_log, cfg.proxy.access_log_format)
+        .context("cannot open the access log")?;
     let edge = Arc::new(Edge::new(
         ops.table.clone(),
         cfg.proxy.limits.clone(),

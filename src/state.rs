@@ -38,6 +38,9 @@ pub struct State {
     pub sites: BTreeMap<String, SiteState>,
     #[serde(default)]
     pub read_only: Option<ReadOnlyState>,
+    /// Maintenance mode: every request of the covered sites gets the maintenance page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<MaintenanceState>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -81,10 +84,29 @@ pub struct ReadOnlyState {
 
 impl ReadOnlyState {
     pub fn covers(&self, site: &str) -> bool {
-        self.sites
-            .as_ref()
-            .is_none_or(|s| s.iter().any(|n| n == site))
+        covers(&self.sites, site)
     }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MaintenanceState {
+    /// What users see on the maintenance page.
+    pub message: String,
+    pub retry_after_s: u64,
+    /// `None`: every site.
+    #[serde(default)]
+    pub sites: Option<Vec<String>>,
+    pub since: String,
+}
+
+impl MaintenanceState {
+    pub fn covers(&self, site: &str) -> bool {
+        covers(&self.sites, site)
+    }
+}
+
+fn covers(sites: &Option<Vec<String>>, site: &str) -> bool {
+    sites.as_ref().is_none_or(|s| s.iter().any(|n| n == site))
 }
 
 /// Loads the state file. `Ok(None)` when it does not exist yet (first start).

@@ -37,3 +37,6 @@ mod http_rules;
 
 #[path = "e2e/sets.rs"]
 mod sets;
+
+#[path = "e2e/operator.rs"]
+mod operator;

@@ -4,7 +4,7 @@
 use anyhow::bail;
 
 use super::render;
-use super::ReadOnlyCmd;
+use super::{MaintenanceCmd, ReadOnlyCmd};
 use crate::config::Color;
 use crate::control::api::*;
 use crate::control::client::Client;
@@ -61,6 +61,34 @@ pub async fn read_only(c: &Client, what: &ReadOnlyCmd) -> anyhow::Result<()> {
         );
     } else {
         println!("read-only OFF");
+    }
+    Ok(())
+}
+
+pub async fn maintenance(c: &Client, what: &MaintenanceCmd) -> anyhow::Result<()> {
+    let req = match what {
+        MaintenanceCmd::On {
+            message,
+            retry_after,
+            sites,
+        } => MaintenanceRequest {
+            on: true,
+            message: Some(message.clone()),
+            retry_after_s: Some(*retry_after),
+            sites: (!sites.is_empty()).then(|| sites.clone()),
+        },
+        MaintenanceCmd::Off => MaintenanceRequest {
+            on: false,
+            message: None,
+            retry_after_s: None,
+            sites: None,
+        },
+    };
+    let r = c.maintenance(&req).await?;
+    if r.on {
+        println!("maintenance ON for {}", r.sites.join(", "));
+    } else {
+        println!("maintenance OFF");
     }
     Ok(())
 }

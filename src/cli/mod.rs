@@ -49,6 +49,9 @@ pub enum Cmd {
         http: String,
         #[arg(long, default_value = "127.0.0.1:8443")]
         https: String,
+        /// The metrics listener: /metrics and the dashboard at /.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        metrics: String,
         /// Where the demo keeps its certificate, config and state.
         #[arg(long, default_value = ".switchyard-demo")]
         dir: PathBuf,
@@ -83,6 +86,11 @@ pub enum Cmd {
     ReadOnly {
         #[command(subcommand)]
         what: ReadOnlyCmd,
+    },
+    /// Maintenance mode: every request (reads too) gets a 503 page with a message.
+    Maintenance {
+        #[command(subcommand)]
+        what: MaintenanceCmd,
     },
     /// Backend pools.
     Pool {
@@ -156,6 +164,25 @@ pub enum ReadOnlyCmd {
         wait: Option<Duration>,
     },
     /// Accept writes again.
+    Off,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MaintenanceCmd {
+    /// Answer every request of the site(s) with the maintenance page (503 + Retry-After), but
+    /// for `[site.maintenance]` allow_clients and allow_paths.
+    On {
+        /// What users see on the page.
+        #[arg(long)]
+        message: String,
+        /// Seconds for Retry-After.
+        #[arg(long, default_value_t = 300)]
+        retry_after: u64,
+        /// Only these sites (repeatable); default every site.
+        #[arg(long = "site")]
+        sites: Vec<String>,
+    },
+    /// Serve again.
     Off,
 }
 
@@ -244,9 +271,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = cli.load_config()?;
             crate::server::serve(cfg, |b, c| eprintln!("{}", crate::server::ready_line(b, c))).await
         }
-        Cmd::Demo { http, https, dir } => {
+        Cmd::Demo {
+            http,
+            https,
+            metrics,
+            dir,
+        } => {
             std::fs::create_dir_all(dir)?;
-            let path = crate::demo::prepare(dir, http, https).await?;
+            let path = crate::demo::prepare(dir, http, https, metrics).await?;
             let cfg = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
             let d = dir.clone();
             crate::server::serve(cfg, |b, c| {
@@ -286,6 +318,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             control::switch(&cli.client()?, site, &req, *if_match).await
         }
         Cmd::ReadOnly { what } => control::read_only(&cli.client()?, what).await,
+        Cmd::Maintenance { what } => control::maintenance(&cli.client()?, what).await,
         Cmd::Pool {
             what: PoolCmd::Set { site, color, addrs },
         } => control::set_pool(&cli.client()?, site, parse_color(color)?, addrs).await,

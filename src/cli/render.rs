@@ -22,6 +22,18 @@ pub fn status(s: &Status) -> String {
             r.reason
         );
     }
+    if let Some(m) = &s.maintenance {
+        let _ = writeln!(
+            o,
+            "MAINTENANCE since {} ({}): {}\n",
+            m.since,
+            m.sites
+                .as_ref()
+                .map(|s| s.join(", "))
+                .unwrap_or_else(|| "all sites".into()),
+            m.message
+        );
+    }
     let _ = writeln!(
         o,
         "{:<14} {:<7} {:<9} {:>8} {:<22} {:<30} {:<30}",

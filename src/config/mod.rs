@@ -116,6 +116,7 @@ pub struct ProxyConfig {
     pub state: PathBuf,
     pub metrics: Option<SocketAddr>,
     pub access_log: LogTarget,
+    pub access_log_format: LogFormat,
     pub audit_log: PathBuf,
     pub limits: Limits,
     /// Peers whose forwarding headers (`Forwarded`, `X-Forwarded-*`) are kept and extended; from
@@ -129,6 +130,16 @@ pub enum LogTarget {
     Stdout,
     Off,
     File(PathBuf),
+}
+
+/// How access-log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// `time client host method path status bytes seconds color backend [aborted]`
+    #[default]
+    Text,
+    /// One JSON object a line, the same fields.
+    Json,
 }
 
 /// Who may talk to the control socket, besides root and the socket's owner.
@@ -242,11 +253,17 @@ pub struct SiteConfig {
     pub hosts: Vec<HostPattern>,
     pub active: Color,
     pub redirect_http: bool,
+    /// The `Strict-Transport-Security` value the edge adds to the site's HTTPS responses.
+    pub hsts: Option<String>,
+    /// Path prefixes whose error pages are JSON whatever the client's Accept says.
+    pub json_errors: Vec<String>,
     pub preview_hosts: Vec<HostPattern>,
     /// Backends per color, from the config (the state file may override them).
     pub pools: [Vec<SocketAddr>; 2],
     pub health: Option<HealthConfig>,
     pub read_only: ReadOnlyPolicy,
+    /// Who and what passes during maintenance mode, and the site's own page.
+    pub maintenance: MaintenancePolicy,
     pub release: Option<ReleaseConfig>,
     /// Each color has its own copy of the data (true with `[site.release]`, or by
     /// `colors_hold_data = true`): a switch away from a color that took writes leaves them behind,
@@ -287,6 +304,14 @@ impl ReadOnlyPolicy {
         let ip = canonical_ip(ip);
         self.allow_clients.iter().any(|n| n.contains(&ip))
     }
+}
+
+/// `[site.maintenance]`: the allow lists (as for read-only) and an optional page of the site's own.
+#[derive(Debug, Clone, Default)]
+pub struct MaintenancePolicy {
+    pub allow: ReadOnlyPolicy,
+    /// The HTML of `page`, read when the config is loaded (so a reload picks up an edit).
+    pub page: Option<std::sync::Arc<str>>,
 }
 
 /// IPv4-mapped IPv6 addresses (from a dual-stack listener) compare as IPv4.

@@ -27,6 +27,7 @@ pub struct RawProxy {
     pub state: Option<S<String>>,
     pub metrics: Option<S<String>>,
     pub access_log: Option<S<String>>,
+    pub access_log_format: Option<S<String>>,
     pub audit_log: Option<S<String>>,
     pub header_timeout: Option<S<String>>,
     pub idle_timeout: Option<S<String>>,
@@ -50,11 +51,17 @@ pub struct RawSite {
     pub hosts: Vec<S<String>>,
     pub active: Option<S<String>>,
     pub redirect_http: Option<bool>,
+    /// `Strict-Transport-Security` added to the site's HTTPS responses.
+    pub hsts: Option<S<String>>,
+    /// Path prefixes whose error pages are JSON whatever the client's Accept (API clients).
+    #[serde(default)]
+    pub json_errors: Vec<S<String>>,
     #[serde(default)]
     pub preview_hosts: Vec<S<String>>,
     pub pools: Option<S<RawPools>>,
     pub health: Option<S<RawHealth>>,
     pub read_only: Option<S<RawReadOnly>>,
+    pub maintenance: Option<S<RawMaintenance>>,
     pub release: Option<S<RawRelease>>,
     pub colors_hold_data: Option<S<bool>>,
 }
@@ -77,6 +84,17 @@ pub struct RawHealth {
     pub rise: Option<S<i64>>,
     pub fall: Option<S<i64>>,
     pub expect_status: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMaintenance {
+    #[serde(default)]
+    pub allow_paths: Vec<S<String>>,
+    #[serde(default)]
+    pub allow_clients: Vec<S<String>>,
+    /// An HTML file served as the maintenance page instead of the built-in one.
+    pub page: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -222,6 +222,20 @@ fn proxy(cx: &mut Ctx, rp: &S<raw::RawProxy>) -> ProxyConfig {
         Some("off") => LogTarget::Off,
         Some(path) => LogTarget::File(cx.path(path)),
     };
+    let access_log_format = match &p.access_log_format {
+        None => LogFormat::Text,
+        Some(f) => match f.get_ref().as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                cx.err(
+                    f,
+                    format!("access_log_format `{other}` is not known; use \"text\" or \"json\""),
+                );
+                LogFormat::Text
+            }
+        },
+    };
     let mut control_allow = Vec::new();
     if let Some(map) = &p.control_allow {
         for (k, v) in map.get_ref() {
@@ -320,9 +334,29 @@ fn proxy(cx: &mut Ctx, rp: &S<raw::RawProxy>) -> ProxyConfig {
         state,
         metrics,
         access_log,
+        access_log_format,
         audit_log,
         limits,
         trusted_proxies: networks(cx, &p.trusted_proxies, "trusted_proxies"),
+    }
+}
+
+/// `allow_paths` (each starting with `/`) and `allow_clients` (addresses or networks).
+fn allow_policy(cx: &mut Ctx, paths: &[S<String>], clients: &[S<String>]) -> ReadOnlyPolicy {
+    let allow_clients = networks(cx, clients, "allow_clients");
+    let mut allow_paths = Vec::new();
+    for p in paths {
+        if !p.get_ref().starts_with('/') {
+            cx.err(
+                p,
+                format!("allow_paths entry `{}` must start with /", p.get_ref()),
+            );
+        }
+        allow_paths.push(p.get_ref().clone());
+    }
+    ReadOnlyPolicy {
+        allow_paths,
+        allow_clients,
     }
 }
 
@@ -424,20 +458,26 @@ fn site(cx: &mut Ctx, rs: &RawSite, https: bool) -> Option<SiteConfig> {
         None => ReadOnlyPolicy::default(),
         Some(r) => {
             let r = r.get_ref();
-            let allow_clients = networks(cx, &r.allow_clients, "allow_clients");
-            let mut allow_paths = Vec::new();
-            for p in &r.allow_paths {
-                if !p.get_ref().starts_with('/') {
-                    cx.err(
-                        p,
-                        format!("allow_paths entry `{}` must start with /", p.get_ref()),
-                    );
+            allow_policy(cx, &r.allow_paths, &r.allow_clients)
+        }
+    };
+    let maintenance = match &rs.maintenance {
+        None => MaintenancePolicy::default(),
+        Some(m) => {
+            let m = m.get_ref();
+            let page = m.page.as_ref().and_then(|p| {
+                let path = cx.path(p.get_ref());
+                match std::fs::read_to_string(&path) {
+                    Ok(html) => Some(std::sync::Arc::<str>::from(html)),
+                    Err(e) => {
+                        cx.err(p, format!("site `{name}`: cannot read the maintenance page {}: {e}; fix the path (relative to this file) or leave `page` out for the built-in page", path.display()));
+                        None
+                    }
                 }
-                allow_paths.push(p.get_ref().clone());
-            }
-            ReadOnlyPolicy {
-                allow_paths,
-                allow_clients,
+            });
+            MaintenancePolicy {
+                allow: allow_policy(cx, &m.allow_paths, &m.allow_clients),
+                page,
             }
         }
     };
@@ -450,15 +490,39 @@ fn site(cx: &mut Ctx, rs: &RawSite, https: bool) -> Option<SiteConfig> {
         Some(v) => *v.get_ref(),
         None => release.is_some(),
     };
+    let hsts = rs.hsts.as_ref().and_then(|v| {
+        let text = v.get_ref().trim();
+        let ok = text
+            .split(';')
+            .next()
+            .and_then(|d| d.trim().strip_prefix("max-age="))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            && http::HeaderValue::from_str(text).is_ok();
+        if !ok {
+            cx.err(v, format!("site `{name}`: hsts `{text}` must start with max-age=SECONDS, e.g. \"max-age=31536000; includeSubDomains\""));
+        }
+        ok.then(|| text.to_string())
+    });
+    let mut json_errors = Vec::new();
+    for p in &rs.json_errors {
+        if p.get_ref().starts_with('/') {
+            json_errors.push(p.get_ref().clone());
+        } else {
+            cx.err(p, format!("site `{name}`: json_errors entry `{}` must be a path prefix starting with /, e.g. \"/api.php\"", p.get_ref()));
+        }
+    }
     Some(SiteConfig {
         name,
         hosts,
         active,
         redirect_http: rs.redirect_http.unwrap_or(https),
+        hsts,
+        json_errors,
         preview_hosts,
         pools,
         health,
         read_only,
+        maintenance,
         release,
         colors_hold_data,
     })

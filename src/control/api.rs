@@ -80,10 +80,43 @@ pub struct ReloadResponse {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceRequest {
+    pub on: bool,
+    /// What users see on the maintenance page (required with `on`).
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub retry_after_s: Option<u64>,
+    /// Only these sites; default every site.
+    #[serde(default)]
+    pub sites: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MaintenanceResponse {
+    pub on: bool,
+    pub message: Option<String>,
+    pub retry_after_s: Option<u64>,
+    pub sites: Vec<String>,
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MaintenanceInfo {
+    pub message: String,
+    pub retry_after_s: u64,
+    pub sites: Option<Vec<String>>,
+    pub since: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub version: u64,
     pub uptime_s: u64,
     pub read_only: Option<ReadOnlyInfo>,
+    #[serde(default)]
+    pub maintenance: Option<MaintenanceInfo>,
     pub sites: Vec<SiteStatus>,
     pub connections_open: u64,
     pub requests_total: u64,
@@ -105,6 +138,8 @@ pub struct SiteStatus {
     pub previous: Option<Color>,
     pub switched_at: Option<String>,
     pub read_only: bool,
+    #[serde(default)]
+    pub maintenance: bool,
     pub writes_since_switch: BTreeMap<Color, u64>,
     /// True once any write reached the active color since the last switch (survives restarts).
     pub written_since_switch: bool,

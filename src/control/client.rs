@@ -76,6 +76,15 @@ impl Client {
             .await
     }
 
+    /// `PUT /v1/maintenance`.
+    pub async fn maintenance(
+        &self,
+        req: &MaintenanceRequest,
+    ) -> Result<MaintenanceResponse, ControlError> {
+        self.call(Method::PUT, "/v1/maintenance", Some(req), None)
+            .await
+    }
+
     /// `PUT /v1/sites/{site}/pools/{color}`.
     pub async fn set_pool(
         &self,

@@ -223,6 +223,13 @@ async fn route(ops: &Ops, req: Request<Incoming>, peer: Peer, role: Role) -> Res
                 Err(r) => r,
             }
         }
+        (Method::PUT, ["v1", "maintenance"]) => match body::<MaintenanceRequest>(req).await {
+            Ok(b) => ops
+                .maintenance(b, im, peer)
+                .await
+                .map_or_else(op_error, |r| json(StatusCode::OK, &r)),
+            Err(r) => r,
+        },
         (Method::PUT, ["v1", "read-only"]) => match body::<ReadOnlyRequest>(req).await {
             Ok(b) => ops
                 .read_only(b, im, peer)
@@ -252,6 +259,7 @@ async fn route(ops: &Ops, req: Request<Incoming>, peer: Peer, role: Role) -> Res
             .map_or_else(op_error, |r| json(StatusCode::OK, &r)),
         (_, ["v1", "status"])
         | (_, ["v1", "read-only"])
+        | (_, ["v1", "maintenance"])
         | (_, ["v1", "reload"])
         | (_, ["v1", "sites", _, "switch"])
         | (_, ["v1", "sites", _, "pools", _]) => error(

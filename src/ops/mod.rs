@@ -1,4 +1,4 @@
-//! The verbs of the control plane, one file each: `switch.rs`, `read_only.rs`, `pool.rs`,
+//! The verbs of the control plane, one file each: `switch.rs`, `read_only.rs`, `maintenance.rs`, `pool.rs`,
 //! `reload.rs`; `status` and the shared commit live here, the audit log in `audit.rs`. Each verb
 //! checks its input, builds the new state and a complete new routing table off to the side,
 //! persists the state atomically, then stores the table once.
@@ -24,6 +24,7 @@ use crate::routing::{RoutingTable, SiteShared};
 use crate::state::{self, SiteState, State, StateError};
 
 mod audit;
+mod maintenance;
 mod pool;
 mod read_only;
 mod reload;
@@ -142,6 +143,7 @@ impl Ops {
                     previous: ss.and_then(|x| x.previous),
                     switched_at: ss.and_then(|x| x.switched_at.clone()),
                     read_only: s.shared.read_only.load(Ordering::SeqCst),
+                    maintenance: s.maintenance.is_some(),
                     writes_since_switch: Color::ALL
                         .iter()
                         .map(|c| (*c, s.shared.writes(*c)))
@@ -176,6 +178,12 @@ impl Ops {
                 retry_after_s: r.retry_after_s,
                 sites: r.sites.clone(),
                 since: r.since.clone(),
+            }),
+            maintenance: inner.state.maintenance.as_ref().map(|m| MaintenanceInfo {
+                message: m.message.clone(),
+                retry_after_s: m.retry_after_s,
+                sites: m.sites.clone(),
+                since: m.since.clone(),
             }),
             sites,
             connections_open: self.metrics.connections_open.get().max(0) as u64,

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 
-use crate::routing::ReadOnlyNotice;
+use crate::routing::{MaintenanceNotice, ReadOnlyNotice};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -35,6 +35,8 @@ pub enum ProxyError {
     ReadOnly(Arc<ReadOnlyNotice>),
     #[error("{0}")]
     NotImplemented(&'static str),
+    #[error("the site is down for maintenance: {}", .0.message)]
+    Maintenance(Arc<MaintenanceNotice>),
 }
 
 /// Who caused an error.
@@ -58,13 +60,16 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NoBackend | ProxyError::ReadOnly(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::Maintenance(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     pub fn source(&self) -> Source {
         match self {
             ProxyError::Upstream(_) | ProxyError::UpstreamTimeout => Source::Upstream,
-            ProxyError::NoBackend | ProxyError::ReadOnly(_) => Source::Internal,
+            ProxyError::NoBackend | ProxyError::ReadOnly(_) | ProxyError::Maintenance(_) => {
+                Source::Internal
+            }
             _ => Source::Client,
         }
     }
@@ -82,6 +87,7 @@ impl ProxyError {
             ProxyError::NoBackend => "no_healthy_backend",
             ProxyError::ReadOnly(_) => "read_only",
             ProxyError::NotImplemented(_) => "not_implemented",
+            ProxyError::Maintenance(_) => "maintenance",
         }
     }
 
@@ -94,13 +100,24 @@ impl ProxyError {
                 v["reason"] = n.reason.clone().into();
                 v["retry_after_s"] = n.retry_after_s.into();
             }
+            if let ProxyError::Maintenance(n) = self {
+                v["message"] = n.message.clone().into();
+                v["retry_after_s"] = n.retry_after_s.into();
+            }
             Bytes::from(v.to_string())
+        } else if let Some(page) = self.own_page() {
+            Bytes::from(page)
         } else {
             let title = status.canonical_reason().unwrap_or("Error");
             let detail = match self {
                 ProxyError::ReadOnly(n) => format!(
                     "<p>This site is read-only for maintenance: {}</p><p>Your change was <b>not saved</b>. Please try again in about {} seconds.</p>",
                     html_escape(&n.reason),
+                    n.retry_after_s
+                ),
+                ProxyError::Maintenance(n) => format!(
+                    "<p>This site is down for maintenance: {}</p><p>Please come back in about {} seconds.</p>",
+                    html_escape(&n.message),
                     n.retry_after_s
                 ),
                 other => format!("<p>{}</p>", html_escape(&other.to_string())),
@@ -122,10 +139,26 @@ impl ProxyError {
             }),
         );
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let ProxyError::ReadOnly(n) = self {
-            h.insert(RETRY_AFTER, n.retry_after.clone());
+        match self {
+            ProxyError::ReadOnly(n) => {
+                h.insert(RETRY_AFTER, n.retry_after.clone());
+            }
+            ProxyError::Maintenance(n) => {
+                h.insert(RETRY_AFTER, n.retry_after.clone());
+            }
+            _ => {}
         }
         resp
+    }
+
+    /// A site's own maintenance page; `{{message}}` in it becomes the (escaped) message.
+    fn own_page(&self) -> Option<String> {
+        let ProxyError::Maintenance(n) = self else {
+            return None;
+        };
+        let n: &MaintenanceNotice = n;
+        let page = n.page.as_ref()?;
+        Some(page.replace("{{message}}", &html_escape(&n.message)))
     }
 }
 

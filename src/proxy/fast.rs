@@ -172,6 +172,7 @@ where
                     color,
                     request: &upstream_msg,
                     no_body,
+                    hsts: site.hsts.as_ref().filter(|_| conn.https),
                 };
                 proxy(&mut io, conn, &asked, x, to, &mut client_head).await
             }
@@ -191,6 +192,8 @@ struct Upstream<'a> {
     /// Head and body, as the backend gets them.
     request: &'a [u8],
     no_body: bool,
+    /// The site's `Strict-Transport-Security`, on HTTPS.
+    hsts: Option<&'a http::HeaderValue>,
 }
 
 /// One try on a raw backend connection; the response head is written into `client_head`.
@@ -200,6 +203,7 @@ struct RawTry<'a> {
     /// A pooled connection that turns out closed may be replaced by a fresh one.
     retry_stale: bool,
     close: bool,
+    hsts: Option<&'a [u8]>,
     settings: &'a Settings,
     client_head: &'a mut Vec<u8>,
     answer: Option<Answer>,
@@ -207,7 +211,7 @@ struct RawTry<'a> {
 
 impl Attempt for RawTry<'_> {
     async fn send(&mut self, addr: std::net::SocketAddr, _again: bool) -> Result<(), Failed> {
-        let (client_head, close) = (&mut *self.client_head, self.close);
+        let (client_head, close, hsts) = (&mut *self.client_head, self.close, self.hsts);
         let answer = raw::exchange(
             addr,
             self.request,
@@ -216,7 +220,7 @@ impl Attempt for RawTry<'_> {
             self.settings,
             &mut |head: &h1::RespHead<'_, '_>| {
                 client_head.clear();
-                h1::write_client_head(client_head, head, close || head.close);
+                h1::write_client_head(client_head, head, close || head.close, hsts);
                 Ok(())
             },
         )
@@ -246,6 +250,7 @@ where
         method: &asked.method,
         retry_stale: retryable,
         close: asked.close,
+        hsts: to.hsts.map(http::HeaderValue::as_bytes),
         settings: &edge.upstream,
         client_head: &mut *client_head,
         answer: None,
@@ -395,7 +400,7 @@ where
     let resp = match made {
         Made::Error(e) => {
             x.error(&e);
-            e.response(asked.json)
+            e.response(asked.json || x.json_errors)
         }
         Made::Page(r) => *r,
     };

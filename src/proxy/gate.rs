@@ -100,8 +100,12 @@ mod tests {
             shared: s.shared.clone(),
             read_only: notice.then(default_notice),
             policy: s.policy.clone(),
+            maintenance: None,
+            maintenance_allow: s.maintenance_allow.clone(),
             redirect_http: s.redirect_http,
             health: s.health.clone(),
+            hsts: None,
+            json_errors: Box::default(),
         }
     }
 

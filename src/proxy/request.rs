@@ -31,6 +31,8 @@ pub(crate) struct Exchange {
     pub backend: Option<SocketAddr>,
     /// A write's in-flight count (read-only on waits for it).
     pub write: Option<WriteGuard>,
+    /// The site wants this path's error pages in JSON (`json_errors`).
+    pub json_errors: bool,
     /// The access-log line (None with the log off).
     record: Option<Record>,
     inflight: Inflight,
@@ -58,6 +60,7 @@ impl Exchange {
             color: None,
             backend: None,
             write: None,
+            json_errors: false,
             record,
             inflight,
         }
@@ -170,6 +173,7 @@ pub(crate) fn decide(
     };
     x.site = Some(site.name.clone());
     x.color = Some(site.active);
+    x.json_errors = !site.json_errors.is_empty() && site.json_errors(path);
     if !conn.https && site.redirect_http {
         if let Some(port) = https_port {
             let port = match edge.https_port.load(Ordering::Relaxed) {
@@ -177,6 +181,14 @@ pub(crate) fn decide(
                 bound => bound,
             };
             return Ok(Decision::Redirect(port));
+        }
+    }
+    let client_ip = conn.peer.ip();
+    if let Some(m) = &site.maintenance {
+        if !site.maintenance_allow.path_allowed(path)
+            && !site.maintenance_allow.client_allowed(client_ip)
+        {
+            return Err(ProxyError::Maintenance(m.clone()));
         }
     }
     if let Some(len) = content_length {
@@ -191,7 +203,6 @@ pub(crate) fn decide(
             return Err(ProxyError::BodyTooLarge(edge.limits.max_body_bytes));
         }
     }
-    let client_ip = conn.peer.ip();
     let mark_read_only = match gate::check(&site, method, path, client_ip) {
         Gate::Refuse(notice) => {
             edge.metrics.rejected_write(&site.name);

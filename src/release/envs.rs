@@ -158,6 +158,7 @@ mod tests {
             previous,
             switched_at: None,
             read_only: false,
+            maintenance: false,
             writes_since_switch: BTreeMap::new(),
             written_since_switch: false,
             writes_in_flight: 0,

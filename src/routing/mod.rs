@@ -10,5 +10,6 @@ mod table;
 
 pub use pool::{Backend, Pool};
 pub use table::{
-    same_host, strip_port, ReadOnlyNotice, Route, RoutingTable, SiteRoute, SiteShared, FIRST_WRITE,
+    same_host, strip_port, MaintenanceNotice, ReadOnlyNotice, Route, RoutingTable, SiteRoute,
+    SiteShared, FIRST_WRITE,
 };

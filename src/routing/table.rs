@@ -60,6 +60,15 @@ pub struct ReadOnlyNotice {
     pub retry_after: HeaderValue,
 }
 
+/// What maintenance mode says to clients: the message, and the site's own page if it has one.
+#[derive(Debug)]
+pub struct MaintenanceNotice {
+    pub message: String,
+    pub retry_after_s: u64,
+    pub retry_after: HeaderValue,
+    pub page: Option<Arc<str>>,
+}
+
 /// One site as the request path sees it.
 #[derive(Debug)]
 pub struct SiteRoute {
@@ -69,8 +78,23 @@ pub struct SiteRoute {
     pub shared: Arc<SiteShared>,
     pub read_only: Option<Arc<ReadOnlyNotice>>,
     pub policy: ReadOnlyPolicy,
+    /// Maintenance mode on for this site: every request not allowed gets the page.
+    pub maintenance: Option<Arc<MaintenanceNotice>>,
+    pub maintenance_allow: ReadOnlyPolicy,
     pub redirect_http: bool,
     pub health: Option<HealthConfig>,
+    /// `Strict-Transport-Security` for HTTPS responses.
+    pub hsts: Option<HeaderValue>,
+    /// Path prefixes whose error pages are JSON.
+    pub json_errors: Box<[Box<str>]>,
+}
+
+impl SiteRoute {
+    /// Error pages of this path are JSON whatever the client asked for.
+    #[inline]
+    pub fn json_errors(&self, path: &str) -> bool {
+        self.json_errors.iter().any(|p| path.starts_with(&**p))
+    }
 }
 
 impl SiteRoute {
@@ -141,6 +165,18 @@ impl RoutingTable {
                         retry_after: HeaderValue::from(r.retry_after_s),
                     })
                 });
+            let maintenance = state
+                .maintenance
+                .as_ref()
+                .filter(|m| m.covers(&sc.name))
+                .map(|m| {
+                    Arc::new(MaintenanceNotice {
+                        message: m.message.clone(),
+                        retry_after_s: m.retry_after_s,
+                        retry_after: HeaderValue::from(m.retry_after_s),
+                        page: sc.maintenance.page.clone(),
+                    })
+                });
             let route = SiteRoute {
                 name: sh.name.clone(),
                 active,
@@ -148,8 +184,15 @@ impl RoutingTable {
                 shared: sh,
                 read_only,
                 policy: sc.read_only.clone(),
+                maintenance,
+                maintenance_allow: sc.maintenance.allow.clone(),
                 redirect_http: sc.redirect_http,
                 health: sc.health.clone(),
+                hsts: sc
+                    .hsts
+                    .as_deref()
+                    .and_then(|v| HeaderValue::from_str(v).ok()),
+                json_errors: sc.json_errors.iter().map(|p| p.as_str().into()).collect(),
             };
             t.sites.push(Arc::new(route));
             for (patterns, preview) in [(&sc.hosts, false), (&sc.preview_hosts, true)] {

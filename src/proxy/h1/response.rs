@@ -150,7 +150,13 @@ pub fn parse_response<'b, 'h>(
 }
 
 /// Writes the head the client gets. `close`: the client connection ends after this response.
-pub fn write_client_head(out: &mut Vec<u8>, resp: &RespHead<'_, '_>, close: bool) {
+/// `hsts`: the site's `Strict-Transport-Security`, which replaces the backend's.
+pub fn write_client_head(
+    out: &mut Vec<u8>,
+    resp: &RespHead<'_, '_>,
+    close: bool,
+    hsts: Option<&[u8]>,
+) {
     out.extend_from_slice(b"HTTP/1.1 ");
     let mut code = [0u8; 3];
     code[0] = b'0' + (resp.status / 100 % 10) as u8;
@@ -163,7 +169,13 @@ pub fn write_client_head(out: &mut Vec<u8>, resp: &RespHead<'_, '_>, close: bool
     let mut dated = false;
     for h in resp.headers.iter().filter(|h| !resp.hop_by_hop(h.name)) {
         dated |= h.name.len() == 4 && h.name.eq_ignore_ascii_case("date");
+        if hsts.is_some() && is(h.name, "strict-transport-security") {
+            continue;
+        }
         line(out, h.name.as_bytes(), h.value);
+    }
+    if let Some(v) = hsts {
+        line(out, b"strict-transport-security", v);
     }
     if !dated {
         // RFC 9110 6.6.1: a proxy forwarding an answer without Date adds one (hyper's path does).
@@ -206,7 +218,7 @@ mod tests {
         match parse_response(raw.as_bytes(), &mut h, &method)? {
             RespParsed::Head(r) => {
                 let mut out = Vec::new();
-                write_client_head(&mut out, &r, r.close);
+                write_client_head(&mut out, &r, r.close, None);
                 let out = String::from_utf8(out).unwrap();
                 // The Date we add when the backend sent none (checked in `adds_date_if_missing`).
                 let ours = out
@@ -275,7 +287,7 @@ mod tests {
                 panic!("a head")
             };
             let mut out = Vec::new();
-            write_client_head(&mut out, &r, false);
+            write_client_head(&mut out, &r, false, None);
             String::from_utf8(out).unwrap()
         };
         let out = client_head(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");

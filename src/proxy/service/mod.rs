@@ -68,7 +68,7 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<RespBod
         Ok(r) => r,
         Err(e) => {
             x.error(&e);
-            e.response(json).map(RespBody::full)
+            e.response(json || x.json_errors).map(RespBody::full)
         }
     };
     x.responded(resp.status().as_u16());
@@ -177,6 +177,10 @@ async fn forward(
         }
     } else {
         headers::strip_hop_by_hop(resp.headers_mut(), false);
+    }
+    if let (Some(v), true) = (&site.hsts, conn.https) {
+        resp.headers_mut()
+            .insert(http::header::STRICT_TRANSPORT_SECURITY, v.clone());
     }
     Ok(resp)
 }
