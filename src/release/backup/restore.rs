@@ -261,3 +261,53 @@ pub async fn read_listing(
         .finish()
         .map_err(|e| ReleaseError::Failed(format!("the archive of {path} in {container}: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(web_extra: &str) -> ReleaseConfig {
+        let text = format!("[proxy]\nhttp = \"127.0.0.1:0\"\ncontrol = \"c.sock\"\nstate = \"s.json\"\n[[site]]\nname = \"w\"\nhosts = [\"w.test\"]\n[site.release]\n[[site.release.services]]\nname = \"db\"\nimage = \"d\"\nbackup = [\"dump\"]\nrestore = [\"restore\"]\n[[site.release.services]]\nname = \"web\"\nimage = \"w:{{version}}\"\n{web_extra}");
+        let cfg = crate::config::parse_config(std::path::Path::new("t.toml"), &text)
+            .unwrap_or_else(|e| panic!("{e}"));
+        cfg.sites[0]
+            .release
+            .clone()
+            .unwrap_or_else(|| panic!("no release"))
+    }
+
+    /// A single-file dump from before sets restores as a one-member set, unless the config now
+    /// has data volumes it does not hold (their files would be left behind: refused).
+    #[tokio::test]
+    async fn a_legacy_dump_restores_as_a_one_member_set() {
+        let t = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let d = t.path();
+        std::fs::write(d.join("20250101T000000.000Z-blue-1.dump"), b"x").unwrap_or_default();
+        std::fs::write(
+            d.join("20250101T000000.000Z-blue-1.manifest.json"),
+            br#"{"file":"20250101T000000.000Z-blue-1.dump","site":"w","color":"blue","version":"1","created":"t","size":1,"sha256":"2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","verified_at":"t"}"#,
+        )
+        .unwrap_or_default();
+        let set = set::find(d, "20250101T000000.000Z-blue-1.dump")
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("the legacy set is not found"));
+        let p = Progress::default();
+        assert!(check(&rel(""), &set, &p).await.is_ok());
+        let with_files = rel("volumes = [\"images:/srv/images\"]\ndata_volumes = [\"images\"]\n");
+        let e = check(&with_files, &set, &p)
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("no member for data volume `images`"), "{e}");
+        // A flipped byte: refused, naming the member.
+        std::fs::write(d.join("20250101T000000.000Z-blue-1.dump"), b"y").unwrap_or_default();
+        let e = check(&rel(""), &set, &p)
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("member db") && e.contains("corrupt"), "{e}");
+    }
+}
