@@ -38,5 +38,8 @@ mod mediawiki;
 #[path = "e2e/http_rules.rs"]
 mod http_rules;
 
+#[path = "e2e/sets.rs"]
+mod sets;
+
 #[path = "e2e/operator.rs"]
 mod operator;

@@ -175,10 +175,20 @@ for n in db cache web; do import_rootfs "$n"; done
 layer w2l-db:bookworm db "" -- 'CMD ["/usr/local/bin/entrypoint.sh"]' 'EXPOSE 3306' 'VOLUME /var/lib/mysql'
 layer w2l-cache:bookworm cache "" -- 'USER memcache' 'EXPOSE 11211' \
     'CMD ["memcached", "-m", "64", "-l", "0.0.0.0", "-p", "11211", "-U", "0"]'
+# The web images are also tagged w2l-web-<hash of images/web>:<v>, and that repository is printed
+# last (WEB_REPO=...): the tests use it, so another work tree that rebuilds w2l-web:<v> from other
+# files on the same engine does not swap the images under a running test.
+WEB_REPO="w2l-web-$(cd "$HERE/images/web" && find . -type f | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-12)"
 pids=()
 for v in 1 2; do
-    layer "w2l-web:$v" web "$v" -- 'WORKDIR /usr/share/mediawiki' 'EXPOSE 80' "LABEL w2l.version=$v" \
-        'CMD ["/usr/local/bin/entrypoint.sh"]' & pids+=($!)
+    if [ -z "${REBUILD_ROOTFS:-}" ] && docker image inspect "$WEB_REPO:$v" >/dev/null 2>&1; then
+        docker tag "$WEB_REPO:$v" "w2l-web:$v"
+        log "w2l-web:$v is $WEB_REPO:$v (up to date)"
+        continue
+    fi
+    ( layer "w2l-web:$v" web "$v" -- 'WORKDIR /usr/share/mediawiki' 'EXPOSE 80' "LABEL w2l.version=$v" \
+        'CMD ["/usr/local/bin/entrypoint.sh"]' && docker tag "w2l-web:$v" "$WEB_REPO:$v" ) & pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p" || die "a web image failed (see above)"; done
-log "done: w2l-db:bookworm w2l-cache:bookworm w2l-web:1 w2l-web:2"
+log "done: w2l-db:bookworm w2l-cache:bookworm w2l-web:1 w2l-web:2 ($WEB_REPO)"
+echo "WEB_REPO=$WEB_REPO"

@@ -4,9 +4,11 @@
 //!
 //! - `mod.rs`: the clap tree and the dispatch, one arm per subcommand.
 //! - `control.rs`: the daemon's verbs (status, switch, read-only, pool, reload, rollback).
-//! - `release.rs`: the Docker commands (up, release, envs, backup, backups).
+//! - `release.rs`: the Docker commands (up, release, envs).
+//! - `backups.rs`: `backup` and `backups` (sets; `--json`).
 //! - `render.rs`: tables and lines for people.
 
+mod backups;
 mod control;
 mod release;
 mod render;
@@ -147,8 +149,14 @@ pub enum Cmd {
         #[command(subcommand)]
         what: EnvsCmd,
     },
-    /// Take a verified backup of SITE's database now.
-    Backup { site: String },
+    /// Take a verified backup set of SITE now: the database dump and every data volume (read-only
+    /// meanwhile when there are files besides the dump).
+    Backup {
+        site: String,
+        /// One JSON document on stdout (progress goes to stderr).
+        #[arg(long)]
+        json: bool,
+    },
     /// Backups on disk.
     Backups {
         #[command(subcommand)]
@@ -254,8 +262,19 @@ pub enum EnvsCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum BackupsCmd {
-    List { site: String },
-    Verify { site: String },
+    /// Sets with their members and sizes, newest first.
+    List {
+        site: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash every member of every set; names the member that is wrong (exit 1).
+    Verify {
+        site: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep the newest `keep_backups` verified sets (whole), never the only verified one.
     Prune { site: String },
 }
 
@@ -323,6 +342,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             match config::check(&p) {
                 Ok(cfg) => {
                     println!("{}: ok ({} site(s))", p.display(), cfg.sites.len());
+                    for w in config::perms::warnings(&cfg) {
+                        eprintln!("warning: {w}");
+                    }
                     Ok(())
                 }
                 Err(e) => Err(anyhow::anyhow!("{e}")),
@@ -395,10 +417,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let (cfg, client) = (cli.load_config()?, cli.client()?);
             release::envs(&cfg, &client, what).await
         }
-        Cmd::Backup { site } => {
+        Cmd::Backup { site, json } => {
             let (cfg, client) = (cli.load_config()?, cli.client()?);
-            release::backup(&cfg, &client, site).await
+            backups::backup(&cfg, &client, site, *json).await
         }
-        Cmd::Backups { what } => release::backups(&cli.load_config()?, what).await,
+        Cmd::Backups { what } => backups::backups(&cli.load_config()?, what).await,
     }
 }

@@ -1,11 +1,12 @@
-//! The Docker commands on the command line (up, release, envs, backup, backups): one call into
+//! The Docker commands on the command line (up, release, envs; backup and backups are in
+//! `backups.rs`): one call into
 //! `release::`, then print. The locks, plans and prune rules are all `release`'s.
 
 use crate::config::{Color, Config};
 use crate::control::client::Client;
-use crate::release::{self, backup, envs, human_bytes, sync};
+use crate::release::{self, envs, sync};
 
-use super::{render, BackupsCmd, EnvsCmd};
+use super::{render, EnvsCmd};
 
 /// Which way `release` goes.
 pub enum How<'a> {
@@ -121,68 +122,4 @@ pub async fn sync_first(cfg: &Config, client: &Client, site: &str, prefix: Optio
         }
         Err(e) => println!("envs sync: not done ({e})"),
     }
-}
-
-pub async fn backup(cfg: &Config, client: &Client, site: &str) -> anyhow::Result<()> {
-    let (m, path) = backup::take_now(cfg, client, site).await?;
-    println!(
-        "backup verified: {} {} sha256 {}",
-        path.display(),
-        human_bytes(m.size),
-        m.sha256
-    );
-    Ok(())
-}
-
-pub async fn backups(cfg: &Config, what: &BackupsCmd) -> anyhow::Result<()> {
-    match what {
-        BackupsCmd::List { site } => {
-            let (_, rel) = release::site_of(cfg, site)?;
-            let list = backup::list(rel, site)?;
-            if list.is_empty() {
-                println!(
-                    "no backups of {site} in {}",
-                    backup::site_dir(rel, site).display()
-                );
-            }
-            for e in &list {
-                println!("{}", render::backup(e));
-            }
-        }
-        BackupsCmd::Verify { site } => {
-            let (_, rel) = release::site_of(cfg, site)?;
-            let checked = backup::verify_all(rel, site).await?;
-            let mut bad = 0;
-            for (e, v) in &checked {
-                match v {
-                    Ok(()) => println!("ok      {}", e.stem),
-                    Err(why) => {
-                        bad += 1;
-                        println!("BROKEN  {}: {why}", e.stem);
-                    }
-                }
-            }
-            if bad > 0 {
-                anyhow::bail!(
-                    "{bad} of {} backup(s) of {site} failed verification; do not rely on them",
-                    checked.len()
-                );
-            }
-            println!("{} backup(s) of {site} verified", checked.len());
-        }
-        BackupsCmd::Prune { site } => {
-            let (r, keep) = backup::prune_now(cfg, site).await?;
-            for s in &r.removed {
-                println!("removed {s}");
-            }
-            for (s, why) in &r.broken {
-                println!("BROKEN  {s}: {why} (left for you to inspect)");
-            }
-            println!(
-                "kept {} verified backup(s) of {site} (keep_backups = {keep})",
-                r.kept.len()
-            );
-        }
-    }
-    Ok(())
 }

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use crate::config::Color;
 use crate::control::api::Status;
-use crate::release::backup::Entry;
+use crate::release::backup::{MemberKind, Set};
 use crate::release::envs::{Listing, Pruned, Role};
 use crate::release::human_bytes;
 
@@ -148,17 +148,54 @@ pub fn pruned(p: &Pruned) -> String {
     }
 }
 
-/// `backups list`: one line per backup.
-pub fn backup(e: &Entry) -> String {
-    match &e.manifest {
-        Some(m) => format!(
-            "{}  {:<6} {:<12} {:>10}  sha256 {}…",
-            e.stem,
+/// `backups list`: one line per set.
+pub fn set(s: &Set) -> String {
+    match &s.manifest {
+        Ok(m) => format!(
+            "{}  {:<6} {:<12} {:>10}  {} member(s){}{}",
+            s.id,
             m.color,
             m.version,
-            human_bytes(m.size),
-            m.sha256.get(..12).unwrap_or("")
+            human_bytes(m.size()),
+            m.members.len(),
+            if m.read_only { ", taken read-only" } else { "" },
+            if s.legacy {
+                " (single-file backup from before sets)"
+            } else {
+                ""
+            }
         ),
-        None => format!("{}  (no readable manifest: not a verified backup)", e.stem),
+        Err(e) => format!("{}  (not a usable set: {e})", s.id),
     }
+}
+
+/// The members of a set, one indented line each.
+pub fn members(s: &Set) -> String {
+    let mut o = String::new();
+    let Ok(m) = &s.manifest else {
+        return o;
+    };
+    for mem in &m.members {
+        let what = match &mem.files {
+            Some(f) => format!(
+                "{} files, {} in {} entries",
+                f.regular_files,
+                human_bytes(f.content_bytes),
+                f.entries
+            ),
+            None => format!("sha256 {}…", mem.sha256.get(..12).unwrap_or("")),
+        };
+        let _ = writeln!(
+            o,
+            "    {:<8} {:<6} {:<24} {:>10}  {what}",
+            mem.name,
+            match mem.kind {
+                MemberKind::Db => "db",
+                MemberKind::Volume => "volume",
+            },
+            mem.file,
+            human_bytes(mem.size),
+        );
+    }
+    o
 }

@@ -4,6 +4,7 @@
 //! or *every* problem found, each with file:line and a hint. Relative paths in the file are taken
 //! relative to the directory of the config file.
 
+pub mod perms;
 mod raw;
 pub mod units;
 mod validate;
@@ -346,10 +347,28 @@ pub struct ServiceConfig {
     pub env: Vec<(String, String)>,
     /// (volume name, mount path)
     pub volumes: Vec<(String, String)>,
+    /// Names from `volumes` whose files are data: archived in every backup set and restored into
+    /// the new environment before its web starts.
+    pub data_volumes: Vec<String>,
     pub command: Option<Vec<String>>,
     pub backup: Option<Vec<String>>,
     pub restore: Option<Vec<String>>,
     pub migrate: Option<Vec<String>>,
+}
+
+impl ReleaseConfig {
+    /// Every data volume: (service, volume, mount path), in config order.
+    pub fn data_volumes(&self) -> Vec<(&ServiceConfig, &str, &str)> {
+        let mut out = Vec::new();
+        for s in &self.services {
+            for v in &s.data_volumes {
+                if let Some((_, m)) = s.volumes.iter().find(|(n, _)| n == v) {
+                    out.push((s, v.as_str(), m.as_str()));
+                }
+            }
+        }
+        out
+    }
 }
 
 impl Config {

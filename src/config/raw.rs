@@ -138,6 +138,10 @@ pub struct RawService {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub volumes: Vec<S<String>>,
+    /// Names from `volumes` whose files belong in every backup set (restored into the new
+    /// environment by a release).
+    #[serde(default)]
+    pub data_volumes: Vec<S<String>>,
     pub command: Option<Vec<String>>,
     pub backup: Option<Vec<String>>,
     pub restore: Option<Vec<String>>,

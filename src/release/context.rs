@@ -161,14 +161,22 @@ impl<'a> Release<'a> {
         on: bool,
         version: &str,
     ) -> Result<ReadOnlyResponse, ReleaseError> {
+        let reason = format!(
+            "{} is being upgraded to version {version}; editing is back in a few minutes",
+            self.name()
+        );
+        self.read_only_because(on, &reason).await
+    }
+
+    /// Read-only on (with `reason`) or off for this site.
+    pub async fn read_only_because(
+        &self,
+        on: bool,
+        reason: &str,
+    ) -> Result<ReadOnlyResponse, ReleaseError> {
         let req = ReadOnlyRequest {
             on,
-            reason: on.then(|| {
-                format!(
-                    "{} is being upgraded to version {version}; editing is back in a few minutes",
-                    self.name()
-                )
-            }),
+            reason: on.then(|| reason.to_string()),
             retry_after_s: on.then_some(60),
             sites: on.then(|| vec![self.site.name.clone()]),
             wait_s: None,

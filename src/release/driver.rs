@@ -65,6 +65,8 @@ pub async fn start(
             )));
         }
     }
+    // Every data volume must be there to be backed up, before anything changes.
+    backup::take::check_sources(&r.engine, r.rel, &r.env(from, &env.version)).await?;
     let j = Journal::new(
         site,
         &r.prefix,
@@ -136,19 +138,24 @@ pub async fn resume(
     drive(&r, j, how.plan()).await
 }
 
-/// Whether the journal's backup file is still there and matches its manifest.
+/// Whether the journal's backup set is still there, verifies member by member and covers this
+/// config's data (else why not, printed, so the set is never restored).
 async fn backup_verifies(r: &Release<'_>, j: &Journal) -> Result<bool, ReleaseError> {
-    let Some(file) = &j.backup else {
+    let Some(id) = &j.backup else {
         return Ok(false);
     };
-    let stem = file.trim_end_matches(".dump");
-    let entry = backup::list(r.rel, r.name())?
-        .into_iter()
-        .find(|e| e.stem == stem);
-    Ok(match entry {
-        Some(e) => backup::verify(&e).await.is_ok(),
-        None => false,
-    })
+    let Some(set) = backup::set::find(&backup::site_dir(r.rel, r.name()), id)? else {
+        r.progress
+            .line(format_args!("backup set {id} of the journal is gone"));
+        return Ok(false);
+    };
+    match backup::restore::check(r.rel, &set, &r.progress).await {
+        Ok(_) => Ok(true),
+        Err(e) => {
+            r.progress.line(format_args!("{e}"));
+            Ok(false)
+        }
+    }
 }
 
 /// `release SITE --abort`: the failure path, run on purpose.

@@ -32,7 +32,9 @@ pub struct Journal {
     /// What was done that must be undone if the release does not finish, recorded as each step
     /// is entered ([`Step::effects`]).
     pub effects: BTreeSet<Effect>,
-    /// The verified backup file of this release, once step 3 (backup) is done.
+    /// The verified backup set of this release (its id: the folder's name under
+    /// `backups/{site}/`), once step 3 (backup) is done. A journal from before sets names a
+    /// `.dump` file: that one-member set.
     pub backup: Option<String>,
     /// What `verify_restore` printed on the active database right after the backup.
     pub verify_expected: Option<String>,

@@ -14,7 +14,8 @@
 //! - `sync.rs`: the pools follow the web containers' published ports (after a restart);
 //!   `watch.rs` runs it at every container start; `bindings.rs` remembers which environment
 //!   each pool follows.
-//! - `backup.rs`: dumps with a sha256 manifest, read back and verified; list/verify/prune.
+//! - `backup/`: backup sets (dump + data volume archives, sha256 manifest, read back and
+//!   verified), restored whole; list/verify/prune.
 //! - `docker/`: the engine: names, environments, exec streaming, readiness.
 
 pub mod backup;
@@ -99,10 +100,12 @@ pub enum ReleaseError {
     },
 }
 
-/// Progress lines on stdout: elapsed time since the start, the step, its time and bytes.
+/// Progress lines: elapsed time since the start, then the step, its time, bytes and rate. On
+/// stdout, or on stderr when stdout carries a `--json` document.
 pub struct Progress {
     start: Instant,
     last_bytes: Mutex<Instant>,
+    stderr: bool,
 }
 
 impl Default for Progress {
@@ -110,28 +113,68 @@ impl Default for Progress {
         Progress {
             start: Instant::now(),
             last_bytes: Mutex::new(Instant::now()),
+            stderr: false,
         }
     }
 }
 
 impl Progress {
-    pub fn line(&self, msg: impl fmt::Display) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "[{:>7.2}s] {msg}", self.start.elapsed().as_secs_f64());
-        let _ = out.flush();
+    /// Progress on stderr (stdout is for one JSON document).
+    pub fn on_stderr() -> Progress {
+        Progress {
+            stderr: true,
+            ..Progress::default()
+        }
     }
 
-    /// At most one "bytes so far" line a second.
-    pub fn bytes(&self, what: &str, n: u64) {
+    pub fn line(&self, msg: impl fmt::Display) {
+        let text = format!("[{:>7.2}s] {msg}\n", self.start.elapsed().as_secs_f64());
+        if self.stderr {
+            let mut out = std::io::stderr().lock();
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
+        } else {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
+        }
+    }
+
+    /// `what` moved `n` bytes since `since`: at most one line a second (over all of them), with
+    /// the time and the rate.
+    pub fn bytes(&self, what: &str, since: Instant, n: u64) {
         let Ok(mut last) = self.last_bytes.lock() else {
             return;
         };
-        if last.elapsed() >= Duration::from_secs(1) {
+        if last.elapsed() >= Duration::from_secs(1) && since.elapsed() >= Duration::from_secs(1) {
             *last = Instant::now();
             drop(last);
-            self.line(format_args!("          {what}: {} so far", human_bytes(n)));
+            self.line(format_args!(
+                "          {}",
+                rate_line(what, since.elapsed(), n)
+            ));
         }
     }
+
+    /// `what` is done: one line with its bytes, time and rate.
+    pub fn done(&self, what: &str, since: Instant, n: u64) {
+        self.line(format_args!(
+            "          {} done",
+            rate_line(what, since.elapsed(), n)
+        ));
+    }
+}
+
+/// `what: SIZE in TIME (RATE/s)`.
+pub fn rate_line(what: &str, took: Duration, n: u64) -> String {
+    let s = took.as_secs_f64();
+    let rate = if s > 0.0 { (n as f64 / s) as u64 } else { 0 };
+    format!(
+        "{what}: {} in {:.2}s ({}/s)",
+        human_bytes(n),
+        s,
+        human_bytes(rate)
+    )
 }
 
 pub fn human_bytes(n: u64) -> String {
@@ -168,6 +211,14 @@ pub fn secs(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(
+            rate_line("backup db", Duration::from_secs(2), 4 << 20),
+            "backup db: 4.0 MiB in 2.00s (2.0 MiB/s)"
+        );
+    }
 
     #[test]
     fn bytes_are_human() {

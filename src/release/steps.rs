@@ -2,7 +2,7 @@
 //! takes the [`Run`]: the release, its journal and the two environments. Every change to the
 //! proxy goes through the control socket, every change to containers through the engine; the
 //! journal is saved by the driver as each step is entered, and by a step when it learns
-//! something a later step or a resume needs (the backup file).
+//! something a later step or a resume needs (the backup set).
 
 use std::time::Instant;
 
@@ -113,11 +113,12 @@ async fn read_only(run: &mut Run<'_>) -> Result<(), ReleaseError> {
     Ok(())
 }
 
-/// 3: a verified backup of the active database, and what `verify_restore` prints on it.
+/// 3: a verified backup set of the active environment (the dump and every data volume), and what
+/// `verify_restore` prints on the active database.
 async fn backup(run: &mut Run<'_>) -> Result<(), ReleaseError> {
     let (r, t) = (run.r, Instant::now());
-    let m = backup::take(&r.engine, r.rel, &run.old, &r.progress).await?;
-    run.journal.backup = Some(m.file.clone());
+    let set = backup::take::take(&r.engine, r.rel, &run.old, &r.progress, true).await?;
+    run.journal.backup = Some(set.id.clone());
     if let Some(v) = &r.rel.verify_restore {
         let db = r.db()?;
         let out = r
@@ -130,57 +131,66 @@ async fn backup(run: &mut Run<'_>) -> Result<(), ReleaseError> {
         run.journal.verify_expected = Some(out.stdout_text.trim().to_string());
     }
     run.save()?;
-    let dir = backup::site_dir(r.rel, r.name());
+    let members = match &set.manifest {
+        Ok(m) => m
+            .members
+            .iter()
+            .map(|m| match &m.files {
+                Some(f) => format!(
+                    "{} {} ({} files)",
+                    m.name,
+                    human_bytes(m.size),
+                    f.regular_files
+                ),
+                None => format!(
+                    "{} {} sha256 {}…",
+                    m.name,
+                    human_bytes(m.size),
+                    m.sha256.get(..12).unwrap_or("")
+                ),
+            })
+            .collect::<Vec<_>>(),
+        Err(_) => Vec::new(),
+    };
+    let size = set.manifest.as_ref().map(|m| m.size()).unwrap_or(0);
     r.progress.line(format_args!(
-        "{} done in {}: {} verified (sha256 {}…) {}",
+        "{} done in {}: {} verified in {} member(s) ({}) {}",
         Step::Backup,
         secs(t.elapsed()),
-        human_bytes(m.size),
-        m.sha256.get(..12).unwrap_or(""),
-        dir.join(&m.file).display()
+        human_bytes(size),
+        members.len(),
+        members.join(", "),
+        set.dir.display()
     ));
     Ok(())
 }
 
-/// 4: the backup into the new database; `verify_restore` must print what it printed on the old.
+/// 4: the set into the new environment (refused whole before anything is written when a member
+/// does not verify); `verify_restore` must print what it printed on the old database.
 async fn restore(run: &mut Run<'_>) -> Result<(), ReleaseError> {
     let (r, t) = (run.r, Instant::now());
-    let db = r.db()?;
-    let cmd = db.restore.clone().ok_or_else(|| {
-        ReleaseError::Failed(format!("service `{}` has no `restore` command", db.name))
-    })?;
-    let Some(file) = run.journal.backup.as_deref() else {
+    let Some(id) = run.journal.backup.as_deref() else {
         return Err(ReleaseError::Failed(
             "the journal names no backup to restore; run `release --abort` and start again".into(),
         ));
     };
-    let file = backup::site_dir(r.rel, r.name()).join(file);
-    let f = tokio::fs::File::open(&file)
-        .await
-        .map_err(|source| ReleaseError::Io {
-            what: "open the backup".into(),
-            path: file.clone(),
-            source,
-        })?;
-    let container = run.new.container(&db.name);
-    let out = r
-        .engine
-        .exec(&container, &cmd, Some(f), None::<tokio::io::Sink>, |n| {
-            r.progress.bytes("restore", n)
-        })
-        .await?;
-    if out.code != 0 {
-        return Err(ReleaseError::Command {
-            what: "the restore command".into(),
-            container,
-            code: out.code,
-            output: out.output_tail,
-        });
-    }
+    let dir = backup::site_dir(r.rel, r.name());
+    let set = backup::set::find(&dir, id)?.ok_or_else(|| {
+        ReleaseError::Failed(format!(
+            "backup set {id} is not in {}; run `release --abort` and start again",
+            dir.display()
+        ))
+    })?;
+    let restored = backup::restore::restore(&r.engine, r.rel, &run.new, &set, &r.progress).await?;
     let mut checked = String::new();
     if let Some(v) = &r.rel.verify_restore {
+        let db = r.db()?;
         let got = r
-            .run_ok(&container, v, "verify_restore on the new database")
+            .run_ok(
+                &run.new.container(&db.name),
+                v,
+                "verify_restore on the new database",
+            )
             .await?
             .stdout_text
             .trim()
@@ -197,10 +207,11 @@ async fn restore(run: &mut Run<'_>) -> Result<(), ReleaseError> {
         );
     }
     r.progress.line(format_args!(
-        "{} done in {}: {} restored{checked}",
+        "{} done in {}: {} restored ({}){checked}",
         Step::Restore,
         secs(t.elapsed()),
-        human_bytes(out.stdin_bytes)
+        human_bytes(restored.bytes),
+        restored.lines.join("; ")
     ));
     Ok(())
 }
@@ -279,7 +290,7 @@ pub async fn finish(run: &mut Run<'_>) -> Result<(), ReleaseError> {
     journal::remove(r.cfg, r.name())?;
     match backup::prune(r.rel, r.name(), r.rel.keep_backups).await {
         Ok(p) if !p.removed.is_empty() => r.progress.line(format_args!(
-            "pruned {} old backup(s), kept {}",
+            "pruned {} old backup set(s), kept {}",
             p.removed.len(),
             p.kept.len()
         )),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const MAX_HEAD: usize = 64 * 1024;
-const MAX_BODY: usize = 4 * 1024 * 1024;
+const MAX_BODY: usize = 16 * 1024 * 1024;
 
 pub struct Request {
     pub method: String,

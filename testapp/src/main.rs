@@ -2,6 +2,7 @@
 //! Roles (argv[1]): db, web, dump, restore, migrate, verify, readonly, fail.
 //! See README.md beside Cargo.toml.
 
+mod files;
 mod http;
 mod json;
 
@@ -19,7 +20,7 @@ const MAX_SCHEMA: i64 = 2;
 
 const USAGE: &str = "usage: sy-testapp <db|web|dump|restore|migrate|verify|readonly on|off|fail>
   db        database server on 0.0.0.0:5000 (DB_PORT), data in $DATA_DIR/db.json (/data)
-  web       web server on 0.0.0.0:$PORT (80), talks to $DB_ADDR (db:5000)
+  web       web server on 0.0.0.0:$PORT (80), talks to $DB_ADDR (db:5000), uploads in $FILES_DIR (/files)
   dump      print the database file (JSON) on stdout
   restore   read a dump on stdin, validate it, write it atomically as the database file
   migrate   ask the db at $DB_ADDR to migrate to the schema of $APP_VERSION
@@ -263,6 +264,9 @@ fn db_schema() -> Result<i64, String> {
 
 fn web_handle(req: &Request) -> Response {
     let v = version();
+    if let Some(r) = files::handle(req, read_only_file().exists()) {
+        return r;
+    }
     let m = req.method.as_str();
     match (m, req.path.as_str()) {
         ("GET" | "HEAD", "/health") => {

@@ -5,14 +5,16 @@
 //! API, `release` to version 2 (AbuseFilter: update.php must create its tables) with mariadb-dump
 //! backup and restore, while an editor keeps editing: every edit is either accepted (and then in
 //! the page afterwards) or refused with 503 + Retry-After and the read-only page (and then not in
-//! the page). Reports the release's read-only window. Then `rollback`, guarded by the writes count.
+//! the page). An upload (the images volume is marked as data) made on version 1 is served by
+//! version 2 and, after the rollback, by version 1 again. Reports the release's read-only window.
+//! Then `rollback`, guarded by the writes count.
 //!
 //! The site's config is the `wiki` site of examples/mediawiki/switchyard.toml, with this test's
 //! own host, prefix (`syt-mw-<pid>`) and backups folder. Without a Docker engine: loud skip, except
 //! with CI=true where it fails. Images: examples/mediawiki/build-images.sh, once per run (cached
 //! rootfs tarballs; ~5 min cold, ~1 s warm). Containers, networks and volumes of the prefix are
 //! removed when the test ends.
-// See: issue 8
+// See: issue 8, issue 17
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
@@ -23,11 +25,26 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 const HOST: &str = "wiki.test";
+
+/// A 1×1 PNG (the walkthrough's `dot.png`).
+const DOT_PNG: &[u8] = &[
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f, 0x15, 0xc4,
+    0x89, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x44, 0x41, 0x54, 0x78, 0xda, 0x63, 0x64, 0x60, 0xf8, 0x5f,
+    0x0f, 0x00, 0x02, 0x87, 0x01, 0x80, 0xeb, 0x47, 0xba, 0x92, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45,
+    0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+];
 const SITE: &str = "wiki";
 
 fn images() -> bool {
-    static READY: OnceLock<bool> = OnceLock::new();
-    *READY.get_or_init(|| {
+    web_repo().is_some()
+}
+
+/// The repository of this tree's web images (`w2l-web-<hash>`, tags 1 and 2; see
+/// build-images.sh), once the images are built; None without a Docker engine.
+fn web_repo() -> Option<&'static str> {
+    static READY: OnceLock<Option<String>> = OnceLock::new();
+    READY.get_or_init(|| {
         let ok = Command::new("docker")
             .args(["info", "--format", "{{.ServerVersion}}"])
             .output()
@@ -38,7 +55,7 @@ fn images() -> bool {
                 panic!("CI=true but no Docker engine is reachable: the MediaWiki test needs one (start dockerd)");
             }
             eprintln!("\n*** SKIPPED: no Docker engine; the MediaWiki example test did not run ***\n");
-            return false;
+            return None;
         }
         let script = format!(
             "{}/examples/mediawiki/build-images.sh",
@@ -53,8 +70,14 @@ fn images() -> bool {
             "RESULT mediawiki: images ready in {:.1}s",
             t.elapsed().as_secs_f64()
         );
-        true
+        let repo = out
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("WEB_REPO="))
+            .unwrap_or_else(|| panic!("build-images.sh printed no WEB_REPO= line"));
+        Some(repo.trim().to_string())
     })
+    .as_deref()
 }
 
 fn text(o: &Output) -> String {
@@ -96,6 +119,13 @@ fn example_site(prefix: &str) -> String {
             "backups = \"backups\"".to_string(),
         ),
         ("interval = \"1s\"", "interval = \"300ms\"".to_string()),
+        (
+            "image = \"w2l-web:{version}\"",
+            format!(
+                "image = \"{}:{{version}}\"",
+                web_repo().unwrap_or("w2l-web")
+            ),
+        ),
     ] {
         assert!(
             site.contains(from),
@@ -217,6 +247,69 @@ impl Wiki {
         }
     }
 
+    /// An anonymous upload through the API (multipart, as a browser's form sends it).
+    async fn upload(&self, name: &str, bytes: &[u8]) -> serde_json::Value {
+        let boundary = "sy-e2e-boundary-7d1f";
+        let mut body = Vec::new();
+        for (k, v) in [
+            ("action", "upload"),
+            ("format", "json"),
+            ("filename", name),
+            ("ignorewarnings", "1"),
+            ("comment", "e2e upload"),
+            ("token", "+\\"),
+        ] {
+            body.extend(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
+                )
+                .as_bytes(),
+            );
+        }
+        body.extend(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: image/png\r\n\r\n").as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let r = self
+            .http
+            .post(self.p.url("/api.php"))
+            .header("host", HOST)
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "upload of {name}");
+        r.json().await.unwrap()
+    }
+
+    /// The bytes of an uploaded file as the wiki serves them (None: no such file).
+    async fn file(&self, name: &str) -> Option<Vec<u8>> {
+        let r = self
+            .get(&format!(
+                "/api.php?action=query&titles=File:{name}&prop=imageinfo&iiprop=url|size&format=json&formatversion=2"
+            ))
+            .await;
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        let url = v["query"]["pages"][0]["imageinfo"][0]["url"]
+            .as_str()?
+            .to_string();
+        let path = &url[url
+            .find("/images/")
+            .unwrap_or_else(|| panic!("upload url {url}"))..];
+        let r = self.get(path).await;
+        match r.status().as_u16() {
+            200 => Some(r.bytes().await.unwrap().to_vec()),
+            404 => None,
+            s => panic!("GET {path}: {s}"),
+        }
+    }
+
     async fn page(&self, title: &str) -> Option<String> {
         let r = self
             .get(&format!(
@@ -298,6 +391,10 @@ async fn issue_8_mediawiki_up_edit_release_rollback() {
         Edit::Saved => {}
         other => panic!("creating Editor log: {other:?}"),
     }
+    // An upload on version 1: the images volume is marked as data, so the release carries it.
+    let up = w.upload("Dot.png", DOT_PNG).await;
+    assert_eq!(up["upload"]["result"], "Success", "{up}");
+    assert_eq!(w.file("Dot.png").await.as_deref(), Some(DOT_PNG));
 
     // The release, while an editor appends a numbered line to "Editor log" again and again.
     let stop = Arc::new(AtomicBool::new(false));
@@ -431,6 +528,18 @@ async fn issue_8_mediawiki_up_edit_release_rollback() {
     );
     assert!(ro > 0, "the editor never met the read-only window");
     assert_eq!(
+        w.file("Dot.png").await.as_deref(),
+        Some(DOT_PNG),
+        "the upload made on version 1, on version 2"
+    );
+    assert!(
+        out.contains("files ok"),
+        "the restore checked the images volume:\n{out}"
+    );
+    // An upload on version 2: a write the rollback guard counts, left behind by the rollback.
+    let up = w.upload("Green.png", DOT_PNG).await;
+    assert_eq!(up["upload"]["result"], "Success", "{up}");
+    assert_eq!(
         w.sql("green", "SHOW TABLES FROM wiki LIKE 'abuse_filter'"),
         "abuse_filter",
         "update.php created AbuseFilter's tables"
@@ -455,6 +564,16 @@ async fn issue_8_mediawiki_up_edit_release_rollback() {
             "{title} after rollback"
         );
     }
+    assert_eq!(
+        w.file("Dot.png").await.as_deref(),
+        Some(DOT_PNG),
+        "blue has its own upload after the rollback"
+    );
+    assert_eq!(
+        w.file("Green.png").await,
+        None,
+        "green's upload stays on green"
+    );
     assert!(matches!(
         w.edit("After rollback", "text", "v1 again").await,
         Edit::Saved

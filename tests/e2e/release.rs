@@ -32,7 +32,7 @@ fn engine_ready() -> bool {
     })
 }
 
-fn build(script: &str) {
+fn build(script: &str) -> String {
     let path = format!("{}/tests/images/{script}", env!("CARGO_MANIFEST_DIR"));
     let o = Command::new("bash")
         .arg(&path)
@@ -44,16 +44,31 @@ fn build(script: &str) {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// True when Docker is there and the test images are built (once per run).
 pub(crate) fn testapp() -> bool {
-    static DONE: OnceLock<()> = OnceLock::new();
     if !engine_ready() {
         return false;
     }
-    DONE.get_or_init(|| build("build-testapp.sh"));
+    repo();
     true
+}
+
+/// The image repository of this tree's test app (`sy-testapp-<sha12>`, tags 1 and 2): built once
+/// per run. Its own name, so another work tree re-importing `sy-testapp:N` on the same engine
+/// never swaps the app under these tests.
+pub(crate) fn repo() -> &'static str {
+    static REPO: OnceLock<String> = OnceLock::new();
+    REPO.get_or_init(|| {
+        let out = build("build-testapp.sh");
+        out.lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("IMAGE_REPO="))
+            .map(|r| r.trim().to_string())
+            .unwrap_or_else(|| panic!("build-testapp.sh printed no IMAGE_REPO= line:\n{out}"))
+    })
 }
 
 fn mariadb() -> bool {
@@ -61,7 +76,9 @@ fn mariadb() -> bool {
     if !testapp() {
         return false;
     }
-    DONE.get_or_init(|| build("build-mariadb.sh"));
+    DONE.get_or_init(|| {
+        build("build-mariadb.sh");
+    });
     true
 }
 
@@ -69,7 +86,8 @@ pub(crate) fn sh(cmd: &str) -> Output {
     Command::new("sh").arg("-c").arg(cmd).output().expect("sh")
 }
 
-/// The testapp stack: db (volume `data`) + web, with app read-only and verify_restore.
+/// The testapp stack: db (volume `data`) + web (volume `files` for uploads, marked as data), with
+/// app read-only and verify_restore.
 pub(crate) fn testapp_release(prefix: &str) -> String {
     format!(
         r#"
@@ -84,7 +102,7 @@ app_read_only = {{ on = APP_RO_ON, off = ["/sy-testapp", "readonly", "off"] }}
 verify_restore = ["/sy-testapp", "verify"]
 [[site.release.services]]
 name = "db"
-image = "sy-testapp:{{version}}"
+image = "{repo}:{{version}}"
 command = ["db"]
 volumes = ["data:/data"]
 env = {{ DB_ENV = "1" }}
@@ -92,11 +110,14 @@ backup = BACKUP
 restore = ["/sy-testapp", "restore"]
 [[site.release.services]]
 name = "web"
-image = "sy-testapp:{{version}}"
+image = "{repo}:{{version}}"
 command = ["web"]
 env = {{ WEB_ENV = "1" }}
+volumes = ["files:/files"]
+data_volumes = ["files"]
 migrate = ["/sy-testapp", "migrate"]
-"#
+"#,
+        repo = repo()
     )
     .replace("HEALTH_TIMEOUT", "30s")
     .replace("APP_RO_ON", r#"["/sy-testapp", "readonly", "on"]"#)
@@ -134,13 +155,13 @@ impl Stack {
     }
 
     /// Edits the config file that the release commands read (the daemon needs no reload for it).
-    fn edit(&self, from: &str, to: &str) {
+    pub(crate) fn edit(&self, from: &str, to: &str) {
         let text = std::fs::read_to_string(&self.p.config).unwrap();
         assert!(text.contains(from), "config has no `{from}`");
         std::fs::write(&self.p.config, text.replacen(from, to, 1)).unwrap();
     }
 
-    async fn get(&self, path: &str) -> reqwest::Response {
+    pub(crate) async fn get(&self, path: &str) -> reqwest::Response {
         self.http
             .get(self.p.url(path))
             .header("host", HOST)
@@ -169,7 +190,7 @@ impl Stack {
             .to_string()
     }
 
-    async fn notes(&self) -> Vec<serde_json::Value> {
+    pub(crate) async fn notes(&self) -> Vec<serde_json::Value> {
         let r = self.get("/notes").await;
         assert_eq!(r.status(), 200);
         r.json().await.unwrap()
@@ -185,11 +206,11 @@ impl Stack {
             .clone()
     }
 
-    fn backups_dir(&self) -> std::path::PathBuf {
+    pub(crate) fn backups_dir(&self) -> std::path::PathBuf {
         self.p.dir.join("backups").join(SITE)
     }
 
-    fn container_state(&self, color: &str, svc: &str) -> String {
+    pub(crate) fn container_state(&self, color: &str, svc: &str) -> String {
         let o = sh(&format!(
             "docker inspect -f '{{{{.State.Status}}}}' {}-{color}-{svc} 2>/dev/null",
             self.prefix
@@ -199,7 +220,7 @@ impl Stack {
 
     /// After a failed release: the old env serves v1 with its data, read-only is off (edge and
     /// app), no journal, no unverified backup file.
-    async fn assert_recovered(&self, notes_before: usize) {
+    pub(crate) async fn assert_recovered(&self, notes_before: usize) {
         assert_eq!(
             self.version().await,
             "1",
@@ -226,12 +247,10 @@ impl Stack {
                     !name.ends_with(".partial"),
                     "a partial backup was left: {name}"
                 );
-                if let Some(stem) = name.strip_suffix(".dump") {
+                if e.path().is_dir() {
                     assert!(
-                        self.backups_dir()
-                            .join(format!("{stem}.manifest.json"))
-                            .exists(),
-                        "dump without manifest: {name}"
+                        e.path().join("manifest.json").exists(),
+                        "a set without its manifest: {name}"
                     );
                 }
             }
@@ -329,7 +348,7 @@ pub(crate) fn wait_line(
     }
 }
 
-fn window_of(out: &str) -> Option<f64> {
+pub(crate) fn window_of(out: &str) -> Option<f64> {
     out.lines()
         .find_map(|l| l.split("read-only window: ").nth(1))
         .and_then(|v| v.trim_end_matches('s').parse().ok())
@@ -639,7 +658,8 @@ async fn issue_5_fault_missing_image_changes_nothing() {
     let o = s.release("9");
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        text(&o).contains("sy-testapp:9") && text(&o).contains("not on this Docker engine"),
+        text(&o).contains(&format!("{}:9", repo()))
+            && text(&o).contains("not on this Docker engine"),
         "{}",
         text(&o)
     );
@@ -804,7 +824,8 @@ async fn issue_5_crash_then_abort_then_resume() {
     assert!(!s.p.dir.join(format!("release-{SITE}.json")).exists());
 }
 
-/// Backups on their own: take, list, verify, detect corruption, prune keeps the newest verified.
+/// Backups on their own: take, list, verify, detect corruption, prune keeps the newest verified
+/// sets whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_5_backups_list_verify_prune() {
     if !testapp() {
@@ -815,29 +836,28 @@ async fn issue_5_backups_list_verify_prune() {
     for i in 0..5 {
         assert_eq!(s.post_note(&format!("b{i}")).await.status(), 201);
         let o = s.ok(&["backup", SITE]);
-        assert!(o.contains("backup verified"), "{o}");
+        assert!(o.contains("backup set verified"), "{o}");
     }
     let list = s.ok(&["backups", "list", SITE]);
-    assert_eq!(list.lines().count(), 5, "{list}");
+    let sets: Vec<&str> = list.lines().filter(|l| !l.starts_with(' ')).collect();
+    assert_eq!(sets.len(), 5, "{list}");
     s.ok(&["backups", "verify", SITE]);
-    // Corrupt the newest one: verify fails, prune keeps 3 verified ones and leaves the broken one.
-    let newest = list
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    std::fs::write(s.backups_dir().join(format!("{newest}.dump")), b"garbage").unwrap();
+    // Corrupt the newest one's dump: verify fails naming it, prune keeps 3 verified sets and
+    // leaves the broken one.
+    let newest = sets[0].split_whitespace().next().unwrap().to_string();
+    std::fs::write(s.backups_dir().join(&newest).join("db.dump"), b"garbage").unwrap();
     let v = s.cli(&["backups", "verify", SITE]);
     assert_eq!(v.status.code(), Some(1));
-    assert!(text(&v).contains("BROKEN"), "{}", text(&v));
+    assert!(
+        text(&v).contains("BROKEN") && text(&v).contains("member db (db.dump)"),
+        "{}",
+        text(&v)
+    );
     let p = s.ok(&["backups", "prune", SITE]);
     assert!(p.contains("kept 3 verified"), "{p}");
     let list = s.ok(&["backups", "list", SITE]);
     assert_eq!(
-        list.lines().count(),
+        list.lines().filter(|l| !l.starts_with(' ')).count(),
         4,
         "3 verified + the broken one:\n{list}"
     );
@@ -862,10 +882,11 @@ backup = ["mariadb-dump", "--all-databases", "--single-transaction"]
 restore = ["mariadb"]
 [[site.release.services]]
 name = "web"
-image = "sy-testapp:{{version}}"
+image = "{repo}:{{version}}"
 command = ["db"]
 env = {{ DB_PORT = "80" }}
-"#
+"#,
+        repo = repo()
     )
 }
 

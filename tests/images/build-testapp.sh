@@ -5,6 +5,10 @@
 # Each image: / holds /sy-testapp, an empty /data and /tmp, a minimal /etc;
 # ENTRYPOINT ["/sy-testapp"], CMD ["web"], ENV APP_VERSION=<v>,
 # LABEL switchyard.testapp.sha256=<sha256 of the binary>.
+# Also tagged sy-testapp-<first 12 hex of the binary's sha256>:<v>, which the tests use: several
+# work trees share one engine, and a tree that re-imports sy-testapp:<v> from its own binary must
+# not swap the app under another tree's running tests. The last line printed is
+# `IMAGE_REPO=sy-testapp-<sha12>`.
 # Idempotent: an image whose label matches the freshly built binary is kept.
 # Env: VERSIONS="1 2" (which tags), FORCE=1 (re-import regardless).
 set -euo pipefail
@@ -49,10 +53,18 @@ make_rootfs() {
     echo 'hosts: files dns' >"$ROOTFS/etc/nsswitch.conf"
 }
 
+REPO="sy-testapp-${SHA:0:12}"
 for v in $VERSIONS; do
     img="sy-testapp:$v"
+    if docker image inspect "$REPO:$v" >/dev/null 2>&1 && [ -z "${FORCE:-}" ]; then
+        # This binary's image exists: point the plain tag at it too (cheap), keep going.
+        docker tag "$REPO:$v" "$img"
+        log "$REPO:$v is up to date (same binary), skipped"
+        continue
+    fi
     have=$(docker image inspect -f '{{index .Config.Labels "switchyard.testapp.sha256"}}' "$img" 2>/dev/null || true)
     if [ -z "${FORCE:-}" ] && [ "$have" = "$SHA" ]; then
+        docker tag "$img" "$REPO:$v" || die "docker tag $REPO:$v failed"
         log "$img is up to date (same binary), skipped"
         continue
     fi
@@ -66,8 +78,8 @@ for v in $VERSIONS; do
         -c 'CMD ["web"]' \
         -m "sy-testapp $v (switchyard test image)" \
         - "$img" >/dev/null || die "docker import of $img failed"
+    docker tag "$img" "$REPO:$v" || die "docker tag $REPO:$v failed"
     log "imported $img${have:+ (replaced binary ${have:0:16}…)}"
 done
-# Old images whose tag moved to the new build are left dangling: remove them.
-docker image prune -f --filter 'label=switchyard.testapp.sha256' >/dev/null 2>&1 || true
-log "done in $(elapsed): $(for v in $VERSIONS; do printf 'sy-testapp:%s ' "$v"; done)"
+log "done in $(elapsed): $(for v in $VERSIONS; do printf 'sy-testapp:%s ' "$v"; done)($REPO)"
+echo "IMAGE_REPO=$REPO"

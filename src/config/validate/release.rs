@@ -48,6 +48,24 @@ pub(super) fn release(cx: &mut Ctx, rr: &S<RawRelease>, site: &str) -> ReleaseCo
                 ),
             }
         }
+        let mut data_volumes: Vec<String> = Vec::new();
+        for d in &s_ref.data_volumes {
+            let v = d.get_ref();
+            if data_volumes.contains(v) {
+                cx.err(d, format!("data volume `{v}` is listed twice"));
+            } else if volumes.iter().any(|(n, _)| n == v) {
+                data_volumes.push(v.clone());
+            } else {
+                let have: Vec<&str> = volumes.iter().map(|(n, _)| n.as_str()).collect();
+                cx.err(
+                    d,
+                    format!(
+                        "data volume `{v}` is not one of service `{name}`'s volumes ({}); add `\"{v}:/path\"` to its `volumes`, or name one of those",
+                        if have.is_empty() { "it has none".to_string() } else { have.join(", ") }
+                    ),
+                );
+            }
+        }
         services.push(ServiceConfig {
             name,
             image: s_ref.image.get_ref().clone(),
@@ -57,6 +75,7 @@ pub(super) fn release(cx: &mut Ctx, rr: &S<RawRelease>, site: &str) -> ReleaseCo
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             volumes,
+            data_volumes,
             command: s_ref.command.clone(),
             backup: s_ref.backup.clone(),
             restore: s_ref.restore.clone(),
@@ -135,4 +154,41 @@ fn valid_docker_name(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse_config;
+
+    fn site(web: &str) -> String {
+        format!("[proxy]\nhttp = \"127.0.0.1:0\"\ncontrol = \"c.sock\"\nstate = \"s.json\"\n[[site]]\nname = \"w\"\nhosts = [\"w.test\"]\n[site.release]\n[[site.release.services]]\nname = \"web\"\nimage = \"w:{{version}}\"\n{web}")
+    }
+
+    #[test]
+    fn data_volumes_are_among_the_service_volumes() {
+        let ok = parse_config(
+            std::path::Path::new("t.toml"),
+            &site(
+                "volumes = [\"images:/srv/images\", \"cache:/c\"]\ndata_volumes = [\"images\"]\n",
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let rel = ok.sites[0].release.as_ref().map(|r| r.data_volumes().len());
+        assert_eq!(rel, Some(1));
+        let bad = parse_config(
+            std::path::Path::new("t.toml"),
+            &site("volumes = [\"cache:/c\"]\ndata_volumes = [\"images\", \"cache\", \"cache\"]\n"),
+        )
+        .err()
+        .map(|e| e.problems())
+        .unwrap_or_default();
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert!(
+            bad[0].starts_with("t.toml:13:")
+                && bad[0]
+                    .contains("data volume `images` is not one of service `web`'s volumes (cache)"),
+            "{bad:?}"
+        );
+        assert!(bad[1].contains("listed twice"), "{bad:?}");
+    }
 }

@@ -67,6 +67,8 @@ impl Engine {
                 "{what}: the engine did not attach to the command"
             )));
         };
+        let fed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let fed2 = fed.clone();
         let feeder = stdin.map(|mut r| {
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 256 * 1024];
@@ -78,6 +80,7 @@ impl Engine {
                     }
                     input.write_all(&buf[..n]).await?;
                     n_total += n as u64;
+                    fed2.store(n_total, std::sync::atomic::Ordering::Relaxed);
                 }
                 input.flush().await?;
                 input.shutdown().await?;
@@ -89,7 +92,19 @@ impl Engine {
         let mut text = Vec::new();
         let mut out_bytes = 0u64;
         let mut last_progress = Instant::now();
-        while let Some(item) = output.next().await {
+        // While stdin is fed and nothing comes out, a tick reports the bytes fed so far.
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            let item = tokio::select! {
+                item = output.next() => match item {
+                    Some(item) => item,
+                    None => break,
+                },
+                _ = tick.tick(), if feeder.is_some() => {
+                    progress(fed.load(std::sync::atomic::Ordering::Relaxed));
+                    continue;
+                }
+            };
             match item.map_err(docker_err(what.clone()))? {
                 LogOutput::StdOut { message } | LogOutput::Console { message } => {
                     out_bytes += message.len() as u64;

@@ -5,9 +5,11 @@
 //! - `names.rs`: what things are called (EnvId: containers, network, volumes, labels).
 //! - `env.rs`: environments: create, start, stop, remove, list, the published web address.
 //! - `exec.rs`: a command in a container, with stdin/stdout streamed.
+//! - `archive.rs`: files out of and into a container's folders (tar streams, no helper image).
 //! - `ready.rs`: waiting until a service is ready (HEALTHCHECK, else its TCP port).
 //! - `events.rs`: container starts as they happen, and the host ports running containers publish.
 
+mod archive;
 mod env;
 mod events;
 mod exec;

@@ -49,12 +49,17 @@ $wgLocalisationCacheConf['manualRecache'] = true;
 $wgSecretKey = w2l_env( 'WIKI_SECRET_KEY', 'change-me-w2l-example-secret-key-0000000000000000' );
 $wgUpgradeKey = substr( hash( 'sha256', $wgSecretKey . 'upgrade' ), 0, 16 );
 
-$wgEnableUploads = false;   # uploads would live beside the database; this example moves only the database
+# Uploads go to $IP/images = /var/lib/mediawiki/images, a volume that switchyard.toml marks as data
+# (`data_volumes = ["images"]`): every backup set archives it, a release restores it into the new
+# environment. No ImageMagick or GD here: originals are stored and served, thumbnails are not made.
+$wgEnableUploads = true;
+$wgUseImageMagick = false;
 $wgEnableEmail = false;
 $wgDiff3 = '';
 $wgShowExceptionDetails = true;
-# The example edits by script, anonymously: no edit rate limit.
+# The example edits and uploads by script, anonymously: no rate limit, anonymous uploads.
 $wgGroupPermissions['*']['noratelimit'] = true;
+$wgGroupPermissions['*']['upload'] = true;
 
 wfLoadSkin( 'Vector' );
 wfLoadSkin( 'MonoBook' );

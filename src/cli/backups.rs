@@ -1,0 +1,156 @@
+//! `backup SITE` and `backups list|verify|prune SITE`: one call into `release::backup`, then
+//! print, for people or (with `--json`) as one JSON document on stdout, progress on stderr.
+
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::control::client::Client;
+use crate::release::backup::{self, MemberCheck, Set};
+use crate::release::{self, human_bytes, Progress};
+
+use super::{render, BackupsCmd};
+
+/// A set as scripts see it: its id, folder, and its manifest's fields (or why it has none).
+pub fn set_json(s: &Set) -> Value {
+    let mut v = json!({
+        "id": s.id,
+        "path": s.dir.display().to_string(),
+        "legacy": s.legacy,
+    });
+    match &s.manifest {
+        Ok(m) => {
+            if let (Value::Object(o), Ok(Value::Object(mj))) = (&mut v, serde_json::to_value(m)) {
+                o.extend(mj);
+                o.insert("size".into(), json!(m.size()));
+                o.insert("complete".into(), json!(true));
+            }
+        }
+        Err(e) => {
+            if let Value::Object(o) = &mut v {
+                o.insert("complete".into(), json!(false));
+                o.insert("error".into(), json!(e));
+            }
+        }
+    }
+    v
+}
+
+fn print_json(v: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub async fn backup(cfg: &Config, client: &Client, site: &str, json: bool) -> anyhow::Result<()> {
+    let taken = backup::take_now(cfg, client, site, json).await?;
+    let window = taken.read_only_window.map(|w| w.as_secs_f64());
+    if json {
+        let mut v = set_json(&taken.set);
+        if let Value::Object(o) = &mut v {
+            o.insert("read_only_window_s".into(), json!(window));
+        }
+        return print_json(&v);
+    }
+    let size = taken.set.manifest.as_ref().map(|m| m.size()).unwrap_or(0);
+    println!(
+        "backup set verified: {} ({}{})",
+        taken.set.dir.display(),
+        human_bytes(size),
+        window
+            .map(|w| format!("; read-only for {w:.3}s"))
+            .unwrap_or_default()
+    );
+    print!("{}", render::members(&taken.set));
+    Ok(())
+}
+
+pub async fn backups(cfg: &Config, what: &BackupsCmd) -> anyhow::Result<()> {
+    match what {
+        BackupsCmd::List { site, json } => {
+            let (_, rel) = release::site_of(cfg, site)?;
+            let list = backup::list(rel, site)?;
+            if *json {
+                return print_json(&json!({
+                    "site": site,
+                    "dir": backup::site_dir(rel, site).display().to_string(),
+                    "sets": list.iter().map(set_json).collect::<Vec<_>>(),
+                }));
+            }
+            if list.is_empty() {
+                println!(
+                    "no backups of {site} in {}",
+                    backup::site_dir(rel, site).display()
+                );
+            }
+            for s in &list {
+                println!("{}", render::set(s));
+                print!("{}", render::members(s));
+            }
+        }
+        BackupsCmd::Verify { site, json } => {
+            let (_, rel) = release::site_of(cfg, site)?;
+            let progress = if *json {
+                Progress::on_stderr()
+            } else {
+                Progress::default()
+            };
+            let checked = backup::verify_all(rel, site, &progress).await?;
+            let bad_of = |v: &Result<Vec<MemberCheck>, String>| match v {
+                Ok(c) => backup::set::first_bad(c),
+                Err(e) => Some(e.clone()),
+            };
+            let bad: Vec<String> = checked
+                .iter()
+                .filter_map(|(s, v)| bad_of(v).map(|b| format!("{}: {b}", s.id)))
+                .collect();
+            if *json {
+                print_json(&json!({
+                    "site": site,
+                    "ok": bad.is_empty(),
+                    "sets": checked.iter().map(|(s, v)| json!({
+                        "id": s.id,
+                        "ok": bad_of(v).is_none(),
+                        "error": bad_of(v),
+                        "members": v.as_ref().ok(),
+                    })).collect::<Vec<_>>(),
+                }))?;
+            } else {
+                for (s, v) in &checked {
+                    match bad_of(v) {
+                        None => println!(
+                            "ok      {} ({} member(s), {})",
+                            s.id,
+                            v.as_ref().map(|c| c.len()).unwrap_or(0),
+                            human_bytes(s.manifest.as_ref().map(|m| m.size()).unwrap_or(0))
+                        ),
+                        Some(why) => println!("BROKEN  {}: {why}", s.id),
+                    }
+                }
+            }
+            if !bad.is_empty() {
+                anyhow::bail!(
+                    "{} of {} backup set(s) of {site} failed verification; do not rely on them:\n  {}",
+                    bad.len(),
+                    checked.len(),
+                    bad.join("\n  ")
+                );
+            }
+            if !*json {
+                println!("{} backup set(s) of {site} verified", checked.len());
+            }
+        }
+        BackupsCmd::Prune { site } => {
+            let (r, keep) = backup::prune_now(cfg, site).await?;
+            for s in &r.removed {
+                println!("removed {s}");
+            }
+            for (s, why) in &r.broken {
+                println!("BROKEN  {s}: {why} (left for you to inspect)");
+            }
+            println!(
+                "kept {} verified backup set(s) of {site} (keep_backups = {keep})",
+                r.kept.len()
+            );
+        }
+    }
+    Ok(())
+}
