@@ -273,6 +273,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             match config::check(&p) {
                 Ok(cfg) => {
                     println!("{}: ok ({} site(s))", p.display(), cfg.sites.len());
+                    for n in config::notes(&cfg) {
+                        println!("{n}");
+                    }
                     Ok(())
                 }
                 Err(e) => Err(anyhow::anyhow!("{e}")),
