@@ -119,6 +119,9 @@ impl Acme {
                 _ => now,
             };
             let at = st.next_attempt.map_or(due, |n| n.max(due));
+            if current.is_some() && at > now {
+                tracing::debug!(site = %site.name, renew_at = %store::rfc3339(at), "ACME: certificate current");
+            }
             if at <= now {
                 st.running = true;
                 let me = self.clone();
