@@ -120,12 +120,13 @@ pub(crate) async fn issue(
                 .map_err(ca("telling the CA the challenge is ready"))?;
         }
     }
-    let status = order
-        .poll_ready(&POLL)
-        .await
-        .map_err(ca("waiting for the validation"))?;
-    if status != OrderStatus::Ready {
-        return Err(failed_hosts(&mut order).await);
+    match order.poll_ready(&POLL).await {
+        Ok(OrderStatus::Ready) => {}
+        // The order is invalid (or carries the CA's error): say which host failed, and why.
+        Ok(_) | Err(instant_acme::Error::Api(_)) => {
+            return Err(failed_hosts(&mut order).await);
+        }
+        Err(e) => return Err(ca("waiting for the validation")(e)),
     }
     drop(published);
 

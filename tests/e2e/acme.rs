@@ -277,7 +277,11 @@ async fn issue_21_http_01_issues_before_the_https_redirect() {
         .await
         .unwrap();
     assert_eq!(r.status(), 308);
-    assert!(s.ca.log_text().contains("http-01"), "{}", s.ca.log_text());
+    assert!(
+        s.ca.log_text().contains("validate w/ HTTP"),
+        "{}",
+        s.ca.log_text()
+    );
 }
 
 /// See: issue 21. A certificate within `renew_before` of its expiry is renewed and the new one
