@@ -464,3 +464,40 @@ mod tests {
         assert!(e.contains("does not match"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod acme_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_hello_offering_acme_tls_alone_is_a_validation() {
+        let one: &[&[u8]] = &[ACME_TLS_ALPN];
+        assert!(acme_only(Some(one.iter().copied())));
+        let mixed: &[&[u8]] = &[ACME_TLS_ALPN, b"h2"];
+        assert!(!acme_only(Some(mixed.iter().copied())));
+        let none: &[&[u8]] = &[];
+        assert!(!acme_only(Some(none.iter().copied())));
+        assert!(!acme_only(
+            None::<std::slice::Iter<'_, &[u8]>>.map(|i| i.copied())
+        ));
+    }
+
+    #[test]
+    fn hand_made_wins_over_acme() {
+        let d = tempfile::tempdir().unwrap();
+        write_self_signed(d.path(), "w", &["*.w.test"]).unwrap();
+        let acme = d.path().join("acme");
+        write_self_signed(&acme, "site", &["a.w.test", "b.test"]).unwrap();
+        let s = load_store(d.path(), Some(&acme)).unwrap();
+        let hand = s.get(Some("x.w.test")).unwrap();
+        assert!(Arc::ptr_eq(&s.get(Some("a.w.test")).unwrap(), &hand));
+        assert!(!Arc::ptr_eq(&s.get(Some("b.test")).unwrap(), &hand));
+        assert_eq!(s.hand_made_for("a.w.test"), Some("w"));
+        assert_eq!(s.hand_made_for("b.test"), None);
+        assert_eq!(s.hand_made_for("x.y.w.test"), None);
+        // With ACME on, an empty certs folder is fine; without, it is refused.
+        let e = tempfile::tempdir().unwrap();
+        assert!(load_store(e.path(), Some(&acme)).is_ok());
+        assert!(load_dir(e.path()).is_err());
+    }
+}

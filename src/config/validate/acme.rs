@@ -146,3 +146,86 @@ fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
         _ => a == b,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{parse_config, ChallengeKind, LETS_ENCRYPT};
+
+    fn parse(
+        proxy_extra: &str,
+        acme: &str,
+        site_extra: &str,
+    ) -> Result<crate::config::Config, Vec<String>> {
+        let d = std::env::temp_dir();
+        let text = format!(
+            "[proxy]\nhttps = \"127.0.0.1:0\"\ncerts = \"{}\"\nstate = \"s.json\"\n{proxy_extra}\n{acme}\n[[site]]\nname = \"a\"\nhosts = [\"a.test\"{site_extra}]\nacme = true\n[site.pools]\nblue = [\"127.0.0.1:1\"]\n",
+            d.display()
+        );
+        parse_config(Path::new("t.toml"), &text).map_err(|e| e.problems())
+    }
+
+    #[test]
+    fn defaults_without_an_acme_section() {
+        let c = parse("", "", "").unwrap();
+        let a = c.acme.unwrap();
+        assert_eq!(a.directory, LETS_ENCRYPT);
+        assert_eq!(a.challenge, ChallengeKind::TlsAlpn01);
+        assert_eq!(a.storage, std::env::temp_dir().join("acme"));
+        assert_eq!(a.account_key, a.storage.join("account.key"));
+        assert_eq!(a.renew_before.as_secs(), 30 * 86400);
+        assert!(c.sites[0].acme);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_line() {
+        let p = parse(
+            "",
+            "[acme]\ndirectory = \"http://ca.test/dir\"\ncontact = [\"ops@x.test\"]\nchallenge = \"dns-01\"\nrenew_before = \"soon\"",
+            ", \"*.a.test\"",
+        )
+        .unwrap_err();
+        let has =
+            |line: &str, what: &str| p.iter().any(|m| m.starts_with(line) && m.contains(what));
+        assert!(has("t.toml:7:", "not an https:// URL"), "{p:?}");
+        assert!(has("t.toml:8:", "mailto:"), "{p:?}");
+        assert!(has("t.toml:9:", "tls-alpn-01"), "{p:?}");
+        assert!(has("t.toml:10:", "renew_before"), "{p:?}");
+        assert!(has("t.toml:13:", "wildcard"), "{p:?}");
+    }
+
+    #[test]
+    fn http_01_needs_the_plain_listener_and_storage_its_own_folder() {
+        let p = parse("", "[acme]\nchallenge = \"http-01\"", "").unwrap_err();
+        assert!(
+            p.iter().any(|m| m.contains("needs the plain listener")),
+            "{p:?}"
+        );
+        assert!(parse(
+            "http = \"127.0.0.1:0\"",
+            "[acme]\nchallenge = \"http-01\"",
+            ""
+        )
+        .is_ok());
+        let same = format!("[acme]\nstorage = \"{}\"", std::env::temp_dir().display());
+        let p = parse("", &same, "").unwrap_err();
+        assert!(
+            p.iter().any(|m| m.contains("must not be the certs folder")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn acme_needs_https() {
+        let text = "[proxy]\nhttp = \"127.0.0.1:0\"\nstate = \"s.json\"\n[[site]]\nname = \"a\"\nhosts = [\"a.test\"]\nacme = true\n[site.pools]\nblue = [\"127.0.0.1:1\"]\n";
+        let p = parse_config(Path::new("t.toml"), text)
+            .unwrap_err()
+            .problems();
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("t.toml:7:") && m.contains("https")),
+            "{p:?}"
+        );
+    }
+}
