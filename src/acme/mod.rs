@@ -158,7 +158,12 @@ impl Acme {
                     }
                 }
             }
-            if site.acme {
+            // An ACME site whose exact hosts all have hand-made certificates orders nothing.
+            let all_hand_made = site.hosts.iter().all(|h| match h {
+                HostPattern::Exact(n) => store.hand_made_for(n).is_some(),
+                HostPattern::Wildcard(_) => true,
+            });
+            if site.acme && !all_hand_made {
                 let info = store
                     .info
                     .iter()

@@ -20,7 +20,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "d" => n * 86400.0,
         other => {
             return Err(format!(
-                "unknown duration unit `{other}` in `{s}`; use ms, s, m, h or d"
+                "unknown duration unit `{other}` in `{s}`; use ms, s, m or h (or d for days)"
             ))
         }
     };

@@ -1,6 +1,6 @@
 //! One request, whichever front end brought it (`fast.rs` for plain HTTP/1.1, `service/` for
-//! hyper's HTTP/2 and HTTP/1.1): where it goes ([`decide`]: site, HTTPS redirect, body limit,
-//! read-only gate, preview host), what it counts (the connection's requests in flight, the
+//! hyper's HTTP/2 and HTTP/1.1): where it goes ([`decide`]: an ACME HTTP-01 answer, site,
+//! HTTPS redirect, body limit, read-only gate, preview host), what it counts (the connection's requests in flight, the
 //! writes the rollback guard reads), and its bookkeeping when the response ends (metrics, access
 //! log). The table is loaded once and its guard dropped before anything awaits; no lock is taken.
 

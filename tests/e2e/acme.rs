@@ -152,7 +152,7 @@ fn mode(p: &Path) -> u32 {
 
 /// See: issue 21. TLS-ALPN-01: the certificate is ordered, validated on the https listener,
 /// stored (key 0600) and served without a restart; `acme-tls/1` is never negotiated for HTTP; a
-/// restart serves the stored certificate without a new order.
+/// reload keeps it; a restart serves the stored certificate without a new order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_21_tls_alpn_01_issues_and_a_restart_reuses_the_certificate() {
     let Some(mut s) = setup(None, "challenge = \"tls-alpn-01\"", |b| {
@@ -222,6 +222,13 @@ async fn issue_21_tls_alpn_01_issues_and_a_restart_reuses_the_certificate() {
     assert_eq!(c.stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let only = served_alpn(s.p.https.unwrap(), "wiki.test", &s.root, &[b"acme-tls/1"]).await;
     assert!(only.is_err(), "{only:?}");
+
+    // A reload keeps serving it.
+    s.p.ok(&["reload"]);
+    let (after_reload, _) = served(s.p.https.unwrap(), "wiki.test", &s.root)
+        .await
+        .unwrap();
+    assert_eq!(after_reload, serial);
 
     // The restart serves the stored certificate and orders nothing.
     let orders = s.ca.orders();
