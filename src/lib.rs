@@ -1,6 +1,7 @@
 //! switchyard: a reverse proxy with built-in blue/green releases for stateful apps on Docker.
 
 pub mod accesslog; // the access log writer thread
+pub mod acme; // certificates from an ACME CA: order, store, renew (control plane)
 pub mod cli; // command line: parse, one call, print
 pub mod config; // the TOML contract: raw → validated, every problem with file:line
 pub mod control; // control API on a Unix socket: types, server, client

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub backend_failures: IntCounter,
     pub reloads: IntCounter,
     pub proxy_errors: IntCounter,
+    /// ACME orders by site and result (`ok`, `error`).
+    acme_orders: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -151,6 +153,12 @@ impl Default for Metrics {
                 "switchyard_proxy_errors_total",
                 "Responses made by the proxy itself (4xx/5xx pages).",
             ),
+            acme_orders: counter_vec(
+                &r,
+                "switchyard_acme_orders_total",
+                "ACME certificate orders by site and result (ok, error).",
+                &["site", "result"],
+            ),
             registry: r,
         }
     }
@@ -237,6 +245,13 @@ impl Metrics {
     #[inline]
     pub fn proxy_error(&self, _e: &ProxyError) {
         self.proxy_errors.inc();
+    }
+
+    /// An ACME order of `site` ended (cold: the control plane).
+    pub fn acme_order(&self, site: &str, ok: bool) {
+        self.acme_orders
+            .with_label_values(&[site, if ok { "ok" } else { "error" }])
+            .inc();
     }
 
     pub fn switched(&self, site: &str) {

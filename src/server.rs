@@ -62,8 +62,11 @@ fn raise_fd_limit() {
 pub async fn serve(cfg: Config, on_ready: impl FnOnce(&Bound, &Config)) -> anyhow::Result<()> {
     raise_fd_limit();
     let metrics = Arc::new(Metrics::default());
+    let acme_dir = cfg.acme.as_ref().map(|a| a.storage.as_path());
     let certs = match (&cfg.proxy.https, &cfg.proxy.certs) {
-        (Some(_), Some(dir)) => Some(Arc::new(ArcSwap::from_pointee(tls::load_dir(dir)?))),
+        (Some(_), Some(dir)) => Some(Arc::new(ArcSwap::from_pointee(tls::load_store(
+            dir, acme_dir,
+        )?))),
         _ => None,
     };
     let ops = Arc::new(Ops::new(cfg.clone(), certs.clone(), metrics.clone())?);
@@ -73,12 +76,14 @@ pub async fn serve(cfg: Config, on_ready: impl FnOnce(&Bound, &Config)) -> anyho
     }
     let log = AccessLog::start(&cfg.proxy.access_log, cfg.proxy.access_log_format)
         .context("cannot open the access log")?;
-    let edge = Arc::new(Edge::new(
+    let mut edge = Edge::new(
         ops.table.clone(),
         cfg.proxy.limits.clone(),
         log,
         metrics.clone(),
-    ));
+    );
+    edge.acme = ops.acme.challenges.clone();
+    let edge = Arc::new(edge);
     let tracker = Arc::new(Tracker::default());
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -102,7 +107,8 @@ pub async fn serve(cfg: Config, on_ready: impl FnOnce(&Bound, &Config)) -> anyho
     if let (Some(addr), Some(store)) = (cfg.proxy.https, &certs) {
         let l = bind(addr, "https").await?;
         bound.https = Some(l.local_addr()?);
-        let acceptor = TlsAcceptor::from(tls::server_config(store.clone()));
+        let challenges = ops.acme.enabled().then(|| ops.acme.challenges.clone());
+        let acceptor = TlsAcceptor::from(tls::server_config_with(store.clone(), challenges));
         accepts.push(tokio::spawn(accept_loop(
             l,
             Some(acceptor),
@@ -119,6 +125,8 @@ pub async fn serve(cfg: Config, on_ready: impl FnOnce(&Bound, &Config)) -> anyho
     let control = crate::control::server::bind(&cfg.proxy.control)?;
     crate::control::server::start(control, ops.clone())?;
     tokio::spawn(crate::health::run(ops.table.clone()));
+    // On this (control-plane) runtime, once the listeners can answer the challenges.
+    ops.acme.start();
     let marks = ops.clone();
     tokio::spawn(async move {
         loop {

@@ -111,7 +111,58 @@ async fn metrics_text(ops: &Ops) -> String {
             s.writes_since_switch.get(&s.active).copied().unwrap_or(0)
         );
     }
+    let _ = writeln!(o, "# HELP switchyard_certificate_expiry_seconds Seconds until the certificate expires (negative once expired).\n# TYPE switchyard_certificate_expiry_seconds gauge");
+    let mut seen = std::collections::BTreeSet::new();
+    for c in &st.certificates {
+        if let Some(left) = c.expires_in_s {
+            if seen.insert((&c.source, &c.name)) {
+                let _ = writeln!(
+                    o,
+                    "switchyard_certificate_expiry_seconds{{name=\"{}\",source=\"{}\"}} {left}",
+                    c.name, c.source
+                );
+            }
+        }
+    }
     o
+}
+
+/// The certificates section: days to expiry, where each came from, ACME errors.
+fn certificates_html(o: &mut String, st: &crate::control::api::Status) {
+    if st.certificates.is_empty() {
+        return;
+    }
+    o.push_str("<h2>Certificates</h2><table><tr><th>site</th><th>certificate</th><th>source</th><th>names</th><th>expires</th><th>ACME</th></tr>");
+    for c in &st.certificates {
+        let expires = match (&c.not_after, c.days_left) {
+            (Some(t), Some(d)) if d < 14 => {
+                format!("<span class=down>{} ({d} days)</span>", html_escape(t))
+            }
+            (Some(t), Some(d)) => format!("{} ({d} days)", html_escape(t)),
+            _ => "-".into(),
+        };
+        let acme = match &c.acme {
+            None => "-".into(),
+            Some(a) => match &a.last_error {
+                Some(e) => format!(
+                    "<span class=down>{}: {}</span><br>next attempt {}",
+                    html_escape(&a.state),
+                    html_escape(e),
+                    html_escape(a.next_attempt.as_deref().unwrap_or("-"))
+                ),
+                None => html_escape(&a.state),
+            },
+        };
+        let _ = write!(
+            o,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{expires}</td><td>{acme}</td></tr>",
+            html_escape(&c.site),
+            html_escape(&c.name),
+            html_escape(&c.source),
+            html_escape(&c.names.join(", ")),
+        );
+    }
+    o.push_str("</table>");
 }
 
 async fn status_html(ops: &Ops) -> String {
@@ -156,9 +207,11 @@ async fn status_html(ops: &Ops) -> String {
             a = s.active,
         );
     }
+    o.push_str("</table>");
+    certificates_html(&mut o, &st);
     let _ = write!(
         o,
-        "</table><p>state version {}, up {} s, {} connections open, {} requests</p></body></html>",
+        "<p>state version {}, up {} s, {} connections open, {} requests</p></body></html>",
         st.version, st.uptime_s, st.connections_open, st.requests_total
     );
     o

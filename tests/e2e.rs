@@ -43,3 +43,6 @@ mod sets;
 
 #[path = "e2e/operator.rs"]
 mod operator;
+
+#[path = "e2e/acme.rs"]
+mod acme;

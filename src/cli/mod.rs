@@ -345,6 +345,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     for w in config::perms::warnings(&cfg) {
                         eprintln!("warning: {w}");
                     }
+                    for n in config::notes(&cfg) {
+                        println!("{n}");
+                    }
                     Ok(())
                 }
                 Err(e) => Err(anyhow::anyhow!("{e}")),

@@ -84,6 +84,38 @@ pub fn status(s: &Status) -> String {
             mark(Color::Green),
         );
     }
+    if !s.certificates.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n{:<14} {:<16} {:<6} {:>5} {:<8} NAMES",
+            "SITE", "CERTIFICATE", "SOURCE", "DAYS", "ACME"
+        );
+        for c in &s.certificates {
+            let _ = writeln!(
+                o,
+                "{:<14} {:<16} {:<6} {:>5} {:<8} {}",
+                c.site,
+                c.name,
+                c.source,
+                c.days_left.map_or("-".into(), |d| d.to_string()),
+                c.acme.as_ref().map_or("-", |a| a.state.as_str()),
+                if c.names.is_empty() {
+                    "-".into()
+                } else {
+                    c.names.join(",")
+                },
+            );
+            if let Some(a) = &c.acme {
+                if let Some(e) = &a.last_error {
+                    let _ = writeln!(
+                        o,
+                        "    ACME ERROR: {e}\n    next attempt: {}",
+                        a.next_attempt.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+        }
+    }
     let _ = writeln!(
         o,
         "\nstate version {} · up {}s · {} connections · {} requests",

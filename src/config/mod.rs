@@ -104,6 +104,48 @@ pub struct Config {
     pub path: PathBuf,
     pub proxy: ProxyConfig,
     pub sites: Vec<SiteConfig>,
+    /// `[acme]`, with its defaults when only a site's `acme = true` asks for it; None when no
+    /// site uses ACME.
+    pub acme: Option<AcmeConfig>,
+}
+
+/// Let's Encrypt's production directory, the default of `[acme] directory`.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// `[acme]`: where certificates for `acme = true` sites come from and where they are kept.
+#[derive(Debug, Clone)]
+pub struct AcmeConfig {
+    /// The RFC 8555 directory URL (https).
+    pub directory: String,
+    /// `mailto:` addresses given to the CA.
+    pub contact: Vec<String>,
+    /// The account's private key (PEM PKCS#8, P-256); made with mode 0600 when missing.
+    pub account_key: PathBuf,
+    pub challenge: ChallengeKind,
+    /// NAME.crt + NAME.key (+ NAME.json) per site; default `<certs>/acme`.
+    pub storage: PathBuf,
+    /// Renew once the certificate expires within this.
+    pub renew_before: Duration,
+    /// A PEM file of CAs to trust for the directory besides the webpki roots (a test CA).
+    pub ca_certs: Option<PathBuf>,
+}
+
+/// How the CA checks that we control a host name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengeKind {
+    /// RFC 8737: a TLS handshake on the https listener with ALPN `acme-tls/1`.
+    TlsAlpn01,
+    /// RFC 8555 8.3: `GET /.well-known/acme-challenge/TOKEN` on the plain listener.
+    Http01,
+}
+
+impl ChallengeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChallengeKind::TlsAlpn01 => "tls-alpn-01",
+            ChallengeKind::Http01 => "http-01",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -269,6 +311,8 @@ pub struct SiteConfig {
     /// `colors_hold_data = true`): a switch away from a color that took writes leaves them behind,
     /// so the daemon refuses it unless the request says `discard_writes`.
     pub colors_hold_data: bool,
+    /// Certificates for `hosts` come from `[acme]` (exact names only).
+    pub acme: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -393,7 +437,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 pub fn check(path: &Path) -> Result<Config, ConfigError> {
     let cfg = load(path)?;
     if let (Some(_), Some(dir)) = (&cfg.proxy.https, &cfg.proxy.certs) {
-        if let Err(e) = crate::proxy::tls::load_dir(dir) {
+        let acme = cfg.acme.as_ref().map(|a| a.storage.as_path());
+        if let Err(e) = crate::proxy::tls::load_store(dir, acme) {
             let text = std::fs::read_to_string(path).unwrap_or_default();
             return Err(ConfigError::Invalid(vec![Problem {
                 file: path.display().to_string(),
@@ -403,6 +448,29 @@ pub fn check(path: &Path) -> Result<Config, ConfigError> {
         }
     }
     Ok(cfg)
+}
+
+/// What `check` says besides problems: hosts of `acme = true` sites that a hand-made certificate
+/// already serves (it wins; no order is made for them).
+pub fn notes(cfg: &Config) -> Vec<String> {
+    let (Some(_), Some(dir)) = (&cfg.proxy.https, &cfg.proxy.certs) else {
+        return Vec::new();
+    };
+    let acme = cfg.acme.as_ref().map(|a| a.storage.as_path());
+    let Ok(store) = crate::proxy::tls::load_store(dir, acme) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for site in cfg.sites.iter().filter(|s| s.acme) {
+        for h in &site.hosts {
+            if let HostPattern::Exact(n) = h {
+                if let Some(stem) = store.hand_made_for(n) {
+                    out.push(format!("note: site `{}`: {n} is served by the hand-made {stem}.crt, which wins over ACME; no certificate is ordered for it", site.name));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The 1-based line where `key = ...` is set, if it is.

@@ -14,6 +14,21 @@ pub struct RawConfig {
     pub proxy: S<RawProxy>,
     #[serde(default)]
     pub site: Vec<S<RawSite>>,
+    /// Certificates from an ACME CA for the sites with `acme = true`.
+    pub acme: Option<S<RawAcme>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub directory: Option<S<String>>,
+    #[serde(default)]
+    pub contact: Vec<S<String>>,
+    pub account_key: Option<S<String>>,
+    pub challenge: Option<S<String>>,
+    pub storage: Option<S<String>>,
+    pub renew_before: Option<S<String>>,
+    pub ca_certs: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,6 +79,8 @@ pub struct RawSite {
     pub maintenance: Option<S<RawMaintenance>>,
     pub release: Option<S<RawRelease>>,
     pub colors_hold_data: Option<S<bool>>,
+    /// Certificates for the site's hosts from the `[acme]` directory.
+    pub acme: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-/// Parses "250ms", "10s", "2m", "1h" (a bare number means seconds).
+/// Parses "250ms", "10s", "2m", "1h", "30d" (a bare number means seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -17,9 +17,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
+        "d" => n * 86400.0,
         other => {
             return Err(format!(
-                "unknown duration unit `{other}` in `{s}`; use ms, s, m or h"
+                "unknown duration unit `{other}` in `{s}`; use ms, s, m or h (or d for days)"
             ))
         }
     };

@@ -8,6 +8,7 @@ use super::raw::{RawConfig, RawHealth, RawSite, S};
 use super::units::{parse_duration, parse_size};
 use super::*;
 
+mod acme;
 mod release;
 
 struct Ctx<'a> {
@@ -149,6 +150,9 @@ pub fn parse_config(path: &Path, text: &str) -> Result<Config, ConfigError> {
         if let Some(prev) = seen_names.insert(name.clone(), line) {
             cx.err(&rs.get_ref().name, format!("site `{name}` is defined twice (first at line {prev}); site names must be unique"));
         }
+        if let Some(flag) = &rs.get_ref().acme {
+            acme::site(&mut cx, rs.get_ref(), flag, &proxy);
+        }
         if let Some(site) = site(&mut cx, rs.get_ref(), proxy.https.is_some()) {
             // Parse each raw entry again rather than zipping with `site.hosts`: a host that failed
             // to parse is missing there, which would shift every later span by one line.
@@ -173,11 +177,18 @@ pub fn parse_config(path: &Path, text: &str) -> Result<Config, ConfigError> {
             sites.push(site);
         }
     }
+    let acme = acme::acme(
+        &mut cx,
+        raw.acme.as_ref(),
+        &proxy,
+        sites.iter().any(|s| s.acme),
+    );
     if cx.problems.is_empty() {
         Ok(Config {
             path: path.to_path_buf(),
             proxy,
             sites,
+            acme,
         })
     } else {
         cx.problems.sort_by_key(|p| p.line);
@@ -525,6 +536,7 @@ fn site(cx: &mut Ctx, rs: &RawSite, https: bool) -> Option<SiteConfig> {
         maintenance,
         release,
         colors_hold_data,
+        acme: rs.acme.as_ref().is_some_and(|a| *a.get_ref()),
     })
 }
 

@@ -120,6 +120,42 @@ pub struct Status {
     pub sites: Vec<SiteStatus>,
     pub connections_open: u64,
     pub requests_total: u64,
+    /// Per site, the certificates that answer for its hosts (hand-made and ACME).
+    #[serde(default)]
+    pub certificates: Vec<CertificateStatus>,
+}
+
+/// One certificate of a site, as `status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    pub site: String,
+    /// The file stem (NAME.crt); for ACME, the site's name.
+    pub name: String,
+    /// The names it serves (empty while an ACME site has none yet).
+    pub names: Vec<String>,
+    /// `file` (hand-made, in `proxy.certs`) or `acme`.
+    pub source: String,
+    /// RFC 3339.
+    pub not_after: Option<String>,
+    pub expires_in_s: Option<i64>,
+    pub days_left: Option<i64>,
+    /// For `acme`: how its orders go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme: Option<AcmeState>,
+}
+
+/// An ACME site's order state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AcmeState {
+    /// `ok`, `ordering`, `failing` (the last order failed) or `waiting` (none yet).
+    pub state: String,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    /// RFC 3339: no order before this (backoff or the CA's Retry-After).
+    pub next_attempt: Option<String>,
+    /// Orders failed in a row.
+    pub failures: u32,
+    pub issued_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -89,6 +89,8 @@ pub struct Ops {
     pub table: Arc<ArcSwap<RoutingTable>>,
     pub certs: Option<Arc<ArcSwap<CertStore>>>,
     pub metrics: Arc<Metrics>,
+    /// ACME certificates: schedule, pending challenges, their status.
+    pub acme: Arc<crate::acme::Acme>,
     started: Instant,
 }
 
@@ -110,7 +112,9 @@ impl Ops {
             }
             s.shared.active_tx.send_replace(s.active);
         }
+        let acme = crate::acme::Acme::new(&cfg, certs.clone(), metrics.clone());
         Ok(Ops {
+            acme,
             control_allow: ArcSwap::from_pointee(cfg.proxy.control_allow.clone()),
             inner: Mutex::new(Inner { cfg, state, shared }),
             table: Arc::new(ArcSwap::from_pointee(table)),
@@ -188,6 +192,7 @@ impl Ops {
             sites,
             connections_open: self.metrics.connections_open.get().max(0) as u64,
             requests_total: self.metrics.requests_total(),
+            certificates: self.acme.certificates(std::time::SystemTime::now()),
         }
     }
 

@@ -26,18 +26,25 @@ impl Ops {
         }
         let mut certificates = Vec::new();
         if let (Some(store), Some(dir)) = (&self.certs, &cfg.proxy.certs) {
-            let loaded = crate::proxy::tls::load_dir(dir)
+            let acme = cfg.acme.as_ref().map(|a| a.storage.as_path());
+            let loaded = crate::proxy::tls::load_store(dir, acme)
                 .map_err(|e| OpError::Config(vec![e.to_string()]))?;
             certificates = loaded
                 .loaded
                 .iter()
                 .map(|(stem, names)| format!("{stem}: {}", names.join(", ")))
                 .collect();
-            store.store(Arc::new(loaded));
+            // An ACME certificate installed while the folders were read is kept.
+            store.rcu(|cur| {
+                let mut next = crate::proxy::tls::CertStore::clone(&loaded);
+                next.keep_newer_acme(cur);
+                next
+            });
         }
         self.control_allow
             .store(Arc::new(cfg.proxy.control_allow.clone()));
         let before = serde_json::json!({"sites": inner.cfg.sites.iter().map(|s| s.name.clone()).collect::<Vec<_>>()});
+        self.acme.reconfigure(&cfg);
         inner.cfg = cfg;
         let prev = self.table.load_full();
         let st = inner.state.clone();

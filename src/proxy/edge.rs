@@ -27,6 +27,8 @@ pub struct Edge {
     /// The port the HTTPS listener actually bound (0 until it has): redirects use it, so a
     /// configured port 0 or a rebind never sends clients to the wrong port.
     pub https_port: AtomicU16,
+    /// Pending ACME HTTP-01 answers (read only for `/.well-known/acme-challenge/` on plain HTTP).
+    pub acme: Arc<ArcSwap<crate::acme::Challenges>>,
 }
 
 impl Edge {
@@ -43,6 +45,7 @@ impl Edge {
             log,
             metrics,
             https_port: AtomicU16::new(0),
+            acme: Arc::default(),
         }
     }
 }

@@ -158,6 +158,7 @@ where
                 Ok(Decision::Redirect(port)) => Err(Made::Page(Box::new(request::redirect(
                     req.host, port, req.target,
                 )))),
+                Ok(Decision::Challenge(ka)) => Err(Made::Page(Box::new(request::challenge(&ka)))),
                 Err(e) => Err(Made::Error(e)),
             };
             let no_body = req.content_length == 0;

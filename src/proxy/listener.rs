@@ -283,6 +283,10 @@ async fn connection(
                 }
             };
             edge.metrics.tls_handshakes.inc();
+            if tls.get_ref().1.alpn_protocol() == Some(super::tls::ACME_TLS_ALPN) {
+                // A TLS-ALPN-01 validation: the handshake was all of it; no HTTP on it (RFC 8737).
+                return;
+            }
             let sni = tls.get_ref().1.server_name().map(Into::into);
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let conn = Arc::new(Conn::new(edge.clone(), peer, true, sni, h2));

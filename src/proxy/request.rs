@@ -1,6 +1,6 @@
 //! One request, whichever front end brought it (`fast.rs` for plain HTTP/1.1, `service/` for
-//! hyper's HTTP/2 and HTTP/1.1): where it goes ([`decide`]: site, HTTPS redirect, body limit,
-//! read-only gate, preview host), what it counts (the connection's requests in flight, the
+//! hyper's HTTP/2 and HTTP/1.1): where it goes ([`decide`]: an ACME HTTP-01 answer, site,
+//! HTTPS redirect, body limit, read-only gate, preview host), what it counts (the connection's requests in flight, the
 //! writes the rollback guard reads), and its bookkeeping when the response ends (metrics, access
 //! log). The table is loaded once and its guard dropped before anything awaits; no lock is taken.
 
@@ -134,6 +134,8 @@ pub(crate) enum Decision {
     },
     /// Plain HTTP to a site that redirects: to this HTTPS port.
     Redirect(u16),
+    /// An ACME HTTP-01 validation: the edge answers with this key authorization.
+    Challenge(Arc<str>),
 }
 
 /// Routes and gates a request: host → site (and the SNI check), the HTTP → HTTPS redirect, the
@@ -152,6 +154,15 @@ pub(crate) fn decide(
         return Err(ProxyError::BadRequest(
             "the Host header (or :authority) is not a valid host[:port]",
         ));
+    }
+    // ACME HTTP-01 (RFC 8555 8.3) on the plain listener, before routing and the redirect; a
+    // token that is not pending goes on like any other path.
+    if !conn.https {
+        if let Some(token) = path.strip_prefix(crate::acme::HTTP01_PREFIX) {
+            if let Some(ka) = edge.acme.load().http01(token) {
+                return Ok(Decision::Challenge(ka));
+            }
+        }
     }
     let (site, preview, https_port, trusted) = {
         let table = edge.table.load();
@@ -297,6 +308,16 @@ pub(crate) fn count_write(site: &SiteRoute, color: Color) {
     if prev == 0 && color == site.active && !site.shared.write_seen.swap(true, Ordering::Relaxed) {
         crate::routing::FIRST_WRITE.notify_one();
     }
+}
+
+/// The answer to an ACME HTTP-01 validation: the key authorization.
+pub(crate) fn challenge(key_authorization: &str) -> Response<Bytes> {
+    let mut r = Response::new(Bytes::copy_from_slice(key_authorization.as_bytes()));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    r
 }
 
 /// The 308 to HTTPS; `target`: the request's path and query.

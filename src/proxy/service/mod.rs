@@ -106,6 +106,7 @@ async fn forward(
             let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
             return Ok(request::redirect(host, port, target).map(RespBody::full));
         }
+        Decision::Challenge(ka) => return Ok(request::challenge(&ka).map(RespBody::full)),
         Decision::Forward {
             site,
             color,
