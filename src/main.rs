@@ -24,6 +24,13 @@ fn main() -> ExitCode {
     };
     match rt.block_on(switchyard::cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // Output piped into `head` and the like: not a failure (ripgrep does the same).
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("switchyard: {e:#}");
             if let Some(switchyard::control::client::ControlError::Refused { problems, .. }) =

@@ -43,6 +43,13 @@ pub struct Cli {
 pub enum Cmd {
     /// Run the proxy and its control socket.
     Serve,
+    /// Print a shell completion script: `switchyard completions bash > /etc/bash_completion.d/switchyard`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `switchyard man > /usr/local/share/man/man1/switchyard.1`.
+    Man,
     /// Run the proxy on 127.0.0.1:8080/:8443 in front of two built-in demo backends.
     Demo {
         /// The plain HTTP listener.
@@ -317,6 +324,20 @@ impl Cli {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.cmd {
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "switchyard", &mut out);
+            std::io::Write::write_all(&mut std::io::stdout(), &out)?;
+            Ok(())
+        }
+        Cmd::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut out)?;
+            std::io::Write::write_all(&mut std::io::stdout(), &out)?;
+            Ok(())
+        }
         Cmd::Serve => {
             let cfg = cli.load_config()?;
             crate::server::serve(cfg, |b, c| eprintln!("{}", crate::server::ready_line(b, c))).await

@@ -251,3 +251,23 @@ async fn get_on(p: &Proxy, host: &str) -> u16 {
         .await;
     r.response().await.status()
 }
+
+/// See: issue 21. Shell completions and the man page come from the clap definitions.
+#[test]
+fn issue_21_completions_and_man_page() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = std::process::Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            text.contains("read-only") && text.contains("maintenance"),
+            "{shell}"
+        );
+    }
+    let o = std::process::Command::new(BIN).arg("man").output().unwrap();
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains(".TH switchyard 1"));
+}
