@@ -2,29 +2,50 @@
 //! pass unchanged (the fast path), or decoded into data and trailers (for hyper's side).
 
 /// Follows a chunked body through (the bytes pass unchanged) to find where it ends.
+///
+/// The bytes are relayed as they came, so only a framing every reader ends at the same byte is
+/// taken: CRLF line ends only, `BWS` after the size only before `;` or the CRLF, and trailer
+/// lines that are field lines (`name: value`, no obs-fold, no control character, at most
+/// [`MAX_TRAILERS`]). Anything else is a broken body.
 #[derive(Debug, Default)]
 pub struct Chunked {
     state: State,
     size: u64,
+    /// Hex digits of the current size; trailer lines in the trailer section.
     digits: u8,
     /// Data bytes seen so far, without the framing (what the access log and metrics count).
     pub data: u64,
 }
 
+/// Trailer lines taken (hyper's client takes as many as header lines, 100).
+pub const MAX_TRAILERS: u8 = 100;
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum State {
     #[default]
     Size,
+    /// Whitespace after the size: only more of it, `;` or CR may follow.
+    SizeLws,
     Ext,
     SizeLf,
     Data,
     DataCr,
     DataLf,
+    /// The start of a trailer line, or the CR of the blank line that ends the body.
     TrailerStart,
-    Trailer,
+    TrailerName,
+    TrailerValue,
     TrailerLf,
     EndLf,
     Done,
+}
+
+/// The token characters of RFC 9110 5.6.2 (a trailer field's name).
+static TCHAR: [bool; 256] = super::byte_table(b"!#$%&'*+-.^_`|~");
+
+/// A byte of a field value (RFC 9110 5.5): HTAB, SP, VCHAR, obs-text.
+fn field_byte(c: u8) -> bool {
+    c == b'\t' || (c >= 0x20 && c != 0x7f)
 }
 
 /// The chunked framing is broken.
@@ -47,8 +68,15 @@ impl Chunked {
                         self.size = self.size * 16 + u64::from(d);
                         self.digits += 1;
                     }
-                    b';' | b' ' | b'\t' if self.digits > 0 => self.state = State::Ext,
+                    b' ' | b'\t' if self.digits > 0 => self.state = State::SizeLws,
+                    b';' if self.digits > 0 => self.state = State::Ext,
                     b'\r' if self.digits > 0 => self.state = State::SizeLf,
+                    _ => return Err(BadChunk),
+                },
+                State::SizeLws => match c {
+                    b' ' | b'\t' => {}
+                    b';' => self.state = State::Ext,
+                    b'\r' => self.state = State::SizeLf,
                     _ => return Err(BadChunk),
                 },
                 State::Ext => match c {
@@ -61,6 +89,7 @@ impl Chunked {
                         return Err(BadChunk);
                     }
                     self.state = if self.size == 0 {
+                        self.digits = 0;
                         State::TrailerStart
                     } else {
                         State::Data
@@ -82,18 +111,25 @@ impl Chunked {
                     self.digits = 0;
                 }
                 State::DataCr | State::DataLf => return Err(BadChunk),
-                State::TrailerStart => {
-                    self.state = if c == b'\r' {
-                        State::EndLf
-                    } else {
-                        State::Trailer
+                State::TrailerStart => match c {
+                    b'\r' => self.state = State::EndLf,
+                    _ if TCHAR[c as usize] && self.digits < MAX_TRAILERS => {
+                        self.digits += 1;
+                        self.state = State::TrailerName;
                     }
-                }
-                State::Trailer => {
-                    if c == b'\r' {
-                        self.state = State::TrailerLf;
-                    }
-                }
+                    // A bare LF, obs-fold, anything not a field name, or too many lines.
+                    _ => return Err(BadChunk),
+                },
+                State::TrailerName => match c {
+                    b':' => self.state = State::TrailerValue,
+                    _ if TCHAR[c as usize] => {}
+                    _ => return Err(BadChunk),
+                },
+                State::TrailerValue => match c {
+                    b'\r' => self.state = State::TrailerLf,
+                    _ if field_byte(c) => {}
+                    _ => return Err(BadChunk),
+                },
                 State::TrailerLf if c == b'\n' => self.state = State::TrailerStart,
                 State::TrailerLf => return Err(BadChunk),
                 State::EndLf if c == b'\n' => {
@@ -144,7 +180,7 @@ impl Chunked {
             // Framing: a byte at a time (a few per chunk).
             let in_trailer = match self.state {
                 State::TrailerStart => buf[0] != b'\r',
-                State::Trailer | State::TrailerLf => true,
+                State::TrailerName | State::TrailerValue | State::TrailerLf => true,
                 _ => false,
             };
             if in_trailer {
