@@ -109,6 +109,11 @@ pub struct SeenResp {
 /// hyper's client sending a `method` request and reading `bytes` as the backend's answer, the
 /// backend closing after them. None: hyper refused the response head.
 pub fn hyper_client(bytes: &[u8], method: &http::Method) -> Option<SeenResp> {
+    hyper_client_with(bytes, method, 100)
+}
+
+/// The same, taking up to `max_headers` header lines (hyper's default, and the edge's, is 100).
+pub fn hyper_client_with(bytes: &[u8], method: &http::Method, max_headers: usize) -> Option<SeenResp> {
     let method = method.clone();
     block_on(async move {
         let (client, mut server) = tokio::io::duplex(bytes.len() + (1 << 20));
@@ -134,6 +139,7 @@ pub fn hyper_client(bytes: &[u8], method: &http::Method) -> Option<SeenResp> {
         };
         let (mut tx, conn) = hyper::client::conn::http1::Builder::new()
             .max_buf_size(MAX_HEAD.max(8192))
+            .max_headers(max_headers)
             .handshake::<_, Empty<Bytes>>(TokioIo::new(client))
             .await
             .ok()?;

@@ -229,4 +229,74 @@ mod tests {
             assert!(Chunked::default().feed(bad).is_err(), "{bad:?}");
         }
     }
+
+    /// The end of a body, all at once and byte by byte (they must agree).
+    fn end(body: &[u8]) -> Option<usize> {
+        let whole = Chunked::default().feed(body).ok().filter(|r| r.1).map(|r| r.0);
+        let mut c = Chunked::default();
+        let mut bytewise = None;
+        for (i, b) in body.iter().enumerate() {
+            match c.feed(std::slice::from_ref(b)) {
+                Ok((_, true)) => {
+                    bytewise = Some(i + 1);
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        assert_eq!(whole, bytewise, "{body:?}");
+        whole
+    }
+
+    /// Fuzzing (issue 16, `fuzz/` target `chunked`): framing the fast path relayed (and the
+    /// hyper side decoded) although hyper refuses it or a client may end it elsewhere.
+    #[test]
+    fn fuzz_framing_every_reader_ends_at_the_same_byte() {
+        for bad in [
+            // Junk after the size (hyper: "invalid chunk size linear white space").
+            &b"5 xyz\r\nhello\r\n0\r\n\r\n"[..],
+            // A bare LF ending the trailer section or inside a trailer line: hyper reads on to
+            // the next CRLF CRLF, a client taking LF as a line end (RFC 9112 2.2) ends the body
+            // there and reads the rest as the next response.
+            b"0\r\n\nHTTP/1.1 200 OK\r\nX-Injected: 1\r\n\r\n",
+            b"0\r\nx: 1\n\nHTTP/1.1 200 OK\r\n\r\n",
+            // Trailer lines that are not field lines (hyper refuses them).
+            b"0\r\nx: 1\r\n folded\r\n\r\n",
+            b"0\r\nnot a field\r\n\r\n",
+            b"0\r\nx : 1\r\n\r\n",
+            b"0\r\nx: a\x00b\r\n\r\n",
+            b"0\r\nx: a\rb\r\n\r\n",
+        ] {
+            assert_eq!(end(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            let mut buf = bytes::BytesMut::from(bad);
+            let mut c = Chunked::default();
+            let mut t = Vec::new();
+            let decoded = loop {
+                match c.decode(&mut buf, &mut t) {
+                    Ok(Decoded::Data(_)) => {}
+                    Ok(Decoded::End(_)) => break true,
+                    Ok(Decoded::More) | Err(_) => break false,
+                }
+            };
+            assert!(!decoded, "decode: {:?}", String::from_utf8_lossy(bad));
+        }
+        for (ok, at) in [
+            (&b"5 ;a=b\r\nhello\r\n0\t; x\r\n\r\n"[..], 24),
+            (b"5  \r\nhello\r\n0\r\nx-a: 1\r\nx-b:\t2 \xff\r\nx-c:\r\n\r\nNEXT", 41),
+        ] {
+            assert_eq!(end(ok), Some(at), "{:?}", String::from_utf8_lossy(ok));
+        }
+        // As many trailer lines as hyper takes (100), not one more.
+        let trailers = |n: usize| {
+            let mut b = b"0\r\n".to_vec();
+            for _ in 0..n {
+                b.extend_from_slice(b"x: 1\r\n");
+            }
+            b.extend_from_slice(b"\r\n");
+            b
+        };
+        assert!(end(&trailers(MAX_TRAILERS as usize)).is_some());
+        assert!(end(&trailers(MAX_TRAILERS as usize + 1)).is_none());
+    }
 }

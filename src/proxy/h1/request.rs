@@ -341,4 +341,27 @@ mod tests {
         let (_, _, close) = req("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
         assert!(close);
     }
+
+    /// Fuzzing (issue 16, `fuzz/` target `request`): the fast path forwarded targets that
+    /// hyper's side refuses with 400 (`http::Uri`: `<`, `>`, `` ` `` in the path, `"`, `<`, `>`
+    /// in the query), and ones over hyper's 65 534 bytes (414, with `max_header_bytes` raised).
+    /// They are hyper's now; what hyper takes the fast path still takes.
+    #[test]
+    fn fuzz_targets_hyper_refuses_are_handed_off() {
+        for bad in [
+            "/a<b", "/a>b", "/a`b", "/?a\"b", "/?<", "/p?q>", "/a\x7f", "/\u{e9}",
+        ] {
+            let raw = format!("GET {bad} HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert!(req(&raw).is_none(), "{bad:?}");
+        }
+        for ok in [
+            "/a\"b{c}|d\\e^f[g]", "/?a`b{c}|d^[e]\\", "/p:@!$&'()*+,;=-._~%41?/?:@", "/?",
+        ] {
+            let raw = format!("GET {ok} HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert!(req(&raw).is_some(), "{ok:?}");
+        }
+        let long = |n: usize| format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(n - 1));
+        assert!(req(&long(MAX_TARGET)).is_some());
+        assert!(req(&long(MAX_TARGET + 1)).is_none());
+    }
 }

@@ -303,6 +303,60 @@ mod tests {
         ));
     }
 
+    /// Fuzzing (issue 16, `fuzz/` target `response`): heads the fast path took although
+    /// hyper's client refuses them or frames them otherwise, and a Content-Length that reached
+    /// the client beside a Transfer-Encoding.
+    #[test]
+    fn fuzz_framing_as_hyper_reads_it() {
+        for (bad, method) in [
+            // A status below 100 (hyper: invalid status).
+            ("HTTP/1.1 042 Odd\r\nContent-Length: 2\r\n\r\n", Method::GET),
+            // Transfer-Encoding in HTTP/1.0 (RFC 9112 6.1: faulty framing; hyper refuses).
+            ("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", Method::GET),
+            // An empty Content-Length, or an empty list element (was: until close, Length).
+            ("HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n", Method::GET),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 2,\r\n\r\n", Method::GET),
+            ("HTTP/1.1 200 OK\r\nContent-Length: ,2\r\n\r\n", Method::HEAD),
+            // A Transfer-Encoding readers end differently: `chunked,` is chunked for us and
+            // RFC 9110 5.6.1, not for hyper; an empty last line was no Transfer-Encoding at all
+            // for us (so Content-Length framed it), close-delimited for hyper.
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n\r\n", Method::GET),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding:\r\nContent-Length: 3\r\n\r\n",
+                Method::GET,
+            ),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: x\u{e9}, chunked\r\n\r\n", Method::GET),
+        ] {
+            assert!(resp(bad, method).is_err(), "{bad:?}");
+        }
+        // hyper takes these (no body is framed by them): so do we.
+        for ok in [
+            "HTTP/1.0 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked,\r\n\r\n",
+            "HTTP/1.1 999 Odd\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            assert!(resp(ok, Method::GET).is_ok(), "{ok:?}");
+        }
+        // RFC 9112 6.3: Content-Length never reaches the client beside Transfer-Encoding.
+        let (out, f, close) = resp(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nconnection: close\r\n\r\n"
+        );
+        assert_eq!((f, close), (Framing::UntilClose, true));
+        let (out, f, _) = resp(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            Method::HEAD,
+        )
+        .unwrap();
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(f, Framing::Empty);
+    }
+
     #[test]
     fn adds_date_if_missing() {
         let client_head = |raw: &[u8]| {
