@@ -34,3 +34,6 @@ mod mediawiki;
 
 #[path = "e2e/http_rules.rs"]
 mod http_rules;
+
+#[path = "e2e/fuzz_regressions.rs"]
+mod fuzz_regressions;
