@@ -38,7 +38,9 @@ fn feed_in(data: &[u8], cuts: impl Iterator<Item = usize>) -> Fed {
     for end in ends {
         match c.feed(&data[at..end]) {
             Ok((n, true)) => return Fed::End(at + n, c.data),
-            Ok((n, false)) => assert_eq!(n, end - at, "feed consumed part of a piece without ending"),
+            Ok((n, false)) => {
+                assert_eq!(n, end - at, "feed consumed part of a piece without ending")
+            }
             Err(_) => return Fed::Bad,
         }
         at = end;
@@ -77,7 +79,10 @@ fuzz_target!(|data: &[u8]| {
     let whole = feed_in(data, std::iter::empty());
     let bytewise = feed_in(data, 1..data.len());
     let h = mix(data);
-    let pieces = feed_in(data, (0..8).map(|i| ((h >> (i * 8)) as usize) % (data.len() + 1)));
+    let pieces = feed_in(
+        data,
+        (0..8).map(|i| ((h >> (i * 8)) as usize) % (data.len() + 1)),
+    );
     assert_eq!(whole, bytewise, "whole vs byte by byte");
     assert_eq!(whole, pieces, "whole vs in pieces");
     let dec = decode_in(data, data.len().max(1));
@@ -97,24 +102,42 @@ fuzz_target!(|data: &[u8]| {
     // Oracle 2.
     match &whole {
         Fed::End(n, _) => {
-            let Dec::End(_, out, trailers) = dec else { unreachable!() };
+            let Dec::End(_, out, trailers) = dec else {
+                unreachable!()
+            };
             let Some((hdata, htrailers)) = hyper_chunked(&data[..*n]) else {
                 panic!("hyper does not end the body where the fast path does ({n})");
             };
             assert_eq!(hdata, out, "data");
             assert_eq!(sorted(htrailers), trailer_lines(&trailers), "trailers");
-            assert_eq!(hyper_chunked(&data[..n - 1]), None, "hyper ends the body earlier");
+            assert_eq!(
+                hyper_chunked(&data[..n - 1]),
+                None,
+                "hyper ends the body earlier"
+            );
             // The strict reading (CRLF only: where a bare-LF-tolerant client ends it too).
             match strict_chunked(data) {
                 Ok(Some((end, sdata, strailers))) => {
-                    assert_eq!((end, &sdata), (*n, &hdata), "the strict reading ends elsewhere");
-                    assert_eq!(sorted(strailers), trailer_lines(&trailers), "strict trailers");
+                    assert_eq!(
+                        (end, &sdata),
+                        (*n, &hdata),
+                        "the strict reading ends elsewhere"
+                    );
+                    assert_eq!(
+                        sorted(strailers),
+                        trailer_lines(&trailers),
+                        "strict trailers"
+                    );
                 }
                 other => panic!("the fast path took a body the strict reading does not: {other:?}"),
             }
         }
         Fed::More(_) => {
-            assert_eq!(hyper_chunked(data), None, "hyper ended a body the fast path goes on reading");
+            assert_eq!(
+                hyper_chunked(data),
+                None,
+                "hyper ended a body the fast path goes on reading"
+            );
         }
         Fed::Bad => {}
     }

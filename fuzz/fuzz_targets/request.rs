@@ -37,7 +37,11 @@ fn run(data: &[u8]) {
     let opts = mix(data);
     let https = opts & 1 != 0;
     let read_only = opts & 2 != 0;
-    let ip: &[u8] = if opts & 4 != 0 { b"2001:db8::7" } else { b"192.0.2.7" };
+    let ip: &[u8] = if opts & 4 != 0 {
+        b"2001:db8::7"
+    } else {
+        b"192.0.2.7"
+    };
 
     // The fast path over the connection (`fast::serve`).
     let mut off = 0;
@@ -110,7 +114,14 @@ fn run(data: &[u8]) {
     // Oracle 2: hyper alone reads the same requests as the fast path plus hyper after it.
     let mut expected: Vec<(String, String, Vec<(String, Vec<u8>)>, Vec<u8>)> = fwd
         .iter()
-        .map(|f| (f.method.clone(), f.target.clone(), sorted(f.headers.clone()), f.body.clone()))
+        .map(|f| {
+            (
+                f.method.clone(),
+                f.target.clone(),
+                sorted(f.headers.clone()),
+                f.body.clone(),
+            )
+        })
         .collect();
     if let Some(at) = handoff {
         expected.extend(complete(hyper_server(&data[at..])));
@@ -130,9 +141,15 @@ fn run(data: &[u8]) {
             let msg = &up[i];
             let head_len = msg.len() - f.body.len();
             let Some((m, t, lines)) = httparse_request_lines(&msg[..head_len]) else {
-                panic!("the rewritten head does not parse as one head: {:?}", String::from_utf8_lossy(msg));
+                panic!(
+                    "the rewritten head does not parse as one head: {:?}",
+                    String::from_utf8_lossy(msg)
+                );
             };
-            assert_eq!((m.as_str(), t.as_str()), (f.method.as_str(), f.target.as_str()));
+            assert_eq!(
+                (m.as_str(), t.as_str()),
+                (f.method.as_str(), f.target.as_str())
+            );
             check_upstream_lines(f, &lines, trusted, https, read_only, ip);
             stream.extend_from_slice(msg);
             sent.push(f);
@@ -141,12 +158,20 @@ fn run(data: &[u8]) {
             continue;
         }
         let got = hyper_server(&stream);
-        assert_eq!(got.len(), sent.len(), "the backend reads another number of requests: {got:?}");
+        assert_eq!(
+            got.len(),
+            sent.len(),
+            "the backend reads another number of requests: {got:?}"
+        );
         for (g, f) in got.iter().zip(&sent) {
             assert_eq!(g.method, f.method);
             assert_eq!(g.target, f.target);
             assert_eq!(g.all("host"), [f.host.as_bytes()], "the backend's Host");
-            assert_eq!(g.body.as_deref(), Some(f.body.as_slice()), "the backend's body");
+            assert_eq!(
+                g.body.as_deref(),
+                Some(f.body.as_slice()),
+                "the backend's body"
+            );
             check_upstream_lines(f, &g.headers, trusted, https, read_only, ip);
         }
     }
@@ -162,7 +187,11 @@ fn check_upstream_lines(
     ip: &[u8],
 ) {
     let all = |n: &str| -> Vec<&[u8]> {
-        lines.iter().filter(|(k, _)| k == n).map(|(_, v)| v.as_slice()).collect()
+        lines
+            .iter()
+            .filter(|(k, _)| k == n)
+            .map(|(_, v)| v.as_slice())
+            .collect()
     };
     for h in HOP_BY_HOP {
         assert!(all(h).is_empty(), "hop-by-hop {h} reached the backend");
@@ -174,12 +203,24 @@ fn check_upstream_lines(
         .filter(|(k, _)| k == "content-length")
         .map(|(_, v)| v.as_slice())
         .collect();
-    assert_eq!(all("content-length"), cl, "Content-Length as the client sent it");
-    for n in ["x-forwarded-for", "forwarded", "x-forwarded-proto", "x-forwarded-host"] {
+    assert_eq!(
+        all("content-length"),
+        cl,
+        "Content-Length as the client sent it"
+    );
+    for n in [
+        "x-forwarded-for",
+        "forwarded",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    ] {
         assert_eq!(all(n).len(), 1, "one {n} line");
     }
     let xff = all("x-forwarded-for")[0];
-    assert!(xff.ends_with(ip), "x-forwarded-for ends with the client's address");
+    assert!(
+        xff.ends_with(ip),
+        "x-forwarded-for ends with the client's address"
+    );
     let fwd = all("forwarded")[0];
     let proto: &[u8] = if https { b"https" } else { b"http" };
     if !trusted {
@@ -192,9 +233,16 @@ fn check_upstream_lines(
     // This hop's element is the last one: `...;host=HOST`, HOST quoted unless a token.
     let quoted = format!(";host=\"{}\"", f.host);
     let bare = format!(";host={}", f.host);
-    let token = f.host.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    let token = f
+        .host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     assert!(
-        if token { fwd.ends_with(bare.as_bytes()) } else { fwd.ends_with(quoted.as_bytes()) },
+        if token {
+            fwd.ends_with(bare.as_bytes())
+        } else {
+            fwd.ends_with(quoted.as_bytes())
+        },
         "Forwarded host= {:?}",
         String::from_utf8_lossy(fwd)
     );

@@ -87,18 +87,32 @@ fn check(data: &[u8], method: &Method) {
     };
     assert_eq!(hyper.status, status, "the final status");
     if !complete {
-        assert_eq!(hyper.body, None, "a body the fast path finds cut short is whole for hyper");
+        assert_eq!(
+            hyper.body, None,
+            "a body the fast path finds cut short is whole for hyper"
+        );
         return;
     }
     let want = data_of(relayed);
-    assert_eq!(hyper.body.as_deref(), Some(want.as_slice()), "the body ({framing:?})");
+    assert_eq!(
+        hyper.body.as_deref(),
+        Some(want.as_slice()),
+        "the body ({framing:?})"
+    );
     if framing == Framing::Chunked {
         // hyper ends at the same byte: it needs none after, and every one before.
         let end = body_at + relayed.len();
         let at_end = hyper_client(&data[..end], method).and_then(|r| r.body);
-        assert_eq!(at_end.as_deref(), Some(want.as_slice()), "hyper needs bytes after the end");
+        assert_eq!(
+            at_end.as_deref(),
+            Some(want.as_slice()),
+            "hyper needs bytes after the end"
+        );
         let short = hyper_client(&data[..end - 1], method).and_then(|r| r.body);
-        assert_eq!(short, None, "hyper ends the chunked body before the fast path");
+        assert_eq!(
+            short, None,
+            "hyper ends the chunked body before the fast path"
+        );
     }
 
     // Oracle 2: hyper reading what the client gets.
@@ -106,15 +120,27 @@ fn check(data: &[u8], method: &Method) {
     to_client.extend_from_slice(relayed);
     // The edge may add two lines (Date, Connection) to a backend's 100.
     let Some(seen) = hyper_client_with(&to_client, method, 102) else {
-        panic!("the client cannot read our head: {:?}", String::from_utf8_lossy(&client_head));
+        panic!(
+            "the client cannot read our head: {:?}",
+            String::from_utf8_lossy(&client_head)
+        );
     };
     assert_eq!(seen.status, status);
-    assert_eq!(seen.body.as_deref(), Some(want.as_slice()), "the client's body");
-    assert_eq!(sorted(seen.trailers), sorted(hyper.trailers), "the client's trailers");
-    let delimited = matches!(framing, Framing::Chunked) || matches!(framing, Framing::Length(n) if n > 0);
+    assert_eq!(
+        seen.body.as_deref(),
+        Some(want.as_slice()),
+        "the client's body"
+    );
+    assert_eq!(
+        sorted(seen.trailers),
+        sorted(hyper.trailers),
+        "the client's trailers"
+    );
+    let delimited =
+        matches!(framing, Framing::Chunked) || matches!(framing, Framing::Length(n) if n > 0);
     if delimited {
-        let short = hyper_client_with(&to_client[..to_client.len() - 1], method, 102)
-            .and_then(|r| r.body);
+        let short =
+            hyper_client_with(&to_client[..to_client.len() - 1], method, 102).and_then(|r| r.body);
         assert_eq!(short, None, "the client's body ends before what we relayed");
     }
 }
@@ -123,7 +149,10 @@ fn check(data: &[u8], method: &Method) {
 fn write_client_head_checked(out: &mut Vec<u8>, h: &h1::RespHead<'_, '_>) {
     h1::write_client_head(out, h, h.close);
     let Some((status, lines)) = httparse_response_lines(out) else {
-        panic!("our head does not parse as one head: {:?}", String::from_utf8_lossy(out));
+        panic!(
+            "our head does not parse as one head: {:?}",
+            String::from_utf8_lossy(out)
+        );
     };
     assert_eq!(status, h.status);
     let all = |n: &str| lines.iter().filter(|(k, _)| k == n).count();
@@ -135,7 +164,10 @@ fn write_client_head_checked(out: &mut Vec<u8>, h: &h1::RespHead<'_, '_>) {
                     .iter()
                     .filter(|(k, _)| k == "connection")
                     .all(|(_, v)| v == b"close");
-                assert!(ours && all("connection") == usize::from(h.close), "Connection is ours");
+                assert!(
+                    ours && all("connection") == usize::from(h.close),
+                    "Connection is ours"
+                );
             }
             _ => assert_eq!(all(hop), 0, "hop-by-hop {hop} reached the client"),
         }
@@ -145,7 +177,11 @@ fn write_client_head_checked(out: &mut Vec<u8>, h: &h1::RespHead<'_, '_>) {
         "Transfer-Encoding and Content-Length both reach the client (RFC 9112 6.3)"
     );
     // RFC 9110 6.6.1: ours when the backend sent none (its own are relayed as they came).
-    let backend_dates = h.headers.iter().filter(|x| x.name.eq_ignore_ascii_case("date")).count();
+    let backend_dates = h
+        .headers
+        .iter()
+        .filter(|x| x.name.eq_ignore_ascii_case("date"))
+        .count();
     assert_eq!(all("date"), backend_dates.max(1), "a Date");
     if h.framing == Framing::Chunked {
         assert!(all("transfer-encoding") > 0);

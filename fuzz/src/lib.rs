@@ -92,7 +92,9 @@ pub fn hyper_server(bytes: &[u8]) -> Vec<SeenReq> {
         let _ = b.serve_connection(TokioIo::new(server), svc).await;
         drop(client);
     });
-    Rc::try_unwrap(seen).map(RefCell::into_inner).unwrap_or_default()
+    Rc::try_unwrap(seen)
+        .map(RefCell::into_inner)
+        .unwrap_or_default()
 }
 
 /// A response as hyper's client read it.
@@ -113,7 +115,11 @@ pub fn hyper_client(bytes: &[u8], method: &http::Method) -> Option<SeenResp> {
 }
 
 /// The same, taking up to `max_headers` header lines (hyper's default, and the edge's, is 100).
-pub fn hyper_client_with(bytes: &[u8], method: &http::Method, max_headers: usize) -> Option<SeenResp> {
+pub fn hyper_client_with(
+    bytes: &[u8],
+    method: &http::Method,
+    max_headers: usize,
+) -> Option<SeenResp> {
     let method = method.clone();
     block_on(async move {
         let (client, mut server) = tokio::io::duplex(bytes.len() + (1 << 20));
@@ -227,7 +233,11 @@ fn field_byte(b: u8) -> bool {
 /// yet. A bare CR inside a line is left in, and refused by the callers.
 fn next_line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
     let lf = buf[at..].iter().position(|&b| b == b'\n')? + at;
-    let end = if lf > at && buf[lf - 1] == b'\r' { lf - 1 } else { lf };
+    let end = if lf > at && buf[lf - 1] == b'\r' {
+        lf - 1
+    } else {
+        lf
+    };
     Some((&buf[at..end], lf + 1))
 }
 
@@ -261,7 +271,11 @@ pub fn strict_request(buf: &[u8]) -> Result<Option<StrictReq>, &'static str> {
     // origin-form (RFC 9112 3.2.1): absolute-path [ "?" query ], no fragment. The characters are
     // checked as leniently as hyper (http::Uri) does: visible ASCII; hyper's own reading is
     // the oracle for which of them it refuses.
-    if target.first() != Some(&b'/') || !target.iter().all(|&b| (0x21..=0x7e).contains(&b) && b != b'#') {
+    if target.first() != Some(&b'/')
+        || !target
+            .iter()
+            .all(|&b| (0x21..=0x7e).contains(&b) && b != b'#')
+    {
         return Err("target is not origin-form");
     }
     let mut host = None;
@@ -307,7 +321,10 @@ pub fn strict_request(buf: &[u8]) -> Result<Option<StrictReq>, &'static str> {
                     if v.is_empty() || !v.iter().all(u8::is_ascii_digit) || v.len() > 19 {
                         return Err("invalid Content-Length");
                     }
-                    let n: u64 = std::str::from_utf8(v).unwrap().parse().map_err(|_| "Content-Length overflows")?;
+                    let n: u64 = std::str::from_utf8(v)
+                        .unwrap()
+                        .parse()
+                        .map_err(|_| "Content-Length overflows")?;
                     if lengths.is_some_and(|l| l != n) {
                         return Err("conflicting Content-Lengths");
                     }
@@ -342,8 +359,14 @@ pub fn strict_request(buf: &[u8]) -> Result<Option<StrictReq>, &'static str> {
 }
 
 fn trim_ows(v: &[u8]) -> &[u8] {
-    let s = v.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(v.len());
-    let e = v.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(s, |e| e + 1);
+    let s = v
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(v.len());
+    let e = v
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(s, |e| e + 1);
     &v[s..e.max(s)]
 }
 
@@ -448,7 +471,10 @@ pub fn strict_chunked(b: &[u8]) -> Result<Option<Strict>, &'static str> {
         if !rest.is_empty() && rest[0] != b';' {
             return Err("junk after the chunk size");
         }
-        if l[digits..].first().is_some_and(|&c| c != b';' && c != b' ' && c != b'\t') {
+        if l[digits..]
+            .first()
+            .is_some_and(|&c| c != b';' && c != b' ' && c != b'\t')
+        {
             return Err("junk after the chunk size");
         }
         at = next;

@@ -112,9 +112,17 @@ async fn issue_16_fuzz_responses_hyper_refuses_are_a_502() {
         let resp = r.response().await;
         assert_eq!(resp.status(), 502, "{path}: {}", resp.head);
         r.send(&get("f.test", "/")).await;
-        assert_eq!(r.response().await.body, b"ok", "{path}: the connection goes on");
+        assert_eq!(
+            r.response().await.body,
+            b"ok",
+            "{path}: the connection goes on"
+        );
     }
-    assert_eq!(b.targets.lock().unwrap().len(), 12, "each request reached the backend once");
+    assert_eq!(
+        b.targets.lock().unwrap().len(),
+        12,
+        "each request reached the backend once"
+    );
 }
 
 /// See: issue 16 (fuzz target `response`). A Content-Length beside a Transfer-Encoding that
@@ -154,7 +162,10 @@ async fn issue_16_fuzz_chunked_framing_readers_end_differently_is_broken_off() {
         assert!(r.closed_within(Duration::from_secs(5)).await, "{path}");
         let got = r.buf_text();
         assert!(!got.contains("X-Injected"), "{path}: {got:?}");
-        assert!(!got.contains("\r\n0\r\n\r\n"), "{path}: never a complete body: {got:?}");
+        assert!(
+            !got.contains("\r\n0\r\n\r\n"),
+            "{path}: never a complete body: {got:?}"
+        );
         assert!(
             got.matches("HTTP/1.1 ").count() <= 1,
             "{path}: no second response: {got:?}"
@@ -193,5 +204,9 @@ async fn issue_16_fuzz_targets_hyper_refuses_never_reach_the_backend() {
     assert_eq!(r.response().await.status(), 200);
     let mut want = vec!["/first".to_string(); bad.len()];
     want.push("/j{\"k\"}|\\^[0]?a[]=`{}|".to_string());
-    assert_eq!(*b.targets.lock().unwrap(), want, "the backend read only the good requests");
+    assert_eq!(
+        *b.targets.lock().unwrap(),
+        want,
+        "the backend read only the good requests"
+    );
 }

@@ -232,7 +232,11 @@ mod tests {
 
     /// The end of a body, all at once and byte by byte (they must agree).
     fn end(body: &[u8]) -> Option<usize> {
-        let whole = Chunked::default().feed(body).ok().filter(|r| r.1).map(|r| r.0);
+        let whole = Chunked::default()
+            .feed(body)
+            .ok()
+            .filter(|r| r.1)
+            .map(|r| r.0);
         let mut c = Chunked::default();
         let mut bytewise = None;
         for (i, b) in body.iter().enumerate() {
@@ -283,7 +287,10 @@ mod tests {
         }
         for (ok, at) in [
             (&b"5 ;a=b\r\nhello\r\n0\t; x\r\n\r\n"[..], 24),
-            (b"5  \r\nhello\r\n0\r\nx-a: 1\r\nx-b:\t2 \xff\r\nx-c:\r\n\r\nNEXT", 41),
+            (
+                b"5  \r\nhello\r\n0\r\nx-a: 1\r\nx-b:\t2 \xff\r\nx-c:\r\n\r\nNEXT",
+                41,
+            ),
         ] {
             assert_eq!(end(ok), Some(at), "{:?}", String::from_utf8_lossy(ok));
         }

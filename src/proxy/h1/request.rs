@@ -129,13 +129,21 @@ const MAX_TARGET: usize = u16::MAX as usize - 1;
 static PATH: [bool; 256] = super::byte_table(b"!\"$%&'()*+,-./:;=?@[\\]^_{|}~");
 static QUERY: [bool; 256] = super::byte_table(b"!$%&'()*+,-./:;=?@[\\]^_`{|}~");
 
-/// An origin-form target (RFC 9112 3.2.1) of the bytes hyper's side takes.
+/// An origin-form target (RFC 9112 3.2.1) of the bytes hyper's side takes. One table lookup
+/// per byte, as the range check before it.
 fn origin_form(t: &[u8]) -> bool {
     if t.first() != Some(&b'/') || t.len() > MAX_TARGET {
         return false;
     }
-    let q = t.iter().position(|&b| b == b'?').unwrap_or(t.len());
-    t[..q].iter().all(|&b| PATH[b as usize]) && t[q..].iter().all(|&b| QUERY[b as usize])
+    let mut table = &PATH;
+    for &b in t {
+        if b == b'?' {
+            table = &QUERY;
+        } else if !table[b as usize] {
+            return false;
+        }
+    }
+    true
 }
 
 /// Request headers the backend never gets from the client as sent.
@@ -355,7 +363,10 @@ mod tests {
             assert!(req(&raw).is_none(), "{bad:?}");
         }
         for ok in [
-            "/a\"b{c}|d\\e^f[g]", "/?a`b{c}|d^[e]\\", "/p:@!$&'()*+,;=-._~%41?/?:@", "/?",
+            "/a\"b{c}|d\\e^f[g]",
+            "/?a`b{c}|d^[e]\\",
+            "/p:@!$&'()*+,;=-._~%41?/?:@",
+            "/?",
         ] {
             let raw = format!("GET {ok} HTTP/1.1\r\nHost: a\r\n\r\n");
             assert!(req(&raw).is_some(), "{ok:?}");

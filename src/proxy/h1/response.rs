@@ -139,10 +139,14 @@ pub fn parse_response<'b, 'h>(
     } else {
         if chunked.is_some() && version == 0 {
             // RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing (hyper refuses it).
-            return Err(BadResponse("the backend sent Transfer-Encoding in HTTP/1.0"));
+            return Err(BadResponse(
+                "the backend sent Transfer-Encoding in HTTP/1.0",
+            ));
         }
         if te_ambiguous {
-            return Err(BadResponse("the backend sent an ambiguous Transfer-Encoding"));
+            return Err(BadResponse(
+                "the backend sent an ambiguous Transfer-Encoding",
+            ));
         }
         match (chunked, length) {
             (Some(true), _) => Framing::Chunked,
