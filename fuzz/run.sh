@@ -15,6 +15,9 @@ SECS=${SECS:-300}
 TARGETS=("${@:-request response chunked}")
 read -r -a TARGETS <<<"${TARGETS[*]}"
 export RUSTC_BOOTSTRAP=1
+# The binaries are looked for in fuzz/target: a CARGO_TARGET_DIR set for the main crate would
+# send the (long, instrumented) build elsewhere.
+unset CARGO_TARGET_DIR
 [[ ${SKIP_BUILD:-0} == 1 ]] || cargo fuzz build -s none -a
 BIN=target/x86_64-unknown-linux-gnu/release
 mkdir -p logs

@@ -29,6 +29,10 @@ fn script(path: &str) -> (&'static [u8], bool) {
         ),
         "/cl-empty" => (b"HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\nok", true),
         "/cl-comma" => (b"HTTP/1.1 200 OK\r\nContent-Length: 2,\r\n\r\nok", false),
+        "/cl-max" => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\nok",
+            true,
+        ),
         "/te-comma" => (
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n\r\n2\r\nok\r\n0\r\n\r\n",
             false,
@@ -104,6 +108,7 @@ async fn issue_16_fuzz_responses_hyper_refuses_are_a_502() {
         "/http10-chunked",
         "/cl-empty",
         "/cl-comma",
+        "/cl-max",
         "/te-comma",
         "/te-empty-line",
     ] {
@@ -120,7 +125,7 @@ async fn issue_16_fuzz_responses_hyper_refuses_are_a_502() {
     }
     assert_eq!(
         b.targets.lock().unwrap().len(),
-        12,
+        14,
         "each request reached the backend once"
     );
 }
