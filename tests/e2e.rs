@@ -46,3 +46,6 @@ mod operator;
 
 #[path = "e2e/acme.rs"]
 mod acme;
+
+#[path = "e2e/fuzz_regressions.rs"]
+mod fuzz_regressions;

@@ -25,7 +25,8 @@ mod edge;
 pub mod error_page;
 mod fast;
 pub mod gate;
-mod h1;
+/// Public for the fuzz targets in `fuzz/` only; nothing outside the proxy uses it.
+pub mod h1;
 pub mod headers;
 mod linger;
 pub mod listener;
@@ -37,3 +38,5 @@ mod watchdog;
 
 pub use edge::{Conn, Edge};
 pub use error_page::ProxyError;
+/// Public for the fuzz targets in `fuzz/` (the request target routes only hosts it accepts).
+pub use request::valid_host;

@@ -246,7 +246,7 @@ pub(crate) fn decide(
 /// `uri-host [ ":" port ]` (RFC 9110 7.2, RFC 3986 3.2.2): a registered name (letters, digits,
 /// `-._~`, sub-delims, percent-encoded octets) or an IPv4 address, or an IPv6 literal in
 /// brackets; the port digits only. What else would reach a backend as its Host is refused.
-pub(crate) fn valid_host(h: &str) -> bool {
+pub fn valid_host(h: &str) -> bool {
     let b = h.as_bytes();
     let (name_ok, rest) = match b.first() {
         None => return false,

@@ -28,18 +28,20 @@ pub struct RespHead<'b, 'h> {
     pub headers: &'h [httparse::Header<'b>],
     /// `Connection` names other headers (rare): only then are names checked against it.
     named: bool,
+    /// A Transfer-Encoding line came: a Content-Length never reaches the client beside it.
+    te: bool,
 }
 
 impl RespHead<'_, '_> {
     /// True for the response headers a client never gets: hop-by-hop ones, those named in
-    /// `Connection`, and a Content-Length beside chunked framing.
+    /// `Connection`, and a Content-Length beside Transfer-Encoding (RFC 9112 6.3: an
+    /// intermediary removes it, whichever coding is last and whatever the status).
     pub fn hop_by_hop(&self, n: &str) -> bool {
-        let chunked = self.framing == Framing::Chunked;
         let hop = match n.len() {
             2 => is(n, "te"),
             7 => is(n, "upgrade"),
             10 => is(n, "connection") || is(n, "keep-alive"),
-            14 => chunked && is(n, "content-length"),
+            14 => self.te && is(n, "content-length"),
             16 => is(n, "proxy-connection"),
             18 => is(n, "proxy-authenticate"),
             19 => is(n, "proxy-authorization"),
@@ -85,6 +87,10 @@ pub fn parse_response<'b, 'h>(
     let (Some(status), Some(version)) = (resp.code, resp.version) else {
         return Err(BadResponse("the backend sent an invalid response head"));
     };
+    // Three digits, but not a status (RFC 9110 15; hyper's client refuses them too).
+    if status < 100 {
+        return Err(BadResponse("the backend sent an invalid status code"));
+    }
     if status == 101 {
         return Err(BadResponse("the backend switched protocols unasked"));
     }
@@ -95,14 +101,20 @@ pub fn parse_response<'b, 'h>(
     let mut close = version == 0;
     let mut named = false;
     let mut chunked = None;
+    // A Transfer-Encoding that readers may end differently (see `te_chunked`).
+    let mut te_ambiguous = false;
     let mut length: Option<u64> = None;
     for h in resp.headers.iter() {
         if is(h.name, "content-length") {
-            for t in tokens(h.value) {
+            // `1*DIGIT`, or a list of the same one (RFC 9110 8.6); an empty value or list
+            // element is invalid, as for hyper's client.
+            for t in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 let n = std::str::from_utf8(t)
                     .ok()
-                    .filter(|t| t.bytes().all(|b| b.is_ascii_digit()))
+                    .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
                     .and_then(|t| t.parse::<u64>().ok())
+                    // hyper's client takes at most u64::MAX - 2 (it keeps two for itself).
+                    .filter(|&n| n <= u64::MAX - 2)
                     .ok_or(BadResponse("the backend sent a bad Content-Length"))?;
                 if length.is_some_and(|l| l != n) {
                     return Err(BadResponse("the backend sent conflicting Content-Lengths"));
@@ -111,9 +123,9 @@ pub fn parse_response<'b, 'h>(
             }
         } else if is(h.name, "transfer-encoding") {
             // Only the last coding decides; a later line overrides.
-            chunked = tokens(h.value)
-                .last()
-                .map(|t| t.eq_ignore_ascii_case(b"chunked"));
+            let last = te_chunked(h.value);
+            te_ambiguous |= last.is_none();
+            chunked = Some(last == Some(true));
         } else if is(h.name, "connection") {
             for t in tokens(h.value) {
                 if t.eq_ignore_ascii_case(b"close") {
@@ -127,6 +139,17 @@ pub fn parse_response<'b, 'h>(
     let framing = if *method == Method::HEAD || status == 204 || status == 304 {
         Framing::Empty
     } else {
+        if chunked.is_some() && version == 0 {
+            // RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing (hyper refuses it).
+            return Err(BadResponse(
+                "the backend sent Transfer-Encoding in HTTP/1.0",
+            ));
+        }
+        if te_ambiguous {
+            return Err(BadResponse(
+                "the backend sent an ambiguous Transfer-Encoding",
+            ));
+        }
         match (chunked, length) {
             (Some(true), _) => Framing::Chunked,
             (Some(false), _) => Framing::UntilClose,
@@ -146,7 +169,26 @@ pub fn parse_response<'b, 'h>(
         len,
         headers: resp.headers,
         named,
+        te: chunked.is_some(),
     }))
+}
+
+/// Whether a Transfer-Encoding line's last coding is chunked; None when readers may disagree:
+/// an empty list element (RFC 9110 5.6.1 says to skip it, hyper's client reads `chunked,` as not
+/// chunked) or a byte other than visible ASCII, SP and HTAB (hyper reads the line as not
+/// chunked). The line reaches the client as it came, so it must mean one thing.
+fn te_chunked(v: &[u8]) -> Option<bool> {
+    if !v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+        return None;
+    }
+    let mut last = None;
+    for t in v.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+        if t.is_empty() {
+            return None;
+        }
+        last = Some(t);
+    }
+    last.map(|t| t.eq_ignore_ascii_case(b"chunked"))
 }
 
 /// Writes the head the client gets. `close`: the client connection ends after this response.
@@ -277,6 +319,64 @@ mod tests {
             ),
             Ok(RespParsed::Interim(25))
         ));
+    }
+
+    /// Fuzzing (issue 16, `fuzz/` target `response`): heads the fast path took although
+    /// hyper's client refuses them or frames them otherwise, and a Content-Length that reached
+    /// the client beside a Transfer-Encoding.
+    #[test]
+    fn fuzz_framing_as_hyper_reads_it() {
+        for (bad, method) in [
+            // A status below 100 (hyper: invalid status).
+            ("HTTP/1.1 042 Odd\r\nContent-Length: 2\r\n\r\n", Method::GET),
+            // Transfer-Encoding in HTTP/1.0 (RFC 9112 6.1: faulty framing; hyper refuses).
+            ("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", Method::GET),
+            // An empty Content-Length, or an empty list element (was: until close, Length).
+            ("HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n", Method::GET),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 2,\r\n\r\n", Method::GET),
+            ("HTTP/1.1 200 OK\r\nContent-Length: ,2\r\n\r\n", Method::HEAD),
+            // A Transfer-Encoding readers end differently: `chunked,` is chunked for us and
+            // RFC 9110 5.6.1, not for hyper; an empty last line was no Transfer-Encoding at all
+            // for us (so Content-Length framed it), close-delimited for hyper.
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n\r\n", Method::GET),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding:\r\nContent-Length: 3\r\n\r\n",
+                Method::GET,
+            ),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: x\u{e9}, chunked\r\n\r\n", Method::GET),
+            // Over hyper's largest length (found by the fuzzer: `Content-Length:
+            // 18446744073709551615` was relayed as a body of that length).
+            ("HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551614\r\n\r\n", Method::GET),
+        ] {
+            assert!(resp(bad, method).is_err(), "{bad:?}");
+        }
+        // hyper takes these (no body is framed by them): so do we.
+        for ok in [
+            "HTTP/1.0 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked,\r\n\r\n",
+            "HTTP/1.1 999 Odd\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551613\r\n\r\n",
+        ] {
+            assert!(resp(ok, Method::GET).is_ok(), "{ok:?}");
+        }
+        // RFC 9112 6.3: Content-Length never reaches the client beside Transfer-Encoding.
+        let (out, f, close) = resp(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nconnection: close\r\n\r\n"
+        );
+        assert_eq!((f, close), (Framing::UntilClose, true));
+        let (out, f, _) = resp(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            Method::HEAD,
+        )
+        .unwrap();
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(f, Framing::Empty);
     }
 
     #[test]
