@@ -369,3 +369,25 @@ async fn issue_16_every_early_413_reaches_a_client_still_sending() {
         failures.len()
     );
 }
+
+/// See: issue 16 (found by the sets tests). An early answer to an HTTP/1.1 request whose body the
+/// edge leaves unread says `Connection: close`: hyper closes such a connection after the answer,
+/// and a client that reused it lost its next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_16_an_early_answer_with_an_unread_body_says_close() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let p = two_sites(&a, &b, "");
+    p.ok(&["read-only", "on", "--reason", "backup", "--site", "a"]);
+    let mut r = raw(p.http.unwrap()).await;
+    // Over the fast path's 64 KiB, so hyper's side reads it, and refuses it before the body.
+    r.send(b"POST /notes HTTP/1.1\r\nHost: a.test\r\nContent-Length: 200000\r\n\r\nxxxx")
+        .await;
+    let resp = r.response().await;
+    assert_eq!(resp.status(), 503, "{resp:?}");
+    assert_eq!(
+        resp.header("connection").as_deref(),
+        Some("close"),
+        "{resp:?}"
+    );
+}

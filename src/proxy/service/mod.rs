@@ -61,6 +61,10 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<RespBod
     let host = req_host(&req).unwrap_or("");
     let mut x = Exchange::begin(&conn, req.method(), host.as_bytes(), target.as_bytes());
     let json = wants_json(req.headers().get(ACCEPT).map(HeaderValue::as_bytes));
+    // An HTTP/1 request whose body the edge may leave unread: hyper then closes the connection
+    // after the answer, so the answer must say so, or a client reuses it and loses its next request.
+    let body_may_stay_unread =
+        req.version() < Version::HTTP_2 && !http_body::Body::is_end_stream(req.body());
     // Boxed: the forwarding state (request parts, the upstream exchange, the timer) is several
     // KiB, and hyper moves the handler's future at least twice (into its stream future, then
     // into a spawned task): one allocation is cheaper than copying it each time.
@@ -68,7 +72,12 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<RespBod
         Ok(r) => r,
         Err(e) => {
             x.error(&e);
-            e.response(json || x.json_errors).map(RespBody::full)
+            let mut r = e.response(json || x.json_errors).map(RespBody::full);
+            if body_may_stay_unread {
+                r.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            r
         }
     };
     x.responded(resp.status().as_u16());

@@ -138,6 +138,11 @@ where
                 match h1::parse_response(&conn.buf, &mut headers, method) {
                     Ok(RespParsed::Partial) => None,
                     Ok(RespParsed::Interim(n)) => Some(Err(n)),
+                    Ok(RespParsed::Head(head)) if head.len > settings.max_head => {
+                        return Try::Failed(Failed::broken(
+                            "the backend's response head is too large",
+                        ))
+                    }
                     Ok(RespParsed::Head(head)) => {
                         if let Err(e) = on_head(&head) {
                             return Try::Failed(Failed::broken(e.0));
