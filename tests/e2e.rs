@@ -37,3 +37,6 @@ mod http_rules;
 
 #[path = "e2e/operator.rs"]
 mod operator;
+
+#[path = "e2e/cluster.rs"]
+mod cluster;

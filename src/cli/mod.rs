@@ -5,8 +5,10 @@
 //! - `mod.rs`: the clap tree and the dispatch, one arm per subcommand.
 //! - `control.rs`: the daemon's verbs (status, switch, read-only, pool, reload, rollback).
 //! - `release.rs`: the Docker commands (up, release, envs, backup, backups).
+//! - `cluster.rs`: `cluster status`, the edges of a `[cluster]`.
 //! - `render.rs`: tables and lines for people.
 
+mod cluster;
 mod control;
 mod release;
 mod render;
@@ -134,6 +136,20 @@ pub enum Cmd {
     Backups {
         #[command(subcommand)]
         what: BackupsCmd,
+    },
+    /// Several edges sharing one state in etcd (`[cluster]`).
+    Cluster {
+        #[command(subcommand)]
+        what: ClusterCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Every edge, the revision it has applied, and its health.
+    Status {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -332,5 +348,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             release::backup(&cfg, &client, site).await
         }
         Cmd::Backups { what } => release::backups(&cli.load_config()?, what).await,
+        Cmd::Cluster {
+            what: ClusterCmd::Status { json },
+        } => cluster::status(&cli.client()?, *json).await,
     }
 }

@@ -14,6 +14,25 @@ pub struct RawConfig {
     pub proxy: S<RawProxy>,
     #[serde(default)]
     pub site: Vec<S<RawSite>>,
+    /// Several edges sharing one state in etcd (docs/cluster.md); absent: one edge, a state file.
+    pub cluster: Option<S<RawCluster>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    #[serde(default)]
+    pub endpoints: Vec<S<String>>,
+    pub prefix: Option<S<String>>,
+    pub edge_id: Option<S<String>>,
+    pub advertise: Option<S<String>>,
+    pub dial_timeout: Option<S<String>>,
+    pub request_timeout: Option<S<String>>,
+    pub lease_ttl: Option<S<String>>,
+    pub freshness: Option<S<String>>,
+    pub max_write_duration: Option<S<String>>,
+    pub ack_timeout: Option<S<String>>,
+    pub startup_timeout: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -41,6 +60,10 @@ pub struct RawProxy {
     pub max_connections: Option<S<i64>>,
     #[serde(default)]
     pub trusted_proxies: Vec<S<String>>,
+    /// Listeners ("http", "https") whose connections from `trusted_proxies` start with a PROXY
+    /// protocol header (v1 or v2).
+    #[serde(default)]
+    pub proxy_protocol: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

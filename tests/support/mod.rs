@@ -2,6 +2,8 @@
 //! wait for conditions with deadlines (never sleep for readiness), and real backends to put behind it.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -290,6 +292,8 @@ pub struct Seen {
     pub last_headers: Mutex<Option<http::HeaderMap>>,
     /// "METHOD path" of every request, in order.
     pub paths: Mutex<Vec<String>>,
+    /// When each write arrived (the judge of "no write after the barrier").
+    pub write_times: Mutex<Vec<Instant>>,
 }
 
 /// A real HTTP/1.1 backend on 127.0.0.1 named `name`. Paths:
@@ -386,6 +390,7 @@ async fn backend_answer(name: &str, seen: &Seen, mut req: Request<Incoming>) -> 
         http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
     ) {
         seen.writes.fetch_add(1, Ordering::SeqCst);
+        seen.write_times.lock().unwrap().push(Instant::now());
     }
     *seen.last_headers.lock().unwrap() = Some(req.headers().clone());
     seen.paths
