@@ -250,12 +250,11 @@ async fn apply_batch(c: &Arc<Cluster>, ops: &Arc<Ops>, resp: &etcd_client::Watch
             Err(e) => tracing::error!(error = %e, "ignoring a state this edge cannot read; it keeps serving its last table"),
         }
     }
-    // A progress notification (no events) vouches for everything up to its header's revision.
-    let through = if events.is_empty() {
-        resp.header().map(|h| h.revision()).unwrap_or(0)
-    } else {
-        top
-    };
+    // Only the revisions of events delivered count as seen. A response without events (the
+    // watch's creation, a progress notification) names the store's revision, and etcd 3.4 may
+    // send a progress notification ahead of events it has not delivered yet (etcd #15220):
+    // trusting it made an edge acknowledge a revision before installing it.
+    let through = top;
     c.seen.fetch_max(through, Ordering::SeqCst);
     c.metrics.cluster_applied.set(c.applied());
     c.bump();
