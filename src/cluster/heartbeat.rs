@@ -214,6 +214,9 @@ pub(super) async fn register(c: Arc<Cluster>) {
     let value = serde_json::to_vec(&info).expect("edge info serializes");
     let every = Duration::from_secs(ttl as u64) / 3;
     loop {
+        if c.leaving.load(Ordering::SeqCst) {
+            return;
+        }
         let lease = match c
             .etcd
             .call("lease grant", |mut cl| async move { cl.lease_grant(ttl, None).await })
@@ -245,6 +248,9 @@ pub(super) async fn register(c: Arc<Cluster>) {
         let mut alive_until = expires(Instant::now());
         loop {
             tokio::time::sleep(every).await;
+            if c.leaving.load(Ordering::SeqCst) {
+                return;
+            }
             if Instant::now() >= alive_until {
                 tracing::warn!("this edge's lease expired (etcd unreachable for longer than lease_ttl); registering again");
                 break;

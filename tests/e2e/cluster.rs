@@ -15,6 +15,7 @@ use crate::support::*;
 const HOST: &str = "wiki.test";
 
 struct Setup {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
     etcd: EtcdCluster,
     edges: Vec<Proxy>,
     blue: Backend,
@@ -34,6 +35,7 @@ async fn setup(name: &str, n: usize, site_extra: &str) -> Option<Setup> {
     if !etcd_available() {
         return None;
     }
+    let turn = turn().await;
     let etcd = EtcdCluster::start(3).await;
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
@@ -48,6 +50,7 @@ async fn setup(name: &str, n: usize, site_extra: &str) -> Option<Setup> {
         ));
     }
     let s = Setup {
+        _turn: turn,
         etcd,
         edges,
         blue,
@@ -201,12 +204,26 @@ async fn issue_19_switches_through_any_edge_under_load() {
         pct(&latency, 0.5),
         pct(&latency, 0.99)
     );
-    // `cluster status` on the command line shows the three.
+    // `cluster status` on the command line shows the three; metrics and the status page too.
     let out = s.edges[1].ok(&["cluster", "status"]);
     for id in ["e0", "e1", "e2"] {
         assert!(out.contains(id), "{out}");
     }
     assert!(out.contains("ok"), "{out}");
+    let http = reqwest::Client::new();
+    let m = http.get(format!("http://{}/metrics", s.edges[0].metrics.unwrap())).send().await.unwrap().text().await.unwrap();
+    for name in [
+        "switchyard_cluster_applied_revision",
+        "switchyard_cluster_fresh 1",
+        "switchyard_cluster_staleness_seconds",
+        "switchyard_cluster_acks_total",
+        "switchyard_cluster_unknown_refusals_total",
+        "switchyard_cluster_edge_applied_revision{edge=\"e2\",health=\"ok\"}",
+    ] {
+        assert!(m.contains(name), "/metrics has no {name}");
+    }
+    let page = http.get(format!("http://{}/", s.edges[0].metrics.unwrap())).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("<h2>cluster") && page.contains("e2"), "{page}");
 }
 
 /// See: issue 19. etcd faults during switches: kill -9 of the leader, SIGSTOP of a member, a
@@ -337,6 +354,7 @@ async fn issue_19_cut_off_edge_refuses_writes_before_the_barrier_answers() {
     if !etcd_available() {
         return;
     }
+    let turn = turn().await;
     let etcd = EtcdCluster::start(3).await;
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
@@ -356,7 +374,7 @@ async fn issue_19_cut_off_edge_refuses_writes_before_the_barrier_answers() {
             )
         })
         .collect();
-    let s = Setup { etcd, edges, blue, green };
+    let s = Setup { _turn: turn, etcd, edges, blue, green };
     s.wait_all_live().await;
     // Writers on every edge: (edge, status, body, answered at).
     let stop = Arc::new(AtomicBool::new(false));
@@ -438,6 +456,52 @@ async fn issue_19_cut_off_edge_refuses_writes_before_the_barrier_answers() {
     .await;
     let (st, _) = control(&s.edges[1].control, "PUT", "/v1/read-only", Some(r#"{"on":false}"#), None).await;
     assert_eq!(st, 200);
+}
+
+/// See: issue 19. An edge whose watch falls behind a compaction (cut off while changes are made
+/// and etcd compacts) re-lists when it comes back, and serves the current state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_19_compaction_while_cut_off_relists() {
+    if !etcd_available() {
+        return;
+    }
+    let turn = turn().await;
+    let etcd = EtcdCluster::start(3).await;
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let p = prefix("compact");
+    let mut relays = Vec::new();
+    for m in &etcd.members {
+        relays.push(Relay::start(m.client).await);
+    }
+    let relayed: Vec<String> = relays.iter().map(|r| format!("http://{}", r.addr)).collect();
+    let a = start_edge("access_log = \"off\"", &wiki(&blue, &green, ""), &cluster_section(&etcd.endpoints(), &p, "e0", ""));
+    let b = start_edge("access_log = \"off\"", &wiki(&blue, &green, ""), &cluster_section(&relayed, &p, "e1", ""));
+    let s = Setup { _turn: turn, etcd, edges: vec![a, b], blue, green };
+    s.wait_all_live().await;
+    for r in &relays {
+        r.cut();
+    }
+    for to in ["green", "blue", "green"] {
+        let (st, v) = switch_via(&s.edges[0], to, None).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    let mut c = etcd_client::Client::connect(&s.etcd.endpoints(), None).await.unwrap();
+    let rev = c.get("x", None).await.unwrap().header().unwrap().revision();
+    c.compact(rev, Some(etcd_client::CompactionOptions::new().with_physical())).await.unwrap();
+    for r in &relays {
+        r.heal();
+    }
+    let http = reqwest::Client::new();
+    wait_until_async(Duration::from_secs(20), "the edge behind the compaction to catch up", || async {
+        let r = get(&http, &s.edges[1], HOST, "/").await?;
+        (r.1 == "green").then_some(())
+    })
+    .await;
+    wait_until(Duration::from_secs(10), "the watch to see the compaction and re-list", || {
+        s.edges[1].stderr_text().contains("re-listing").then_some(())
+    });
+    s.wait_all_live().await;
 }
 
 /// See: issue 19. etcd entirely down: every edge keeps serving reads, refuses writes once the
@@ -615,6 +679,7 @@ async fn issue_19_release_against_a_clustered_edge() {
         .output()
         .unwrap();
     assert!(o.status.success(), "build-testapp.sh: {}", String::from_utf8_lossy(&o.stderr));
+    let _turn = turn().await;
     let etcd = EtcdCluster::start(3).await;
     let docker = DockerPrefix(format!("syt-cl-{}", std::process::id()));
     let pfx = prefix("release");

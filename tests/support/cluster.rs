@@ -43,6 +43,13 @@ pub fn etcd_available() -> bool {
     })
 }
 
+/// One cluster test at a time: each runs 3 etcd members and up to 3 edges, and two at once on a
+/// 2-core machine starve each other (and the timing-sensitive tests of other themes).
+pub async fn turn() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}
+
 /// `n` free TCP ports on 127.0.0.1 (bound then released; etcd binds them right after).
 pub fn free_ports(n: usize) -> Vec<u16> {
     let ls: Vec<StdListener> = (0..n)
