@@ -38,8 +38,8 @@ pub fn render(s: &ClusterStatus) -> String {
     );
     let _ = writeln!(
         o,
-        "{:<20} {:<7} {:>9} {:<6} {:>10} {:>9}  {}",
-        "EDGE", "HEALTH", "APPLIED", "FRESH", "LAST ACK", "IN FLIGHT", "ADDRESS"
+        "{:<20} {:<7} {:>9} {:<6} {:>10} {:>9}  ADDRESS",
+        "EDGE", "HEALTH", "APPLIED", "FRESH", "LAST ACK", "IN FLIGHT"
     );
     for e in &s.edges {
         let _ = writeln!(

@@ -8,9 +8,10 @@
 //!   could still admit or finish a write has passed: its last freshness confirmation was an ack
 //!   guarded on a revision < R, so it was *sent* before R committed and before this edge saw it
 //!   (`seen.at`); it refuses writes from that moment + F, and its last admitted write ends by
-//!   + W. So the wait for it ends at `seen.at + F + W + slack`. Every edge that may be fresh has
-//!   an ack key (acks have no lease; an edge is never fresh before its first ack), so none is
-//!   missed. docs/cluster.md spells out the timing assumptions.
+//!   + W. So the wait for it ends at `seen.at + F + W + slack`.
+//!
+//! Every edge that may be fresh has an ack key (acks have no lease; an edge is never fresh
+//! before its first ack), so none is missed. docs/cluster.md spells out the timing assumptions.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -10,6 +10,7 @@
 //! 2. If the fence's guard fails, the key moved past `base`; its first change after `base` is
 //!    read from the history (a watch from `base + 1`): ours (same txid) → "made, at revision
 //!    r"; another edge's → ours can never land: "moved".
+//!
 //! Only an answer from etcd ends this; past the deadline the caller is told the outcome is
 //! unknown, and what to look at.
 
@@ -26,7 +27,7 @@ pub enum Committed {
     /// Landed at this revision.
     Done(i64),
     /// Another change landed first; this is the state now (version = its revision).
-    Moved(State),
+    Moved(Box<State>),
 }
 
 impl Cluster {
@@ -56,7 +57,11 @@ impl Cluster {
     }
 
     /// Decodes the value of `state` at `mod_revision`.
-    pub(super) fn decode(&self, value: &[u8], mod_revision: i64) -> Result<(State, String), ClusterError> {
+    pub(super) fn decode(
+        &self,
+        value: &[u8],
+        mod_revision: i64,
+    ) -> Result<(State, String), ClusterError> {
         let env: Envelope = serde_json::from_slice(value).map_err(|e| ClusterError::Corrupt {
             key: self.keys.state(),
             msg: e.to_string(),
@@ -73,10 +78,18 @@ impl Cluster {
         let value = self.envelope(next, txid.clone());
         let base_rev = base.version as i64;
         let txn = Txn::new()
-            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, base_rev)])
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                base_rev,
+            )])
             .and_then([TxnOp::put(key.clone(), value, None)])
             .or_else([TxnOp::get(key.clone(), None)]);
-        match self.etcd.call("commit", |mut c| async move { c.txn(txn).await }).await {
+        match self
+            .etcd
+            .call("commit", |mut c| async move { c.txn(txn).await })
+            .await
+        {
             Ok(resp) => self.answer(resp),
             Err(e) => {
                 tracing::warn!(error = %e, base = base_rev, "the commit's outcome is unknown; reading back");
@@ -99,7 +112,7 @@ impl Cluster {
             if let TxnOpResponse::Get(g) = op {
                 if let Some(kv) = g.kvs().first() {
                     let (s, _) = self.decode(kv.value(), kv.mod_revision())?;
-                    return Ok(Committed::Moved(s));
+                    return Ok(Committed::Moved(Box::new(s)));
                 }
             }
         }
@@ -119,7 +132,11 @@ impl Cluster {
         let mut detail = String::from("no endpoint answered");
         while Instant::now() < deadline {
             let fence = Txn::new()
-                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, base_rev)])
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    base_rev,
+                )])
                 .and_then([TxnOp::put(key.clone(), fence_value.clone(), None)])
                 .or_else([TxnOp::get(key.clone(), None)]);
             let r = self
@@ -174,7 +191,9 @@ impl Cluster {
                     }
                 }
             }
-            Err(etcd_client::Error::WatchError("the history stream ended".into()))
+            Err(etcd_client::Error::WatchError(
+                "the history stream ended".into(),
+            ))
         };
         let left = deadline.saturating_duration_since(Instant::now());
         let r = tokio::time::timeout(left.min(self.etcd.request_timeout * 2), read).await;
@@ -186,7 +205,10 @@ impl Cluster {
             Ok(Ok(Err(compacted))) => Err(ClusterError::Failed {
                 endpoint,
                 what: "read back",
-                msg: format!("the history from revision {} was compacted (now from {compacted})", base + 1),
+                msg: format!(
+                    "the history from revision {} was compacted (now from {compacted})",
+                    base + 1
+                ),
             }),
             Ok(Err(e)) => {
                 let err = ClusterError::Failed {

@@ -78,7 +78,10 @@ impl Etcd {
             .with_connect_timeout(self.dial_timeout)
             // etcd's default keepalive enforcement refuses pings more often than every 5 s;
             // a hung member is found by the request timeouts and the watch's progress requests.
-            .with_keep_alive(Duration::from_secs(5), self.request_timeout.max(Duration::from_secs(1)))
+            .with_keep_alive(
+                Duration::from_secs(5),
+                self.request_timeout.max(Duration::from_secs(1)),
+            )
             .with_keep_alive_while_idle(true)
             // A member cut off from its quorum cancels our watch instead of going silent.
             .with_require_leader(true);
@@ -192,7 +195,9 @@ impl Etcd {
         Err(ClusterError::Unreachable {
             what,
             endpoints: self.endpoints.join(", "),
-            last: last.map(|e| e.to_string()).unwrap_or_else(|| "no try".into()),
+            last: last
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "no try".into()),
         })
     }
 }

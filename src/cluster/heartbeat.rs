@@ -151,7 +151,11 @@ pub(super) async fn acks(c: Arc<Cluster>, ops: Arc<Ops>) {
                 )])
                 .and_then([TxnOp::put(key.clone(), value, None)])
                 .or_else([TxnOp::get(state_key.clone(), None)]);
-            match c.etcd.call("ack", |mut cl| async move { cl.txn(txn).await }).await {
+            match c
+                .etcd
+                .call("ack", |mut cl| async move { cl.txn(txn).await })
+                .await
+            {
                 Ok(r) if r.succeeded() => {
                     c.fresh.confirm(sent);
                     c.metrics.cluster_acks.inc();
@@ -219,7 +223,9 @@ pub(super) async fn register(c: Arc<Cluster>) {
         }
         let lease = match c
             .etcd
-            .call("lease grant", |mut cl| async move { cl.lease_grant(ttl, None).await })
+            .call("lease grant", |mut cl| async move {
+                cl.lease_grant(ttl, None).await
+            })
             .await
         {
             Ok(l) => l.id(),
@@ -233,7 +239,8 @@ pub(super) async fn register(c: Arc<Cluster>) {
         let put = c
             .etcd
             .call("register", |mut cl| async move {
-                cl.put(k, v, Some(PutOptions::new().with_lease(lease))).await
+                cl.put(k, v, Some(PutOptions::new().with_lease(lease)))
+                    .await
             })
             .await;
         if let Err(e) = put {
@@ -310,7 +317,10 @@ pub(super) async fn leave(c: &Cluster) {
     if lease != 0 {
         let _ = c
             .etcd
-            .call("leave", |mut cl| async move { cl.lease_revoke(lease).await })
+            .call(
+                "leave",
+                |mut cl| async move { cl.lease_revoke(lease).await },
+            )
             .await;
     }
     tracing::info!(edge = %c.cfg.edge_id, "left the cluster");

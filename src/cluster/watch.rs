@@ -137,7 +137,11 @@ enum Broken {
 
 /// One watch stream on the current endpoint, until it breaks or the endpoint rotates.
 async fn watch_once(c: &Arc<Cluster>, ops: &Arc<Ops>) -> Result<(), Broken> {
-    let conn = c.etcd.conn().await.map_err(|e| Broken::Stream(u64::MAX, e))?;
+    let conn = c
+        .etcd
+        .conn()
+        .await
+        .map_err(|e| Broken::Stream(u64::MAX, e))?;
     let (gen, endpoint) = (conn.gen, conn.endpoint.clone());
     let fail = |what: &'static str, msg: String| {
         Broken::Stream(
@@ -196,7 +200,11 @@ async fn watch_once(c: &Arc<Cluster>, ops: &Arc<Ops>) -> Result<(), Broken> {
         };
         asked = None;
         if resp.compact_revision() > 0 {
-            tracing::warn!(compacted = resp.compact_revision(), from, "the watch's start was compacted; re-listing");
+            tracing::warn!(
+                compacted = resp.compact_revision(),
+                from,
+                "the watch's start was compacted; re-listing"
+            );
             return Err(Broken::Compacted);
         }
         if resp.canceled() {
@@ -247,7 +255,9 @@ async fn apply_batch(c: &Arc<Cluster>, ops: &Arc<Ops>, resp: &etcd_client::Watch
             Ok((s, _)) => {
                 ops.apply_remote(s).await;
             }
-            Err(e) => tracing::error!(error = %e, "ignoring a state this edge cannot read; it keeps serving its last table"),
+            Err(e) => {
+                tracing::error!(error = %e, "ignoring a state this edge cannot read; it keeps serving its last table")
+            }
         }
     }
     // Only the revisions of events delivered count as seen. A response without events (the

@@ -357,7 +357,9 @@ fn proxy_protocol(cx: &mut Ctx, p: &raw::RawProxy) -> ProxyProtocol {
             "https" => pp.https = true,
             other => cx.err(
                 l,
-                format!("proxy_protocol entry `{other}` is not a listener; use \"http\" or \"https\""),
+                format!(
+                    "proxy_protocol entry `{other}` is not a listener; use \"http\" or \"https\""
+                ),
             ),
         }
     }

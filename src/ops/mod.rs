@@ -24,8 +24,8 @@ use crate::metrics::Metrics;
 use crate::proxy::tls::CertStore;
 use crate::routing::{RoutingTable, SiteShared};
 use crate::state::{self, SiteState, State, StateError};
-pub(crate) use store::{local_inflight, Store};
 use store::Outcome;
+pub(crate) use store::{local_inflight, Store};
 
 mod audit;
 mod maintenance;
@@ -259,7 +259,7 @@ impl Ops {
             Outcome::Moved(current) => {
                 let v = current.version;
                 if v > inner.state.version {
-                    self.install(inner, current);
+                    self.install(inner, *current);
                 }
                 Err(OpError::Moved { current: v })
             }

@@ -15,8 +15,10 @@ impl Ops {
         if_match: Option<u64>,
         peer: Peer,
     ) -> Result<PoolResponse, OpError> {
-        self.rounds(if_match, || self.set_pool_once(site, color, &req, if_match, peer))
-            .await
+        self.rounds(if_match, || {
+            self.set_pool_once(site, color, &req, if_match, peer)
+        })
+        .await
     }
 
     async fn set_pool_once(

@@ -31,7 +31,7 @@ pub(crate) enum Outcome {
     /// Durable at this version.
     Done(u64),
     /// Not made: the state had moved on to this one (cluster only), to be installed.
-    Moved(State),
+    Moved(Box<State>),
 }
 
 impl Store {
@@ -78,21 +78,19 @@ impl Store {
     ) -> Result<Option<ClusterSpread>, OpError> {
         let started = Instant::now();
         match self {
-            Store::File(_) => {
-                loop {
-                    let left = local_inflight(covered);
-                    if left == 0 {
-                        return Ok(None);
-                    }
-                    if started.elapsed() >= wait {
-                        return Err(OpError::Timeout(format!(
+            Store::File(_) => loop {
+                let left = local_inflight(covered);
+                if left == 0 {
+                    return Ok(None);
+                }
+                if started.elapsed() >= wait {
+                    return Err(OpError::Timeout(format!(
                             "read-only is ON, but {left} write(s) were still in flight after {}s; do not start a backup yet — retry `read-only on` to wait again",
                             wait.as_secs()
                         )));
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-            }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            },
             Store::Cluster(c) => c
                 .drained(version as i64, committed_at, covered, wait)
                 .await

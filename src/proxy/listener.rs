@@ -168,8 +168,7 @@ pub async fn accept_loop(
         loops.push(w.handle.spawn(async move {
             match TcpListener::from_std(l) {
                 Ok(l) => {
-                    worker_accept_loop(l, Some(i), tls, proxy_header, edge, tracker, shutdown)
-                        .await
+                    worker_accept_loop(l, Some(i), tls, proxy_header, edge, tracker, shutdown).await
                 }
                 Err(e) => tracing::error!(error = %e, "cannot accept connections"),
             }
@@ -224,7 +223,16 @@ async fn worker_accept_loop(
             let _worker = worker.map(WorkerSlot);
             edge.metrics.connections_total.inc();
             edge.metrics.connections_open.inc();
-            connection(stream, peer, tls, proxy_header, edge.clone(), builder, shutdown).await;
+            connection(
+                stream,
+                peer,
+                tls,
+                proxy_header,
+                edge.clone(),
+                builder,
+                shutdown,
+            )
+            .await;
             edge.metrics.connections_open.dec();
         };
         let Some(me) = me else {

@@ -65,14 +65,18 @@ impl Setup {
     async fn wait_all_live(&self) {
         let n = self.edges.len();
         for e in &self.edges {
-            wait_until_async(Duration::from_secs(20), "every edge live and fresh", || async {
-                let v = cluster_status(e).await;
-                let ok = v["fresh"] == true
-                    && v["edges"].as_array().is_some_and(|a| {
-                        a.iter().filter(|x| x["health"] == "ok").count() == n
-                    });
-                ok.then_some(())
-            })
+            wait_until_async(
+                Duration::from_secs(20),
+                "every edge live and fresh",
+                || async {
+                    let v = cluster_status(e).await;
+                    let ok = v["fresh"] == true
+                        && v["edges"]
+                            .as_array()
+                            .is_some_and(|a| a.iter().filter(|x| x["health"] == "ok").count() == n);
+                    ok.then_some(())
+                },
+            )
             .await;
         }
     }
@@ -99,7 +103,11 @@ struct Seen {
 }
 
 /// Closed-loop GETs over every edge, h1 keep-alive (plain) and h2 (TLS, ALPN), until `stop`.
-fn load(edges: &[Proxy], stop: Arc<AtomicBool>, log: Arc<Mutex<Vec<Seen>>>) -> Vec<tokio::task::JoinHandle<()>> {
+fn load(
+    edges: &[Proxy],
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<Seen>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     for (i, p) in edges.iter().enumerate() {
         for h2 in [false, true] {
@@ -122,7 +130,13 @@ fn load(edges: &[Proxy], stop: Arc<AtomicBool>, log: Arc<Mutex<Vec<Seen>>>) -> V
                         Err(e) => Err(e.to_string()),
                     };
                     let took = start.elapsed();
-                    log.lock().unwrap().push(Seen { start, took, edge: i, h2, body });
+                    log.lock().unwrap().push(Seen {
+                        start,
+                        took,
+                        edge: i,
+                        h2,
+                        body,
+                    });
                 }
             }));
         }
@@ -135,7 +149,9 @@ fn load(edges: &[Proxy], stop: Arc<AtomicBool>, log: Arc<Mutex<Vec<Seen>>>) -> V
 /// request that started after a switch answered reaches the old color on any edge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_19_switches_through_any_edge_under_load() {
-    let Some(s) = setup("load", 3, "").await else { return };
+    let Some(s) = setup("load", 3, "").await else {
+        return;
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let log = Arc::new(Mutex::new(Vec::new()));
     let tasks = load(&s.edges, stop.clone(), log.clone());
@@ -152,7 +168,11 @@ async fn issue_19_switches_through_any_edge_under_load() {
         let answered = Instant::now();
         assert_eq!(st, 200, "switch {i} to {to} via e{}: {v}", i % 3);
         assert_eq!(v["cluster"]["complete"], true, "switch {i}: {v}");
-        assert_eq!(v["cluster"]["acked"].as_array().map(|a| a.len()), Some(3), "{v}");
+        assert_eq!(
+            v["cluster"]["acked"].as_array().map(|a| a.len()),
+            Some(3),
+            "{v}"
+        );
         skew.push(v["cluster"]["waited_ms"].as_f64().unwrap());
         latency.push(answered.duration_since(sent).as_secs_f64() * 1000.0);
         switches.push((sent, answered, to));
@@ -164,16 +184,23 @@ async fn issue_19_switches_through_any_edge_under_load() {
     for t in tasks {
         t.await.unwrap();
     }
-    let log = log.lock().unwrap();
+    let log = std::mem::take(&mut *log.lock().unwrap());
     let failed: Vec<_> = log.iter().filter_map(|r| r.body.as_ref().err()).collect();
-    assert!(failed.is_empty(), "{} failed requests, e.g. {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "{} failed requests, e.g. {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
     // A request that started after switch k answered, and was answered before switch k+1 was
     // sent (so no later switch can have decided it; colors alternate, so k+1's color is k's
     // old one), must be served by k's color, whichever edge it went to.
     let mut checked = 0;
     let mut wrong = Vec::new();
     for r in log.iter() {
-        let Some(k) = switches.iter().rposition(|(_, a, _)| *a <= r.start) else { continue };
+        let Some(k) = switches.iter().rposition(|(_, a, _)| *a <= r.start) else {
+            continue;
+        };
         if k + 1 < switches.len() && r.start + r.took >= switches[k + 1].0 {
             continue;
         }
@@ -191,8 +218,16 @@ async fn issue_19_switches_through_any_edge_under_load() {
             ));
         }
     }
-    assert!(wrong.is_empty(), "{} requests reached the old color, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
-    assert!(checked > 100, "too few requests between switches: {checked}");
+    assert!(
+        wrong.is_empty(),
+        "{} requests reached the old color, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    assert!(
+        checked > 100,
+        "too few requests between switches: {checked}"
+    );
     skew.sort_by(|a, b| a.partial_cmp(b).unwrap());
     latency.sort_by(|a, b| a.partial_cmp(b).unwrap());
     eprintln!(
@@ -211,7 +246,14 @@ async fn issue_19_switches_through_any_edge_under_load() {
     }
     assert!(out.contains("ok"), "{out}");
     let http = reqwest::Client::new();
-    let m = http.get(format!("http://{}/metrics", s.edges[0].metrics.unwrap())).send().await.unwrap().text().await.unwrap();
+    let m = http
+        .get(format!("http://{}/metrics", s.edges[0].metrics.unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for name in [
         "switchyard_cluster_applied_revision",
         "switchyard_cluster_fresh 1",
@@ -222,8 +264,18 @@ async fn issue_19_switches_through_any_edge_under_load() {
     ] {
         assert!(m.contains(name), "/metrics has no {name}");
     }
-    let page = http.get(format!("http://{}/", s.edges[0].metrics.unwrap())).send().await.unwrap().text().await.unwrap();
-    assert!(page.contains("<h2>cluster") && page.contains("e2"), "{page}");
+    let page = http
+        .get(format!("http://{}/", s.edges[0].metrics.unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("<h2>cluster") && page.contains("e2"),
+        "{page}"
+    );
 }
 
 /// See: issue 19. etcd faults during switches: kill -9 of the leader, SIGSTOP of a member, a
@@ -231,7 +283,9 @@ async fn issue_19_switches_through_any_edge_under_load() {
 /// and every edge ends on the same version and color.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_19_etcd_faults_during_switches() {
-    let Some(mut s) = setup("faults", 3, "").await else { return };
+    let Some(mut s) = setup("faults", 3, "").await else {
+        return;
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let log = Arc::new(Mutex::new(Vec::new()));
     let tasks = load(&s.edges, stop.clone(), log.clone());
@@ -280,7 +334,10 @@ async fn issue_19_etcd_faults_during_switches() {
         if code == 200 {
             ok += 1;
         } else {
-            assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "switch {i}: {code} without a message: {v}");
+            assert!(
+                v["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "switch {i}: {code} without a message: {v}"
+            );
             refused.push(format!("{code} after {:?}: {}", t.elapsed(), v["error"]));
         }
     }
@@ -288,10 +345,18 @@ async fn issue_19_etcd_faults_during_switches() {
     for t in tasks {
         t.await.unwrap();
     }
-    let log = log.lock().unwrap();
+    let log = std::mem::take(&mut *log.lock().unwrap());
     let failed: Vec<_> = log.iter().filter_map(|r| r.body.as_ref().err()).collect();
-    assert!(failed.is_empty(), "{} failed requests, e.g. {:?}", failed.len(), &failed[..failed.len().min(5)]);
-    assert!(ok >= 40, "only {ok} of 60 switches went through: {refused:?}");
+    assert!(
+        failed.is_empty(),
+        "{} failed requests, e.g. {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        ok >= 40,
+        "only {ok} of 60 switches went through: {refused:?}"
+    );
     // Every edge converges on one version and color.
     let want = status_of(&s.edges[0]).await;
     for e in &s.edges {
@@ -301,7 +366,10 @@ async fn issue_19_etcd_faults_during_switches() {
         })
         .await;
     }
-    eprintln!("issue 19: etcd faults: {ok} of 60 switches done, {} requests ok, refused: {refused:?}", log.len());
+    eprintln!(
+        "issue 19: etcd faults: {ok} of 60 switches done, {} requests ok, refused: {refused:?}",
+        log.len()
+    );
 }
 
 async fn status_of(p: &Proxy) -> (u64, String) {
@@ -316,7 +384,9 @@ async fn status_of(p: &Proxy) -> (u64, String) {
 /// restarted, it serves nothing until it has loaded the state, and then the current color.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_19_edge_killed_and_restarted() {
-    let Some(mut s) = setup("restart", 3, "").await else { return };
+    let Some(mut s) = setup("restart", 3, "").await else {
+        return;
+    };
     let (st, _) = switch_via(&s.edges[0], "green", None).await;
     assert_eq!(st, 200);
     let mut dead = s.edges.remove(2);
@@ -363,10 +433,17 @@ async fn issue_19_cut_off_edge_refuses_writes_before_the_barrier_answers() {
     for m in &etcd.members {
         relays.push(Relay::start(m.client).await);
     }
-    let relayed: Vec<String> = relays.iter().map(|r| format!("http://{}", r.addr)).collect();
+    let relayed: Vec<String> = relays
+        .iter()
+        .map(|r| format!("http://{}", r.addr))
+        .collect();
     let edges: Vec<Proxy> = (0..3)
         .map(|i| {
-            let eps = if i == 2 { relayed.clone() } else { etcd.endpoints() };
+            let eps = if i == 2 {
+                relayed.clone()
+            } else {
+                etcd.endpoints()
+            };
             start_edge(
                 "access_log = \"off\"",
                 &wiki(&blue, &green, ""),
@@ -374,7 +451,13 @@ async fn issue_19_cut_off_edge_refuses_writes_before_the_barrier_answers() {
             )
         })
         .collect();
-    let s = Setup { _turn: turn, etcd, edges, blue, green };
+    let s = Setup {
+        _turn: turn,
+        etcd,
+        edges,
+        blue,
+        green,
+    };
     s.wait_all_live().await;
     // Writers on every edge: (edge, status, body, answered at).
     let stop = Arc::new(AtomicBool::new(false));
@@ -397,7 +480,9 @@ async fn issue_19_cut_off_edge_refuses_writes_before_the_barrier_answers() {
     }
     wait_until(Duration::from_secs(5), "writes on every edge", || {
         let a = answers.lock().unwrap();
-        (0..3).all(|i| a.iter().any(|x| x.0 == i && x.1 == 200)).then_some(())
+        (0..3)
+            .all(|i| a.iter().any(|x| x.0 == i && x.1 == 200))
+            .then_some(())
     });
     for r in &relays {
         r.cut();
@@ -413,7 +498,12 @@ async fn issue_19_cut_off_edge_refuses_writes_before_the_barrier_answers() {
     .await;
     let answered = Instant::now();
     assert_eq!(st, 200, "{v}");
-    let bounded: Vec<&str> = v["cluster"]["bounded"].as_array().unwrap().iter().filter_map(|x| x.as_str()).collect();
+    let bounded: Vec<&str> = v["cluster"]["bounded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x.as_str())
+        .collect();
     assert_eq!(bounded, ["e2"], "the cut edge is counted by its bound: {v}");
     // Keep the writers going a moment past the answer: nothing may get through anywhere.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -421,40 +511,61 @@ async fn issue_19_cut_off_edge_refuses_writes_before_the_barrier_answers() {
     for t in tasks {
         t.await.unwrap();
     }
-    let a = answers.lock().unwrap();
+    let a = std::mem::take(&mut *answers.lock().unwrap());
     let first_unknown = a
         .iter()
         .filter(|x| x.0 == 2 && x.1 == 503 && x.2.contains("cluster state unknown"))
         .map(|x| x.3)
         .min()
         .expect("the cut edge refused writes with 'cluster state unknown'");
-    assert!(first_unknown < answered, "the cut edge refused writes only {:?} after the barrier answered", first_unknown - answered);
+    assert!(
+        first_unknown < answered,
+        "the cut edge refused writes only {:?} after the barrier answered",
+        first_unknown - answered
+    );
     let late: Vec<_> = [&s.blue, &s.green]
         .iter()
         .flat_map(|b| b.seen.write_times.lock().unwrap().clone())
         .filter(|t| *t > answered)
         .collect();
-    assert!(late.is_empty(), "{} write(s) reached a backend after read-only on answered", late.len());
+    assert!(
+        late.is_empty(),
+        "{} write(s) reached a backend after read-only on answered",
+        late.len()
+    );
     let accepted_after = a.iter().filter(|x| x.1 == 200 && x.3 > answered).count();
-    assert_eq!(accepted_after, 0, "writes accepted after the barrier answered");
+    assert_eq!(
+        accepted_after, 0,
+        "writes accepted after the barrier answered"
+    );
     eprintln!(
         "issue 19: cut edge refusing writes {:?} after the cut; barrier answered {:?} after the cut: {}",
         first_unknown - cut_at,
         answered - cut_at,
         v["cluster"]
     );
-    drop(a);
     // Healed, the cut edge catches up by itself: read-only there too.
     for r in &relays {
         r.heal();
     }
     let c = reqwest::Client::new();
-    wait_until_async(Duration::from_secs(15), "the healed edge to apply read-only", || async {
-        let r = post(&c, &s.edges[2], HOST, "/w").await?;
-        (r.0 == 503 && r.1.contains("backup")).then_some(())
-    })
+    wait_until_async(
+        Duration::from_secs(15),
+        "the healed edge to apply read-only",
+        || async {
+            let r = post(&c, &s.edges[2], HOST, "/w").await?;
+            (r.0 == 503 && r.1.contains("backup")).then_some(())
+        },
+    )
     .await;
-    let (st, _) = control(&s.edges[1].control, "PUT", "/v1/read-only", Some(r#"{"on":false}"#), None).await;
+    let (st, _) = control(
+        &s.edges[1].control,
+        "PUT",
+        "/v1/read-only",
+        Some(r#"{"on":false}"#),
+        None,
+    )
+    .await;
     assert_eq!(st, 200);
 }
 
@@ -474,10 +585,27 @@ async fn issue_19_compaction_while_cut_off_relists() {
     for m in &etcd.members {
         relays.push(Relay::start(m.client).await);
     }
-    let relayed: Vec<String> = relays.iter().map(|r| format!("http://{}", r.addr)).collect();
-    let a = start_edge("access_log = \"off\"", &wiki(&blue, &green, ""), &cluster_section(&etcd.endpoints(), &p, "e0", ""));
-    let b = start_edge("access_log = \"off\"", &wiki(&blue, &green, ""), &cluster_section(&relayed, &p, "e1", ""));
-    let s = Setup { _turn: turn, etcd, edges: vec![a, b], blue, green };
+    let relayed: Vec<String> = relays
+        .iter()
+        .map(|r| format!("http://{}", r.addr))
+        .collect();
+    let a = start_edge(
+        "access_log = \"off\"",
+        &wiki(&blue, &green, ""),
+        &cluster_section(&etcd.endpoints(), &p, "e0", ""),
+    );
+    let b = start_edge(
+        "access_log = \"off\"",
+        &wiki(&blue, &green, ""),
+        &cluster_section(&relayed, &p, "e1", ""),
+    );
+    let s = Setup {
+        _turn: turn,
+        etcd,
+        edges: vec![a, b],
+        blue,
+        green,
+    };
     s.wait_all_live().await;
     for r in &relays {
         r.cut();
@@ -486,21 +614,39 @@ async fn issue_19_compaction_while_cut_off_relists() {
         let (st, v) = switch_via(&s.edges[0], to, None).await;
         assert_eq!(st, 200, "{v}");
     }
-    let mut c = etcd_client::Client::connect(&s.etcd.endpoints(), None).await.unwrap();
+    let mut c = etcd_client::Client::connect(&s.etcd.endpoints(), None)
+        .await
+        .unwrap();
     let rev = c.get("x", None).await.unwrap().header().unwrap().revision();
-    c.compact(rev, Some(etcd_client::CompactionOptions::new().with_physical())).await.unwrap();
+    c.compact(
+        rev,
+        Some(etcd_client::CompactionOptions::new().with_physical()),
+    )
+    .await
+    .unwrap();
     for r in &relays {
         r.heal();
     }
     let http = reqwest::Client::new();
-    wait_until_async(Duration::from_secs(20), "the edge behind the compaction to catch up", || async {
-        let r = get(&http, &s.edges[1], HOST, "/").await?;
-        (r.1 == "green").then_some(())
-    })
+    wait_until_async(
+        Duration::from_secs(20),
+        "the edge behind the compaction to catch up",
+        || async {
+            let r = get(&http, &s.edges[1], HOST, "/").await?;
+            (r.1 == "green").then_some(())
+        },
+    )
     .await;
-    wait_until(Duration::from_secs(10), "the watch to see the compaction and re-list", || {
-        s.edges[1].stderr_text().contains("re-listing").then_some(())
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "the watch to see the compaction and re-list",
+        || {
+            s.edges[1]
+                .stderr_text()
+                .contains("re-listing")
+                .then_some(())
+        },
+    );
     s.wait_all_live().await;
 }
 
@@ -509,7 +655,9 @@ async fn issue_19_compaction_while_cut_off_relists() {
 /// returns, all of them accept writes again by themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_19_etcd_down_reads_go_on_writes_wait_and_recover() {
-    let Some(mut s) = setup("down", 3, "").await else { return };
+    let Some(mut s) = setup("down", 3, "").await else {
+        return;
+    };
     let (st, _) = switch_via(&s.edges[0], "green", None).await;
     assert_eq!(st, 200);
     let c = reqwest::Client::new();
@@ -521,19 +669,29 @@ async fn issue_19_etcd_down_reads_go_on_writes_wait_and_recover() {
     }
     let down = Instant::now();
     for e in &s.edges {
-        wait_until_async(Duration::from_secs(10), "writes refused without etcd", || async {
-            let r = post(&c, e, HOST, "/w").await?;
-            (r.0 == 503 && r.1.contains("cluster state unknown")).then_some(())
-        })
+        wait_until_async(
+            Duration::from_secs(10),
+            "writes refused without etcd",
+            || async {
+                let r = post(&c, e, HOST, "/w").await?;
+                (r.0 == 503 && r.1.contains("cluster state unknown")).then_some(())
+            },
+        )
         .await;
         let (code, body) = get(&c, e, HOST, "/").await.unwrap();
         assert_eq!((code, body.as_str()), (200, "green"), "reads go on");
     }
-    eprintln!("issue 19: etcd down: every edge refused writes within {:?}", down.elapsed());
+    eprintln!(
+        "issue 19: etcd down: every edge refused writes within {:?}",
+        down.elapsed()
+    );
     // A restart without etcd: reads from the local snapshot (after startup_timeout), no writes.
     let back = restart_edge(&mut s.edges[2]).expect("restart from the snapshot");
     s.edges[2] = back;
-    assert_eq!(get(&c, &s.edges[2], HOST, "/").await.unwrap(), (200, "green".into()));
+    assert_eq!(
+        get(&c, &s.edges[2], HOST, "/").await.unwrap(),
+        (200, "green".into())
+    );
     let r = post(&c, &s.edges[2], HOST, "/w").await.unwrap();
     assert_eq!(r.0, 503, "{r:?}");
     for i in 0..3 {
@@ -547,7 +705,10 @@ async fn issue_19_etcd_down_reads_go_on_writes_wait_and_recover() {
         })
         .await;
     }
-    eprintln!("issue 19: etcd back: every edge accepts writes again within {:?}", back.elapsed());
+    eprintln!(
+        "issue 19: etcd back: every edge accepts writes again within {:?}",
+        back.elapsed()
+    );
     s.wait_all_live().await;
 }
 
@@ -555,7 +716,9 @@ async fn issue_19_etcd_down_reads_go_on_writes_wait_and_recover() {
 /// sees a write taken by another edge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_19_if_match_and_write_guard_across_edges() {
-    let Some(s) = setup("guard", 3, "colors_hold_data = true").await else { return };
+    let Some(s) = setup("guard", 3, "colors_hold_data = true").await else {
+        return;
+    };
     let (a, b, c) = (&s.edges[0], &s.edges[1], &s.edges[2]);
     let v = status_of(a).await.0;
     let (st, r) = switch_via(b, "green", Some(v)).await;
@@ -565,10 +728,14 @@ async fn issue_19_if_match_and_write_guard_across_edges() {
     // A write through b reaches green; a switch back through a must see it.
     let http = reqwest::Client::new();
     assert_eq!(post(&http, b, HOST, "/w").await.unwrap().0, 200);
-    wait_until_async(Duration::from_secs(10), "the write mark on every edge", || async {
-        let (_, v) = control(&a.control, "GET", "/v1/status", None, None).await;
-        (v["sites"][0]["written_since_switch"] == true).then_some(())
-    })
+    wait_until_async(
+        Duration::from_secs(10),
+        "the write mark on every edge",
+        || async {
+            let (_, v) = control(&a.control, "GET", "/v1/status", None, None).await;
+            (v["sites"][0]["written_since_switch"] == true).then_some(())
+        },
+    )
     .await;
     let (st, r) = switch_via(a, "blue", None).await;
     assert_eq!(st, 409, "{r}");
@@ -616,21 +783,36 @@ async fn issue_19_proxy_protocol_from_trusted_peers_only() {
     );
     let addr = p.http.unwrap();
     let req = "GET /headers HTTP/1.1\r\nHost: wiki.test\r\nConnection: close\r\n\r\n";
-    let v1 = exchange_from("127.0.0.1", addr, format!("PROXY TCP4 192.0.2.9 127.0.0.1 5555 80\r\n{req}").as_bytes()).await;
+    let v1 = exchange_from(
+        "127.0.0.1",
+        addr,
+        format!("PROXY TCP4 192.0.2.9 127.0.0.1 5555 80\r\n{req}").as_bytes(),
+    )
+    .await;
     assert!(v1.starts_with("HTTP/1.1 200"), "{v1}");
     assert!(v1.contains("\"x-forwarded-for\":\"192.0.2.9\""), "{v1}");
     let mut v2 = Vec::from(&b"\r\n\r\n\0\r\nQUIT\n"[..]);
-    v2.extend_from_slice(&[0x21, 0x11, 0, 12, 198, 51, 100, 7, 127, 0, 0, 1, 0x1f, 0x90, 0, 80]);
+    v2.extend_from_slice(&[
+        0x21, 0x11, 0, 12, 198, 51, 100, 7, 127, 0, 0, 1, 0x1f, 0x90, 0, 80,
+    ]);
     v2.extend_from_slice(req.as_bytes());
     let out = exchange_from("127.0.0.1", addr, &v2).await;
-    assert!(out.contains("\"x-forwarded-for\":\"198.51.100.7\""), "{out}");
+    assert!(
+        out.contains("\"x-forwarded-for\":\"198.51.100.7\""),
+        "{out}"
+    );
     // Trusted, but no header: dropped without an answer.
     let out = exchange_from("127.0.0.1", addr, req.as_bytes()).await;
     assert!(out.is_empty(), "{out}");
     // Untrusted (127.0.0.2): taken as it comes; a PROXY line is not honoured.
     let out = exchange_from("127.0.0.2", addr, req.as_bytes()).await;
     assert!(out.contains("\"x-forwarded-for\":\"127.0.0.2\""), "{out}");
-    let out = exchange_from("127.0.0.2", addr, format!("PROXY TCP4 192.0.2.9 127.0.0.1 5555 80\r\n{req}").as_bytes()).await;
+    let out = exchange_from(
+        "127.0.0.2",
+        addr,
+        format!("PROXY TCP4 192.0.2.9 127.0.0.1 5555 80\r\n{req}").as_bytes(),
+    )
+    .await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert!(!b.seen.paths.lock().unwrap().is_empty());
 }
@@ -675,10 +857,17 @@ async fn issue_19_release_against_a_clustered_edge() {
         return;
     }
     let o = std::process::Command::new("bash")
-        .arg(format!("{}/tests/images/build-testapp.sh", env!("CARGO_MANIFEST_DIR")))
+        .arg(format!(
+            "{}/tests/images/build-testapp.sh",
+            env!("CARGO_MANIFEST_DIR")
+        ))
         .output()
         .unwrap();
-    assert!(o.status.success(), "build-testapp.sh: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "build-testapp.sh: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let _turn = turn().await;
     let etcd = EtcdCluster::start(3).await;
     let docker = DockerPrefix(format!("syt-cl-{}", std::process::id()));
@@ -718,19 +907,53 @@ migrate = ["/sy-testapp", "migrate"]
         p = docker.0
     );
     let edges: Vec<Proxy> = (0..2)
-        .map(|i| start_edge("", &site, &cluster_section(&etcd.endpoints(), &pfx, &format!("e{i}"), "")))
+        .map(|i| {
+            start_edge(
+                "",
+                &site,
+                &cluster_section(&etcd.endpoints(), &pfx, &format!("e{i}"), ""),
+            )
+        })
         .collect();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
     let up = edges[0].ok(&["up", "notes", "--version", "1"]);
     assert!(up.contains("healthy"), "{up}");
-    let note = http.post(edges[1].url("/notes")).header("host", "notes.test").body("kept").send().await.unwrap();
+    let note = http
+        .post(edges[1].url("/notes"))
+        .header("host", "notes.test")
+        .body("kept")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(note.status(), 201, "a write through the other edge");
     let out = edges[0].ok(&["release", "notes", "--version", "2"]);
     assert!(out.contains("released") || out.contains("switch"), "{out}");
     for e in &edges {
-        let r = http.get(e.url("/version")).header("host", "notes.test").send().await.unwrap();
-        assert_eq!(r.headers().get("x-app-version").and_then(|v| v.to_str().ok()), Some("2"), "every edge serves v2");
-        let notes = http.get(e.url("/notes")).header("host", "notes.test").send().await.unwrap().text().await.unwrap();
+        let r = http
+            .get(e.url("/version"))
+            .header("host", "notes.test")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.headers()
+                .get("x-app-version")
+                .and_then(|v| v.to_str().ok()),
+            Some("2"),
+            "every edge serves v2"
+        );
+        let notes = http
+            .get(e.url("/notes"))
+            .header("host", "notes.test")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert!(notes.contains("kept"), "{notes}");
     }
     drop(edges);
@@ -739,7 +962,15 @@ migrate = ["/sy-testapp", "migrate"]
 /// h1 requests/s through `p` for `secs` (h2load, 8 keep-alive connections), or None without it.
 fn h1_rate(p: &Proxy, secs: u32) -> Option<f64> {
     let o = std::process::Command::new("h2load")
-        .args(["--h1", "-c8", "-t1", "-D", &secs.to_string(), "-H", &format!("host: {HOST}")])
+        .args([
+            "--h1",
+            "-c8",
+            "-t1",
+            "-D",
+            &secs.to_string(),
+            "-H",
+            &format!("host: {HOST}"),
+        ])
         .arg(p.url("/"))
         .output()
         .ok()?;
@@ -756,7 +987,9 @@ fn h1_rate(p: &Proxy, secs: u32) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn issue_19_cluster_bench() {
-    let Some(s) = setup("bench", 3, "").await else { return };
+    let Some(s) = setup("bench", 3, "").await else {
+        return;
+    };
     let mut skew = Vec::new();
     for i in 0..200 {
         let to = if i % 2 == 0 { "green" } else { "blue" };
@@ -765,7 +998,12 @@ async fn issue_19_cluster_bench() {
         skew.push(v["cluster"]["waited_ms"].as_f64().unwrap());
     }
     skew.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    eprintln!("bench: skew idle over 200 switches: p50 {:.1} ms p99 {:.1} ms max {:.1} ms", pct(&skew, 0.5), pct(&skew, 0.99), skew.last().unwrap());
+    eprintln!(
+        "bench: skew idle over 200 switches: p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
+        pct(&skew, 0.5),
+        pct(&skew, 0.99),
+        skew.last().unwrap()
+    );
     let alone = Proxy::start("access_log = \"off\"", &wiki(&s.blue, &s.green, ""));
     let (mut a, mut c) = (Vec::new(), Vec::new());
     for _ in 0..5 {

@@ -122,13 +122,23 @@ impl EtcdCluster {
             .args(["--listen-client-urls", &format!("http://{}", m.client)])
             .args(["--advertise-client-urls", &format!("http://{}", m.client)])
             .args(["--listen-peer-urls", &format!("http://{}", m.peer)])
-            .args(["--initial-advertise-peer-urls", &format!("http://{}", m.peer)])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://{}", m.peer),
+            ])
             .args(["--initial-cluster", &self.initial])
             .args(["--initial-cluster-token", &self.token])
             .args(["--initial-cluster-state", state])
             // Fast elections for tests (production keeps etcd's defaults, 100 / 1000 ms).
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .args(["--logger", "zap", "--log-outputs", "stderr", "--log-level", "error"])
+            .args([
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+                "--log-level",
+                "error",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -258,7 +268,12 @@ pub fn cluster_section(endpoints: &[String], prefix: &str, id: &str, extra: &str
 /// Starts an edge with `sites` and `[cluster]` (from [`cluster_section`]) in a new temp dir.
 pub fn start_edge(proxy_extra: &str, sites: &str, cluster: &str) -> Proxy {
     let t = Proxy::tempdir();
-    let toml = format!("{}{}{}", proxy_section(t.path(), proxy_extra), sites, cluster);
+    let toml = format!(
+        "{}{}{}",
+        proxy_section(t.path(), proxy_extra),
+        sites,
+        cluster
+    );
     let dir = t.path().to_path_buf();
     Proxy::start_in(Some(t), &dir, &toml).unwrap_or_else(|e| panic!("edge did not start: {e}"))
 }
@@ -368,7 +383,9 @@ pub fn pct(sorted: &[f64], p: f64) -> f64 {
 
 /// The edge's `/v1/cluster` answer.
 pub async fn cluster_status(p: &Proxy) -> serde_json::Value {
-    control(&p.control, "GET", "/v1/cluster", None, None).await.1
+    control(&p.control, "GET", "/v1/cluster", None, None)
+        .await
+        .1
 }
 
 pub fn dir_of(p: &Proxy) -> &Path {

@@ -128,7 +128,10 @@ fn parse_v2(head: &[u8; 16], rest: &[u8]) -> io::Result<Header> {
             let mut a = [0u8; 16];
             a.copy_from_slice(&rest[..16]);
             let port = u16::from_be_bytes([rest[32], rest[33]]);
-            Ok(Header::Client(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(a)), port)))
+            Ok(Header::Client(SocketAddr::new(
+                IpAddr::V6(Ipv6Addr::from(a)),
+                port,
+            )))
         }
         0x11 | 0x12 | 0x21 | 0x22 => Err(bad("v2 address block too short")),
         _ => Ok(Header::Local),
@@ -150,7 +153,10 @@ mod tests {
             p => panic!("{p:?}"),
         }
         let l6 = b"PROXY TCP6 2001:db8::1 2001:db8::2 1 2\r\n";
-        assert!(matches!(parse_start(l6).unwrap(), Parsed::V1(_, Header::Client(_))));
+        assert!(matches!(
+            parse_start(l6).unwrap(),
+            Parsed::V1(_, Header::Client(_))
+        ));
         assert!(matches!(
             parse_start(b"PROXY UNKNOWN\r\n").unwrap(),
             Parsed::V1(15, Header::Local)
