@@ -22,6 +22,11 @@ use hyper_util::rt::TokioIo;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
+/// The binary the proxies run: `SWITCHYARD_BIN` (a release build, for the benchmarks) or [`BIN`].
+pub fn bin() -> String {
+    std::env::var("SWITCHYARD_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 /// Polls `probe` until it returns Some, or panics naming what never happened.
 pub fn wait_until<T>(deadline: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + deadline;
@@ -127,7 +132,7 @@ impl Proxy {
         config: &Path,
         env: &[(&str, &str)],
     ) -> Result<Proxy, String> {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.arg("serve")
             .arg("--config")
             .arg(config)
@@ -199,7 +204,7 @@ impl Proxy {
 
     /// Runs a CLI command against this proxy's control socket.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        Command::new(bin())
             .arg("--control")
             .arg(&self.control)
             .arg("--config")
