@@ -3,6 +3,7 @@
 pub mod accesslog; // the access log writer thread
 pub mod acme; // certificates from an ACME CA: order, store, renew (control plane)
 pub mod cli; // command line: parse, one call, print
+pub mod cluster; // several edges as one: the state in etcd, watch, acks, barriers
 pub mod config; // the TOML contract: raw → validated, every problem with file:line
 pub mod control; // control API on a Unix socket: types, server, client
 pub mod demo; // `switchyard demo`: two in-process backends + dev certificate

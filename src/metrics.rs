@@ -51,6 +51,14 @@ pub struct Metrics {
     pub proxy_errors: IntCounter,
     /// ACME orders by site and result (`ok`, `error`).
     acme_orders: IntCounterVec,
+    /// `[cluster]`: writes refused because this edge's view was not fresh.
+    pub cluster_refusals: IntCounter,
+    /// `[cluster]`: acks written (each also confirms freshness).
+    pub cluster_acks: IntCounter,
+    /// `[cluster]`: watch streams broken and reopened (on the next endpoint).
+    pub cluster_reconnects: IntCounter,
+    /// `[cluster]`: the etcd revision this edge has applied.
+    pub cluster_applied: IntGauge,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -159,6 +167,30 @@ impl Default for Metrics {
                 "ACME certificate orders by site and result (ok, error).",
                 &["site", "result"],
             ),
+            cluster_refusals: counter(
+                &r,
+                "switchyard_cluster_unknown_refusals_total",
+                "Writes refused (503) because this edge's view of the cluster state was not fresh.",
+            ),
+            cluster_acks: counter(
+                &r,
+                "switchyard_cluster_acks_total",
+                "Acknowledgements this edge wrote to etcd (each confirms its view is current).",
+            ),
+            cluster_reconnects: counter(
+                &r,
+                "switchyard_cluster_watch_reconnects_total",
+                "Watch streams to etcd that broke and were reopened on the next endpoint.",
+            ),
+            cluster_applied: {
+                let g = IntGauge::new(
+                    "switchyard_cluster_applied_revision",
+                    "The etcd revision of the shared state this edge has applied.",
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
             registry: r,
         }
     }

@@ -1,5 +1,7 @@
 //! `switchyard serve`: wires the pieces together and runs until SIGTERM/SIGINT. Startup order:
-//! certificates → state (refuse if unreadable) → listeners → control socket → ready line.
+//! certificates → state (refuse if unreadable; with `[cluster]`: loaded from etcd, or the local
+//! snapshot when etcd stays unreachable, and nothing is served before) → listeners → control
+//! socket → ready line.
 //! SIGHUP reloads like `switchyard reload`.
 
 use std::net::SocketAddr;
@@ -69,7 +71,24 @@ pub async fn serve(cfg: Config, on_ready: impl FnOnce(&Bound, &Config)) -> anyho
         )?))),
         _ => None,
     };
-    let ops = Arc::new(Ops::new(cfg.clone(), certs.clone(), metrics.clone())?);
+    let ops = match &cfg.cluster {
+        None => Arc::new(Ops::new(cfg.clone(), certs.clone(), metrics.clone())?),
+        Some(cc) => {
+            tracing::info!(edge = %cc.edge_id, prefix = %cc.prefix, endpoints = ?cc.endpoints, "joining the cluster");
+            let (cluster, state) = crate::cluster::join(&cfg, metrics.clone()).await?;
+            tracing::info!(revision = state.version, "loaded the cluster's state");
+            let store = crate::ops::Store::Cluster(cluster.clone());
+            let ops = Arc::new(Ops::with_state(
+                cfg.clone(),
+                state,
+                store,
+                certs.clone(),
+                metrics.clone(),
+            ));
+            crate::cluster::run(cluster, ops.clone());
+            ops
+        }
+    };
     if let Some(note) = crate::release::pending_release_note(&cfg) {
         // The state file still names the old environment, so it is what we serve.
         tracing::warn!("{note}");
@@ -99,6 +118,7 @@ pub async fn serve(cfg: Config, on_ready: impl FnOnce(&Bound, &Config)) -> anyho
         accepts.push(tokio::spawn(accept_loop(
             l,
             None,
+            cfg.proxy.proxy_protocol.http,
             edge.clone(),
             tracker.clone(),
             stop_rx.clone(),
@@ -112,6 +132,7 @@ pub async fn serve(cfg: Config, on_ready: impl FnOnce(&Bound, &Config)) -> anyho
         accepts.push(tokio::spawn(accept_loop(
             l,
             Some(acceptor),
+            cfg.proxy.proxy_protocol.https,
             edge.clone(),
             tracker.clone(),
             stop_rx.clone(),
@@ -169,6 +190,10 @@ pub async fn serve(cfg: Config, on_ready: impl FnOnce(&Bound, &Config)) -> anyho
         );
     }
     ops.persist_write_marks().await;
+    if let Some(c) = ops.store.cluster() {
+        // Only now, with no connection left, may the barrier stop waiting for this edge.
+        crate::cluster::leave(c).await;
+    }
     let _ = std::fs::remove_file(&cfg.proxy.control);
     Ok(())
 }

@@ -41,6 +41,19 @@ pub struct State {
     /// Maintenance mode: every request of the covered sites gets the maintenance page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<MaintenanceState>,
+    /// With `[cluster]`, the file is this edge's last snapshot of the shared state, and this
+    /// says of which cluster and at which etcd revision (`version` is that revision too). A start
+    /// that cannot reach etcd may serve reads from it, never writes (docs/cluster.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotTag>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SnapshotTag {
+    /// The cluster's key prefix.
+    pub prefix: String,
+    pub revision: i64,
+    pub saved: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -57,6 +70,10 @@ pub struct SiteState {
     /// guard still holds after a restart (the exact count lives in memory).
     #[serde(default)]
     pub written_since_switch: bool,
+    /// How long upgraded connections of the old color may stay after the last switch (so that
+    /// every edge of a cluster drains them alike). None: 30 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_s: Option<u64>,
 }
 
 impl SiteState {
@@ -68,6 +85,7 @@ impl SiteState {
             switched_at: None,
             pools: BTreeMap::new(),
             written_since_switch: false,
+            drain_s: None,
         }
     }
 }
@@ -190,6 +208,7 @@ mod tests {
                 switched_at: None,
                 pools: BTreeMap::new(),
                 written_since_switch: false,
+                drain_s: None,
             },
         );
         save(&p, &s).unwrap();

@@ -124,6 +124,19 @@ async fn metrics_text(ops: &Ops) -> String {
             }
         }
     }
+    if let Some(c) = &st.cluster {
+        let _ = writeln!(o, "# HELP switchyard_cluster_fresh This edge's view of the cluster state is confirmed within the freshness limit (writes accepted).\n# TYPE switchyard_cluster_fresh gauge\nswitchyard_cluster_fresh {}", u8::from(c.fresh));
+        let stale = c.staleness_ms.map(|ms| ms as f64 / 1000.0).unwrap_or(-1.0);
+        let _ = writeln!(o, "# HELP switchyard_cluster_staleness_seconds Since this edge's view was last confirmed by etcd (-1: never).\n# TYPE switchyard_cluster_staleness_seconds gauge\nswitchyard_cluster_staleness_seconds {stale}");
+        let _ = writeln!(o, "# HELP switchyard_cluster_edge_applied_revision The revision each edge acknowledged last, as this edge sees it.\n# TYPE switchyard_cluster_edge_applied_revision gauge");
+        for e in &c.edges {
+            let _ = writeln!(
+                o,
+                "switchyard_cluster_edge_applied_revision{{edge=\"{}\",health=\"{}\"}} {}",
+                e.id, e.health, e.applied
+            );
+        }
+    }
     o
 }
 
@@ -209,6 +222,32 @@ async fn status_html(ops: &Ops) -> String {
     }
     o.push_str("</table>");
     certificates_html(&mut o, &st);
+    if let Some(c) = &st.cluster {
+        let _ = write!(
+            o,
+            "<h2>cluster {}</h2><p>this edge: <b>{}</b>, revision {}, {}, etcd via {}</p><table><tr><th>edge</th><th>health</th><th>applied</th><th>fresh</th><th>last ack</th><th>writes in flight</th><th>address</th></tr>",
+            html_escape(&c.prefix),
+            html_escape(&c.edge_id),
+            c.revision,
+            if c.fresh { "fresh".to_string() } else { "<span class=down>STALE: writes refused</span>".to_string() },
+            html_escape(&c.endpoint)
+        );
+        for e in &c.edges {
+            let _ = write!(
+                o,
+                "<tr><td>{}</td><td{}>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                html_escape(&e.id),
+                if e.health == "ok" { "" } else { " class=down" },
+                html_escape(&e.health),
+                e.applied,
+                if e.fresh { "yes" } else { "no" },
+                e.last_ack_ms.map(|ms| format!("{ms} ms ago")).unwrap_or_else(|| "-".into()),
+                e.writes_in_flight,
+                html_escape(e.advertise.as_deref().unwrap_or("-"))
+            );
+        }
+        o.push_str("</table>");
+    }
     let _ = write!(
         o,
         "<p>state version {}, up {} s, {} connections open, {} requests</p></body></html>",

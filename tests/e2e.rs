@@ -49,3 +49,5 @@ mod acme;
 
 #[path = "e2e/fuzz_regressions.rs"]
 mod fuzz_regressions;
+#[path = "e2e/cluster.rs"]
+mod cluster;

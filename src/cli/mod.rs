@@ -6,9 +6,11 @@
 //! - `control.rs`: the daemon's verbs (status, switch, read-only, pool, reload, rollback).
 //! - `release.rs`: the Docker commands (up, release, envs).
 //! - `backups.rs`: `backup` and `backups` (sets; `--json`).
+//! - `cluster.rs`: `cluster status`, the edges of a `[cluster]`.
 //! - `render.rs`: tables and lines for people.
 
 mod backups;
+mod cluster;
 mod control;
 mod release;
 mod render;
@@ -168,6 +170,20 @@ pub enum Cmd {
     Backups {
         #[command(subcommand)]
         what: BackupsCmd,
+    },
+    /// Several edges sharing one state in etcd (`[cluster]`).
+    Cluster {
+        #[command(subcommand)]
+        what: ClusterCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Every edge, the revision it has applied, and its health.
+    Status {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -446,5 +462,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             backups::backup(&cfg, &client, site, *json).await
         }
         Cmd::Backups { what } => backups::backups(&cli.load_config()?, what).await,
+        Cmd::Cluster {
+            what: ClusterCmd::Status { json },
+        } => cluster::status(&cli.client()?, *json).await,
     }
 }

@@ -107,6 +107,9 @@ pub struct Config {
     /// `[acme]`, with its defaults when only a site's `acme = true` asks for it; None when no
     /// site uses ACME.
     pub acme: Option<AcmeConfig>,
+    /// `[cluster]`: the state lives in etcd and several edges apply it (docs/cluster.md). None:
+    /// one edge and its state file, exactly as without clustering.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Let's Encrypt's production directory, the default of `[acme] directory`.
@@ -148,6 +151,34 @@ impl ChallengeKind {
     }
 }
 
+/// `[cluster]`, checked. Every duration has a default; see docs/cluster.md for how they relate.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// etcd client URLs (`http://host:port`), tried in turn.
+    pub endpoints: Vec<String>,
+    /// Every key of this cluster lives under it (ends with `/`).
+    pub prefix: String,
+    /// This edge's name, unique in the cluster (default: the host name).
+    pub edge_id: String,
+    /// How people reach this edge, shown by `cluster status` (default: none).
+    pub advertise: Option<String>,
+    /// Connecting to one endpoint.
+    pub dial_timeout: Duration,
+    /// One etcd call; past it the endpoint counts as failed and the next one is tried.
+    pub request_timeout: Duration,
+    /// The lease of this edge's registration (`edges/{id}`).
+    pub lease_ttl: Duration,
+    /// F: a view older than this refuses writes (503, cluster state unknown).
+    pub freshness: Duration,
+    /// W: how long an admitted write may take at most (the barrier waits F + W for an edge that
+    /// stopped answering). Default: `proxy.upstream_timeout`.
+    pub max_write_duration: Duration,
+    /// How long a change waits for every live edge to acknowledge it before answering anyway.
+    pub ack_timeout: Duration,
+    /// How long a start waits for etcd before serving reads from the local snapshot.
+    pub startup_timeout: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     pub http: Option<SocketAddr>,
@@ -164,6 +195,15 @@ pub struct ProxyConfig {
     /// Peers whose forwarding headers (`Forwarded`, `X-Forwarded-*`) are kept and extended; from
     /// anyone else they are replaced by the edge's own.
     pub trusted_proxies: Vec<IpNet>,
+    /// Listeners whose connections from `trusted_proxies` start with a PROXY protocol header.
+    pub proxy_protocol: ProxyProtocol,
+}
+
+/// Which listeners expect a PROXY protocol header (v1 or v2) from trusted proxies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProxyProtocol {
+    pub http: bool,
+    pub https: bool,
 }
 
 /// Where the access log goes.

@@ -16,6 +16,8 @@ pub struct RawConfig {
     pub site: Vec<S<RawSite>>,
     /// Certificates from an ACME CA for the sites with `acme = true`.
     pub acme: Option<S<RawAcme>>,
+    /// Several edges sharing one state in etcd (docs/cluster.md); absent: one edge, a state file.
+    pub cluster: Option<S<RawCluster>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -29,6 +31,23 @@ pub struct RawAcme {
     pub storage: Option<S<String>>,
     pub renew_before: Option<S<String>>,
     pub ca_certs: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    #[serde(default)]
+    pub endpoints: Vec<S<String>>,
+    pub prefix: Option<S<String>>,
+    pub edge_id: Option<S<String>>,
+    pub advertise: Option<S<String>>,
+    pub dial_timeout: Option<S<String>>,
+    pub request_timeout: Option<S<String>>,
+    pub lease_ttl: Option<S<String>>,
+    pub freshness: Option<S<String>>,
+    pub max_write_duration: Option<S<String>>,
+    pub ack_timeout: Option<S<String>>,
+    pub startup_timeout: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +75,10 @@ pub struct RawProxy {
     pub max_connections: Option<S<i64>>,
     #[serde(default)]
     pub trusted_proxies: Vec<S<String>>,
+    /// Listeners ("http", "https") whose connections from `trusted_proxies` start with a PROXY
+    /// protocol header (v1 or v2).
+    #[serde(default)]
+    pub proxy_protocol: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

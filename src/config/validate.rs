@@ -9,6 +9,7 @@ use super::units::{parse_duration, parse_size};
 use super::*;
 
 mod acme;
+mod cluster;
 mod release;
 
 struct Ctx<'a> {
@@ -135,6 +136,10 @@ pub fn parse_config(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
     };
     let proxy = proxy(&mut cx, &raw.proxy);
+    let cluster = raw
+        .cluster
+        .as_ref()
+        .map(|c| cluster::cluster(&mut cx, c, &proxy));
     let mut sites = Vec::new();
     let mut seen_hosts: HashMap<String, (String, usize)> = HashMap::new();
     let mut seen_names: HashMap<String, usize> = HashMap::new();
@@ -189,6 +194,7 @@ pub fn parse_config(path: &Path, text: &str) -> Result<Config, ConfigError> {
             proxy,
             sites,
             acme,
+            cluster,
         })
     } else {
         cx.problems.sort_by_key(|p| p.line);
@@ -349,7 +355,31 @@ fn proxy(cx: &mut Ctx, rp: &S<raw::RawProxy>) -> ProxyConfig {
         audit_log,
         limits,
         trusted_proxies: networks(cx, &p.trusted_proxies, "trusted_proxies"),
+        proxy_protocol: proxy_protocol(cx, p),
     }
+}
+
+/// `proxy_protocol = ["http", "https"]`: listeners that read a PROXY header from trusted peers.
+fn proxy_protocol(cx: &mut Ctx, p: &raw::RawProxy) -> ProxyProtocol {
+    let mut pp = ProxyProtocol::default();
+    for l in &p.proxy_protocol {
+        match l.get_ref().as_str() {
+            "http" => pp.http = true,
+            "https" => pp.https = true,
+            other => cx.err(
+                l,
+                format!(
+                    "proxy_protocol entry `{other}` is not a listener; use \"http\" or \"https\""
+                ),
+            ),
+        }
+    }
+    if (pp.http || pp.https) && p.trusted_proxies.is_empty() {
+        if let Some(first) = p.proxy_protocol.first() {
+            cx.err(first, "proxy_protocol is read only from `trusted_proxies`, and that list is empty; add the balancers' addresses, e.g. trusted_proxies = [\"10.0.0.0/8\"]");
+        }
+    }
+    pp
 }
 
 /// `allow_paths` (each starting with `/`) and `allow_clients` (addresses or networks).

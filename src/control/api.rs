@@ -29,6 +29,57 @@ pub struct SwitchResponse {
     pub switched_at: Option<String>,
     pub message: String,
     pub version: u64,
+    /// With `[cluster]`: how far the change had spread when this answer was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSpread>,
+}
+
+/// How far a change had spread over the edges of a cluster when it was answered.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ClusterSpread {
+    /// The etcd revision of the change (the state `version`).
+    pub revision: i64,
+    /// True: every live edge acknowledged it (read-only: and reported no write in flight).
+    /// False: the bound passed first; `missing` names who had not.
+    pub complete: bool,
+    pub acked: Vec<String>,
+    pub missing: Vec<String>,
+    /// Read-only only: edges that stopped answering, counted as drained because their freshness
+    /// bound plus the longest write had passed (they refuse writes by then; docs/cluster.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bounded: Vec<String>,
+    /// From the commit to the last acknowledgement (or to the bound).
+    pub waited_ms: u64,
+}
+
+impl ClusterSpread {
+    /// " (all 3 edges applied revision 57 in 4 ms)" or what is missing, for messages.
+    pub fn describe(&self) -> String {
+        let n = self.acked.len() + self.missing.len() + self.bounded.len();
+        if self.complete && self.bounded.is_empty() {
+            format!(
+                " (all {n} edge(s) applied revision {} in {} ms)",
+                self.revision, self.waited_ms
+            )
+        } else if self.complete {
+            format!(
+                " ({} edge(s) acknowledged revision {} and {} counted as drained by the freshness bound: {}; {} ms)",
+                self.acked.len(),
+                self.revision,
+                self.bounded.len(),
+                self.bounded.join(", "),
+                self.waited_ms
+            )
+        } else {
+            format!(
+                " (revision {}: {} of {n} edge(s) acknowledged within {} ms; not yet: {})",
+                self.revision,
+                self.acked.len(),
+                self.waited_ms,
+                self.missing.join(", ")
+            )
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,6 +106,8 @@ pub struct ReadOnlyResponse {
     /// Milliseconds spent waiting for writes in flight.
     pub drained_ms: u64,
     pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSpread>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,6 +122,8 @@ pub struct PoolResponse {
     pub color: Color,
     pub backends: Vec<String>,
     pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSpread>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,6 +155,8 @@ pub struct MaintenanceResponse {
     pub retry_after_s: Option<u64>,
     pub sites: Vec<String>,
     pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSpread>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,6 +180,9 @@ pub struct Status {
     /// Per site, the certificates that answer for its hosts (hand-made and ACME).
     #[serde(default)]
     pub certificates: Vec<CertificateStatus>,
+    /// With `[cluster]`: the edges and what each has applied (also `GET /v1/cluster`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
 }
 
 /// One certificate of a site, as `status` shows it.
@@ -156,6 +216,48 @@ pub struct AcmeState {
     /// Orders failed in a row.
     pub failures: u32,
     pub issued_at: Option<String>,
+}
+
+/// `GET /v1/cluster`: this edge's view of the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The edge that answered.
+    pub edge_id: String,
+    pub prefix: String,
+    /// The etcd endpoint it talks to now, and all it may.
+    pub endpoint: String,
+    pub endpoints: Vec<String>,
+    /// The state revision this edge serves (the API's `version`).
+    pub revision: i64,
+    /// It admits writes: its view was confirmed within `freshness`.
+    pub fresh: bool,
+    /// Since its view was last confirmed (None: never).
+    pub staleness_ms: Option<u64>,
+    pub freshness_ms: u64,
+    pub edges: Vec<EdgeStatus>,
+    /// The last change made through this edge and how far it had spread when answered.
+    #[serde(default)]
+    pub last_change: Option<ClusterSpread>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EdgeStatus {
+    pub id: String,
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Its lease is alive (registered under `edges/`).
+    pub live: bool,
+    /// The revision it acknowledged last (0: none yet).
+    pub applied: i64,
+    pub fresh: bool,
+    /// ok (applied the current revision, fresh), behind (an older revision), stale (refusing
+    /// writes), gone (no lease: stopped, or cut off from etcd).
+    pub health: String,
+    /// Since its last acknowledgement reached this edge.
+    pub last_ack_ms: Option<u64>,
+    pub writes_in_flight: u64,
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -59,6 +59,12 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/cluster`: the edges of the cluster as this daemon sees them.
+    pub async fn cluster(&self) -> Result<ClusterStatus, ControlError> {
+        self.call(Method::GET, "/v1/cluster", None::<&()>, None)
+            .await
+    }
+
     /// `POST /v1/sites/{site}/switch`, with `If-Match` when given.
     pub async fn switch(
         &self,

@@ -213,6 +213,13 @@ async fn route(ops: &Ops, req: Request<Incoming>, peer: Peer, role: Role) -> Res
     };
     match (method.clone(), segs.as_slice()) {
         (Method::GET, ["v1", "status"]) => json(StatusCode::OK, &ops.status().await),
+        (Method::GET, ["v1", "cluster"]) => match ops.store.cluster() {
+            Some(c) => json(StatusCode::OK, &c.status()),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "this edge runs alone (no [cluster] in its config); `switchyard status` shows its state",
+            ),
+        },
         (Method::POST, ["v1", "sites", site, "switch"]) => {
             let site = site.to_string();
             match body::<SwitchRequest>(req).await {
@@ -258,6 +265,7 @@ async fn route(ops: &Ops, req: Request<Incoming>, peer: Peer, role: Role) -> Res
             .await
             .map_or_else(op_error, |r| json(StatusCode::OK, &r)),
         (_, ["v1", "status"])
+        | (_, ["v1", "cluster"])
         | (_, ["v1", "read-only"])
         | (_, ["v1", "maintenance"])
         | (_, ["v1", "reload"])

@@ -15,6 +15,16 @@ impl Ops {
         if_match: Option<u64>,
         peer: Peer,
     ) -> Result<MaintenanceResponse, OpError> {
+        self.rounds(if_match, || self.maintenance_once(&req, if_match, peer))
+            .await
+    }
+
+    async fn maintenance_once(
+        &self,
+        req: &MaintenanceRequest,
+        if_match: Option<u64>,
+        peer: Peer,
+    ) -> Result<MaintenanceResponse, OpError> {
         let mut inner = self.inner.lock().await;
         Self::check_version(&inner, if_match)?;
         let t = self.table.load_full();
@@ -51,7 +61,7 @@ impl Ops {
             }
         };
         let after = serde_json::to_value(&next.maintenance).unwrap_or_default();
-        let table = self.commit(&mut inner, next)?;
+        let table = self.commit(&mut inner, next).await?;
         let action = if req.on {
             "maintenance on"
         } else {
@@ -60,6 +70,8 @@ impl Ops {
         audit(&inner.cfg, peer, action, before, after);
         tracing::info!(on = req.on, "maintenance changed");
         let m = inner.state.maintenance.clone();
+        let version = inner.state.version;
+        drop(inner);
         Ok(MaintenanceResponse {
             on: req.on,
             message: m.as_ref().map(|m| m.message.clone()),
@@ -70,7 +82,8 @@ impl Ops {
                 .filter(|s| s.maintenance.is_some())
                 .map(|s| s.name.to_string())
                 .collect(),
-            version: inner.state.version,
+            version,
+            cluster: self.store.spread(version).await,
         })
     }
 }

@@ -1,7 +1,9 @@
 //! The verbs of the control plane, one file each: `switch.rs`, `read_only.rs`, `maintenance.rs`, `pool.rs`,
 //! `reload.rs`; `status` and the shared commit live here, the audit log in `audit.rs`. Each verb
-//! checks its input, builds the new state and a complete new routing table off to the side,
-//! persists the state atomically, then stores the table once.
+//! checks its input, builds the new state, commits it through the store (`store.rs`: the state
+//! file, or etcd with `[cluster]`), then [`Ops::install`] builds a complete new routing table off
+//! to the side and stores it once. Changes applied from the cluster (another edge's) go through
+//! the same `install`.
 //!
 //! Cold path: one async Mutex (`inner`) serializes changes; the request path never touches it.
 //! Nothing slow is awaited while it is held: a switch probes its target before taking it (see
@@ -22,13 +24,20 @@ use crate::metrics::Metrics;
 use crate::proxy::tls::CertStore;
 use crate::routing::{RoutingTable, SiteShared};
 use crate::state::{self, SiteState, State, StateError};
+use store::Outcome;
+pub(crate) use store::{local_inflight, Store};
 
 mod audit;
 mod maintenance;
 mod pool;
 mod read_only;
 mod reload;
+mod store;
 mod switch;
+
+/// How many times a verb is planned again when another edge's change landed first (cluster only;
+/// with If-Match the caller gets the 412 at once).
+const COMMIT_ROUNDS: usize = 3;
 
 /// Why a control call was refused; each maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +57,13 @@ pub enum OpError {
     Forbidden(String),
     #[error("{0}")]
     Timeout(String),
+    /// The cluster's state moved on under this change (another edge's landed first); replanned
+    /// by the verb without If-Match.
+    #[error("the state moved on to version {current} while this change was made; read the status again and retry")]
+    Moved { current: u64 },
+    /// etcd could not be reached, or did not confirm (the message says which, and what to do).
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("config refused, the running one keeps serving")]
     Config(Vec<String>),
     #[error(transparent)]
@@ -61,9 +77,10 @@ impl OpError {
             OpError::Forbidden(_) => 403,
             OpError::NotFound(_) => 404,
             OpError::Conflict(_) | OpError::WritesWouldBeLost(_) => 409,
-            OpError::Precondition { .. } => 412,
+            OpError::Precondition { .. } | OpError::Moved { .. } => 412,
             OpError::Timeout(_) => 504,
             OpError::State(_) => 500,
+            OpError::Cluster(_) => 503,
         }
     }
 }
@@ -75,7 +92,7 @@ pub struct Peer {
     pub pid: Option<i32>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     cfg: Config,
     state: State,
     shared: HashMap<String, Arc<SiteShared>>,
@@ -83,6 +100,8 @@ struct Inner {
 
 pub struct Ops {
     inner: Mutex<Inner>,
+    /// The state file, or etcd (`[cluster]`).
+    pub(crate) store: Store,
     /// `proxy.control_allow`, read by the control accept loop for every connection without the
     /// lock; replaced on reload.
     control_allow: ArcSwap<Vec<(Principal, Role)>>,
@@ -95,13 +114,25 @@ pub struct Ops {
 }
 
 impl Ops {
-    /// Loads the state file (refusing an unreadable one) and builds the first table.
+    /// One edge: loads the state file (refusing an unreadable one) and builds the first table.
     pub fn new(
         cfg: Config,
         certs: Option<Arc<ArcSwap<CertStore>>>,
         metrics: Arc<Metrics>,
     ) -> Result<Ops, StateError> {
         let state = state::load(&cfg.proxy.state)?.unwrap_or_default();
+        let store = Store::File(cfg.proxy.state.clone());
+        Ok(Self::with_state(cfg, state, store, certs, metrics))
+    }
+
+    /// Builds the first table from `state`, which `store` holds.
+    pub(crate) fn with_state(
+        cfg: Config,
+        state: State,
+        store: Store,
+        certs: Option<Arc<ArcSwap<CertStore>>>,
+        metrics: Arc<Metrics>,
+    ) -> Ops {
         let mut shared = HashMap::new();
         let table = RoutingTable::build(&cfg, &state, &mut shared, None);
         apply_flags(&table, &state);
@@ -111,17 +142,26 @@ impl Ops {
                 s.shared.write_seen.store(true, Ordering::Relaxed);
             }
             s.shared.active_tx.send_replace(s.active);
+            if let Some(d) = ss.and_then(|s| s.drain_s) {
+                s.shared.drain_ms.store(d * 1000, Ordering::Relaxed);
+            }
         }
         let acme = crate::acme::Acme::new(&cfg, certs.clone(), metrics.clone());
-        Ok(Ops {
+        Ops {
             acme,
             control_allow: ArcSwap::from_pointee(cfg.proxy.control_allow.clone()),
             inner: Mutex::new(Inner { cfg, state, shared }),
+            store,
             table: Arc::new(ArcSwap::from_pointee(table)),
             certs,
             metrics,
             started: Instant::now(),
-        })
+        }
+    }
+
+    /// The config this edge runs with (a copy; cold path).
+    pub async fn config(&self) -> Config {
+        self.inner.lock().await.cfg.clone()
     }
 
     /// Who else may use the control socket and how (`proxy.control_allow`); lock-free.
@@ -150,10 +190,15 @@ impl Ops {
                     maintenance: s.maintenance.is_some(),
                     writes_since_switch: Color::ALL
                         .iter()
-                        .map(|c| (*c, s.shared.writes(*c)))
+                        .map(|c| {
+                            let others = self.store.others_writes(&s.name, *c);
+                            (*c, s.shared.writes(*c) + others)
+                        })
                         .collect(),
-                    written_since_switch: s.shared.write_seen.load(Ordering::Relaxed),
-                    writes_in_flight: s.shared.inflight_writes.load(Ordering::SeqCst) as u64,
+                    written_since_switch: s.shared.write_seen.load(Ordering::Relaxed)
+                        || ss.is_some_and(|x| x.written_since_switch),
+                    writes_in_flight: s.shared.inflight_writes.load(Ordering::SeqCst) as u64
+                        + self.store.others_inflight(&s.name),
                     pools: Color::ALL
                         .iter()
                         .map(|c| {
@@ -193,6 +238,7 @@ impl Ops {
             connections_open: self.metrics.connections_open.get().max(0) as u64,
             requests_total: self.metrics.requests_total(),
             certificates: self.acme.certificates(std::time::SystemTime::now()),
+            cluster: self.store.cluster().map(|c| c.status()),
         }
     }
 
@@ -206,10 +252,57 @@ impl Ops {
         }
     }
 
-    /// Persists `next` and installs the table built from it. Nothing changes if the write fails.
-    fn commit(&self, inner: &mut Inner, mut next: State) -> Result<Arc<RoutingTable>, OpError> {
-        next.version = inner.state.version + 1;
-        state::save(&inner.cfg.proxy.state, &next)?;
+    /// Commits `next` through the store and installs it. Nothing changes if the commit fails;
+    /// `Moved` (cluster only) when another edge's change landed first: that one is installed.
+    async fn commit(&self, inner: &mut Inner, next: State) -> Result<Arc<RoutingTable>, OpError> {
+        match self.store.commit(&inner.state, &next).await? {
+            Outcome::Done(version) => {
+                let mut next = next;
+                next.version = version;
+                Ok(self.install(inner, next))
+            }
+            Outcome::Moved(current) => {
+                let v = current.version;
+                if v > inner.state.version {
+                    self.install(inner, *current);
+                }
+                Err(OpError::Moved { current: v })
+            }
+        }
+    }
+
+    /// Runs a verb's `once` again when the cluster's state moved under it (another edge's change
+    /// landed first), unless the caller pinned the version with If-Match.
+    async fn rounds<T, Fut>(
+        &self,
+        if_match: Option<u64>,
+        mut once: impl FnMut() -> Fut,
+    ) -> Result<T, OpError>
+    where
+        Fut: std::future::Future<Output = Result<T, OpError>>,
+    {
+        let mut last = 0;
+        for _ in 0..COMMIT_ROUNDS {
+            match once().await {
+                Err(OpError::Moved { current }) => {
+                    if let Some(sent) = if_match {
+                        return Err(OpError::Precondition { sent, current });
+                    }
+                    last = current;
+                }
+                r => return r,
+            }
+        }
+        Err(OpError::Conflict(format!(
+            "the cluster's state kept changing under this change ({COMMIT_ROUNDS} tries, now at version {last}); retry"
+        )))
+    }
+
+    /// Makes `next` the state this edge serves: builds its table off to the side, lowers the
+    /// read-only flags it no longer covers, stores the table once, raises the flags it covers,
+    /// and for every site whose active color changed resets the write counts and tells upgraded
+    /// connections to drain. The one path for this edge's own changes and the cluster's.
+    pub(crate) fn install(&self, inner: &mut Inner, next: State) -> Arc<RoutingTable> {
         let prev = self.table.load_full();
         let table = Arc::new(RoutingTable::build(
             &inner.cfg,
@@ -217,9 +310,47 @@ impl Ops {
             &mut inner.shared,
             Some(&prev),
         ));
-        inner.state = next;
+        // Off: the flags go down before the notice leaves the table (see gate.rs).
+        for s in &table.sites {
+            let on = next.read_only.as_ref().is_some_and(|r| r.covers(&s.name));
+            if !on {
+                s.shared.read_only.store(false, Ordering::SeqCst);
+            }
+        }
+        for s in &table.sites {
+            if let Some(d) = next.sites.get(&*s.name).and_then(|x| x.drain_s) {
+                s.shared.drain_ms.store(d * 1000, Ordering::Relaxed);
+            }
+        }
         self.table.store(table.clone());
-        Ok(table)
+        apply_flags(&table, &next);
+        for s in &table.sites {
+            let was = prev.site(&s.name).map(|p| p.active);
+            if was.is_some_and(|w| w != s.active) {
+                for c in Color::ALL {
+                    s.shared.writes_since_switch[c.idx()].store(0, Ordering::Relaxed);
+                }
+                s.shared.write_seen.store(false, Ordering::Relaxed);
+                s.shared.active_tx.send_replace(s.active);
+                self.metrics.switched(&s.name);
+            }
+        }
+        inner.state = next;
+        if let Some(c) = self.store.cluster() {
+            c.installed(&inner.state);
+        }
+        table
+    }
+
+    /// A state from the cluster (another edge's change, or a re-list): installed when it is newer
+    /// than what this edge serves. Returns whether it was.
+    pub(crate) async fn apply_remote(&self, state: State) -> bool {
+        let mut inner = self.inner.lock().await;
+        if state.version <= inner.state.version {
+            return false;
+        }
+        self.install(&mut inner, state);
+        true
     }
 
     /// Persists "a write reached the active color since the switch" the first time it happens,
@@ -251,12 +382,21 @@ impl Ops {
                 }
             }
         }
-        if changed {
+        if !changed {
+            return;
+        }
+        if self.store.is_file() {
             if let Err(e) = state::save(&inner.cfg.proxy.state, &next) {
                 tracing::error!(error = %e, "cannot record the first write since the switch");
             } else {
                 inner.state = next;
             }
+            return;
+        }
+        // In a cluster the mark is shared, so that a switch through any edge sees it: a change
+        // like any other (the next tick tries again if it failed or another change landed).
+        if let Err(e) = self.commit(&mut inner, next).await {
+            tracing::warn!(error = %e, "cannot record the first write since the switch in the cluster yet");
         }
     }
 }

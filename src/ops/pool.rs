@@ -15,6 +15,20 @@ impl Ops {
         if_match: Option<u64>,
         peer: Peer,
     ) -> Result<PoolResponse, OpError> {
+        self.rounds(if_match, || {
+            self.set_pool_once(site, color, &req, if_match, peer)
+        })
+        .await
+    }
+
+    async fn set_pool_once(
+        &self,
+        site: &str,
+        color: Color,
+        req: &PoolRequest,
+        if_match: Option<u64>,
+        peer: Peer,
+    ) -> Result<PoolResponse, OpError> {
         let mut inner = self.inner.lock().await;
         Self::check_version(&inner, if_match)?;
         let t = self.table.load_full();
@@ -46,7 +60,7 @@ impl Ops {
         )
         .unwrap_or_default();
         entry.pools.insert(color, addrs.clone());
-        self.commit(&mut inner, next)?;
+        self.commit(&mut inner, next).await?;
         audit(
             &inner.cfg,
             peer,
@@ -54,11 +68,14 @@ impl Ops {
             before,
             serde_json::to_value(&addrs).unwrap_or_default(),
         );
+        let version = inner.state.version;
+        drop(inner);
         Ok(PoolResponse {
             site: site.into(),
             color,
             backends: addrs,
-            version: inner.state.version,
+            version,
+            cluster: self.store.spread(version).await,
         })
     }
 }

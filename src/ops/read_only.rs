@@ -1,15 +1,15 @@
 //! `read-only`: maintenance mode at the edge.
 //!
-//! LIFECYCLE of read-only on: persist → store table (the notice) → raise each site's flag →
-//! release the lock → wait until no write is in flight (see `proxy/gate.rs` for why no write can
-//! slip past) → answer.
+//! LIFECYCLE of read-only on: commit (state file, or etcd) → store table (the notice) → raise
+//! each site's flag → release the lock → wait until no write is in flight (see `proxy/gate.rs`
+//! for why no write can slip past; with a cluster, on every edge: `store.rs`, docs/cluster.md)
+//! → answer.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::audit::audit;
-use super::{apply_flags, unknown_site, OpError, Ops, Peer};
+use super::{unknown_site, OpError, Ops, Peer};
 use crate::control::api::{ReadOnlyRequest, ReadOnlyResponse};
 use crate::routing::SiteShared;
 use crate::state::{self, ReadOnlyState};
@@ -18,6 +18,16 @@ impl Ops {
     pub async fn read_only(
         &self,
         req: ReadOnlyRequest,
+        if_match: Option<u64>,
+        peer: Peer,
+    ) -> Result<ReadOnlyResponse, OpError> {
+        self.rounds(if_match, || self.read_only_once(&req, if_match, peer))
+            .await
+    }
+
+    async fn read_only_once(
+        &self,
+        req: &ReadOnlyRequest,
         if_match: Option<u64>,
         peer: Peer,
     ) -> Result<ReadOnlyResponse, OpError> {
@@ -58,14 +68,10 @@ impl Ops {
             next.read_only = None;
         }
         let after = serde_json::to_value(&next.read_only).unwrap_or_default();
-        if !req.on {
-            // Lower the flags first, then publish the table without the notice.
-            for s in &t.sites {
-                s.shared.read_only.store(false, Ordering::SeqCst);
-            }
-        }
-        let table = self.commit(&mut inner, next)?;
-        apply_flags(&table, &inner.state);
+        // `install` lowers the flags before the table without the notice, and raises them after
+        // the table with it.
+        let table = self.commit(&mut inner, next).await?;
+        let committed_at = Instant::now();
         audit(
             &inner.cfg,
             peer,
@@ -80,7 +86,7 @@ impl Ops {
         let covered: Vec<Arc<SiteShared>> = table
             .sites
             .iter()
-            .filter(|s| s.shared.read_only.load(Ordering::SeqCst))
+            .filter(|s| s.shared.read_only.load(std::sync::atomic::Ordering::SeqCst))
             .map(|s| s.shared.clone())
             .collect();
         let started = Instant::now();
@@ -91,24 +97,13 @@ impl Ops {
         let version = inner.state.version;
         let ro = inner.state.read_only.clone();
         drop(inner);
-        if req.on {
-            loop {
-                let left: usize = covered
-                    .iter()
-                    .map(|s| s.inflight_writes.load(Ordering::SeqCst))
-                    .sum();
-                if left == 0 {
-                    break;
-                }
-                if started.elapsed() >= wait {
-                    return Err(OpError::Timeout(format!(
-                        "read-only is ON, but {left} write(s) were still in flight after {}s; do not start a backup yet — retry `read-only on` to wait again",
-                        wait.as_secs()
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
+        let cluster = if req.on {
+            self.store
+                .drained(version, committed_at, &covered, wait)
+                .await?
+        } else {
+            self.store.spread(version).await
+        };
         tracing::info!(on = req.on, "read-only changed");
         Ok(ReadOnlyResponse {
             on: req.on,
@@ -117,6 +112,7 @@ impl Ops {
             sites: covered.iter().map(|s| s.name.to_string()).collect(),
             drained_ms: started.elapsed().as_millis() as u64,
             version,
+            cluster,
         })
     }
 }

@@ -85,7 +85,24 @@ impl Ops {
                 continue;
             }
             let writes = self.guard_writes(&inner, site, &basis, &req, peer)?;
-            return self.commit_switch(&mut inner, site, basis, &req, failures, writes, peer);
+            let mut answer = match self
+                .commit_switch(&mut inner, site, basis, &req, failures, writes, peer)
+                .await
+            {
+                Err(OpError::Moved { current }) => match if_match {
+                    Some(sent) => return Err(OpError::Precondition { sent, current }),
+                    None => continue,
+                },
+                r => r?,
+            };
+            drop(inner);
+            // Everywhere before the answer: every live edge of a cluster applied it (or the
+            // bound passed, which the answer says).
+            if let Some(spread) = self.store.spread(answer.version).await {
+                answer.message.push_str(&spread.describe());
+                answer.cluster = Some(spread);
+            }
+            return Ok(answer);
         }
         Err(OpError::Conflict(format!(
             "{site}: the state kept changing while the {} backends were probed ({PROBE_ROUNDS} tries); retry",
@@ -123,6 +140,7 @@ impl Ops {
                     .and_then(|s| s.switched_at.clone()),
                 message: format!("{site} is already on {from}; nothing changed"),
                 version: inner.state.version,
+                cluster: None,
             }));
         }
         if route.pool(req.to).is_empty() {
@@ -157,7 +175,8 @@ impl Ops {
         peer: Peer,
     ) -> Result<u64, OpError> {
         let sh = &b.route.shared;
-        let n = sh.writes(b.from);
+        // With a cluster, the writes the other edges forwarded count too.
+        let n = sh.writes(b.from) + self.store.others_writes(site, b.from);
         let written = n > 0
             || sh.write_seen.load(Ordering::Relaxed)
             || inner
@@ -190,7 +209,7 @@ impl Ops {
     }
 
     #[allow(clippy::too_many_arguments)] // one caller, right above
-    fn commit_switch(
+    async fn commit_switch(
         &self,
         inner: &mut Inner,
         site: &str,
@@ -212,17 +231,10 @@ impl Ops {
         entry.previous = Some(from);
         entry.switched_at = Some(now.clone());
         entry.written_since_switch = false;
+        entry.drain_s = Some(req.drain_s.unwrap_or(30));
         let after = serde_json::to_value(&*entry).unwrap_or_default();
-        let sh = b.route.shared.clone();
-        sh.drain_ms
-            .store(req.drain_s.unwrap_or(30) * 1000, Ordering::Relaxed);
-        self.commit(inner, next)?;
-        for c in Color::ALL {
-            sh.writes_since_switch[c.idx()].store(0, Ordering::Relaxed);
-        }
-        sh.write_seen.store(false, Ordering::Relaxed);
-        sh.active_tx.send_replace(req.to);
-        self.metrics.switched(site);
+        // `install` resets the write counts, drains upgraded connections and counts the switch.
+        self.commit(inner, next).await?;
         audit_with(
             &inner.cfg,
             peer,
@@ -248,6 +260,7 @@ impl Ops {
                 )
             },
             version: inner.state.version,
+            cluster: None,
         })
     }
 }

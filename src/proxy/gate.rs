@@ -3,6 +3,11 @@
 //! sets the flag *before* it waits for `inflight_writes` to reach zero. So either the write sees
 //! the flag and is refused, or the control plane sees the write and waits for it: no write can
 //! slip past the backup that follows.
+//!
+//! With `[cluster]` a write also needs this edge's view of the shared state to be fresh
+//! (`routing::FRESH`, one relaxed load): an edge cut off from etcd longer than `freshness` refuses
+//! writes with 503 ("cluster state unknown") and serves reads from its last table. Reads never
+//! look at it.
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -28,6 +33,8 @@ pub enum Gate {
         write: Option<WriteGuard>,
     },
     Refuse(Arc<ReadOnlyNotice>),
+    /// A write on an edge whose cluster view is not fresh.
+    Unknown(Arc<ReadOnlyNotice>),
 }
 
 #[inline]
@@ -51,6 +58,13 @@ pub fn check(site: &SiteRoute, method: &Method, path: &str, client: IpAddr) -> G
         let notice = site.read_only.clone().unwrap_or_else(default_notice);
         return Gate::Refuse(notice);
     }
+    if !crate::routing::FRESH.load(Ordering::Relaxed)
+        && !site.policy.path_allowed(path)
+        && !site.policy.client_allowed(client)
+    {
+        drop(guard);
+        return Gate::Unknown(unknown_notice());
+    }
     // A write is marked by the flag it was let through by, not by the table's notice: the two
     // change a moment apart (read-only on stores the notice, then raises the flag; off lowers
     // the flag, then drops the notice), and a write admitted as a normal one but marked
@@ -70,6 +84,19 @@ fn default_notice() -> Arc<ReadOnlyNotice> {
             reason: "maintenance".into(),
             retry_after_s: 60,
             retry_after: HeaderValue::from_static("60"),
+        })
+    })
+    .clone()
+}
+
+/// The page of a write refused because the cluster's state is unknown here.
+fn unknown_notice() -> Arc<ReadOnlyNotice> {
+    static N: OnceLock<Arc<ReadOnlyNotice>> = OnceLock::new();
+    N.get_or_init(|| {
+        Arc::new(ReadOnlyNotice {
+            reason: "cluster state unknown: this edge lost contact with the cluster's state store, so it does not accept changes for now".into(),
+            retry_after_s: 10,
+            retry_after: HeaderValue::from_static("10"),
         })
     })
     .clone()
@@ -112,7 +139,7 @@ mod tests {
     fn pass(g: Gate) -> Option<bool> {
         match g {
             Gate::Pass { read_only, .. } => Some(read_only),
-            Gate::Refuse(_) => None,
+            Gate::Refuse(_) | Gate::Unknown(_) => None,
         }
     }
 

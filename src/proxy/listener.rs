@@ -27,6 +27,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
+mod proxy_protocol;
+
 use super::linger::Linger;
 use super::service::gather::{next_pass, Gather, Passes};
 use super::watchdog::{Verdict, Watchdog};
@@ -122,10 +124,12 @@ fn workers() -> &'static [Worker] {
 /// duplicate of the socket (the kernel hands each new connection to one of them). A worker that
 /// accepts while it serves more connections than another hands the connection over to the least
 /// busy one (a burst of connects tends to land on whichever worker is awake). Returns when all
-/// have stopped accepting.
+/// have stopped accepting. `proxy_header`: connections from trusted proxies start with a PROXY
+/// protocol header (see `listener/proxy_protocol.rs`).
 pub async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    proxy_header: bool,
     edge: Arc<Edge>,
     tracker: Arc<Tracker>,
     shutdown: watch::Receiver<bool>,
@@ -141,7 +145,10 @@ pub async fn accept_loop(
         Ok(l) => {
             // No worker could start: serve from this runtime.
             match TcpListener::from_std(l) {
-                Ok(l) => return worker_accept_loop(l, None, tls, edge, tracker, shutdown).await,
+                Ok(l) => {
+                    return worker_accept_loop(l, None, tls, proxy_header, edge, tracker, shutdown)
+                        .await
+                }
                 Err(e) => return tracing::error!(error = %e, "cannot accept connections"),
             }
         }
@@ -160,7 +167,9 @@ pub async fn accept_loop(
             (tls.clone(), edge.clone(), tracker.clone(), shutdown.clone());
         loops.push(w.handle.spawn(async move {
             match TcpListener::from_std(l) {
-                Ok(l) => worker_accept_loop(l, Some(i), tls, edge, tracker, shutdown).await,
+                Ok(l) => {
+                    worker_accept_loop(l, Some(i), tls, proxy_header, edge, tracker, shutdown).await
+                }
                 Err(e) => tracing::error!(error = %e, "cannot accept connections"),
             }
         }));
@@ -176,6 +185,7 @@ async fn worker_accept_loop(
     listener: TcpListener,
     me: Option<usize>,
     tls: Option<TlsAcceptor>,
+    proxy_header: bool,
     edge: Arc<Edge>,
     tracker: Arc<Tracker>,
     mut shutdown: watch::Receiver<bool>,
@@ -213,7 +223,16 @@ async fn worker_accept_loop(
             let _worker = worker.map(WorkerSlot);
             edge.metrics.connections_total.inc();
             edge.metrics.connections_open.inc();
-            connection(stream, peer, tls, edge.clone(), builder, shutdown).await;
+            connection(
+                stream,
+                peer,
+                tls,
+                proxy_header,
+                edge.clone(),
+                builder,
+                shutdown,
+            )
+            .await;
             edge.metrics.connections_open.dec();
         };
         let Some(me) = me else {
@@ -254,13 +273,29 @@ async fn worker_accept_loop(
 }
 
 async fn connection(
-    stream: TcpStream,
-    peer: std::net::SocketAddr,
+    mut stream: TcpStream,
+    mut peer: std::net::SocketAddr,
     tls: Option<TlsAcceptor>,
+    proxy_header: bool,
     edge: Arc<Edge>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     shutdown: watch::Receiver<bool>,
 ) {
+    if proxy_header && edge.table.load().trusts(peer.ip()) {
+        let read = proxy_protocol::read(&mut stream);
+        match tokio::time::timeout(edge.limits.header_timeout, read).await {
+            Ok(Ok(proxy_protocol::Header::Client(client))) => peer = client,
+            Ok(Ok(proxy_protocol::Header::Local)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "connection dropped: bad PROXY header");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "connection dropped: no PROXY header in time");
+                return;
+            }
+        }
+    }
     match tls {
         None => {
             let conn = Arc::new(Conn::new(edge.clone(), peer, false, None, false));

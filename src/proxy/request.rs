@@ -219,6 +219,10 @@ pub(crate) fn decide(
             edge.metrics.rejected_write(&site.name);
             return Err(ProxyError::ReadOnly(notice));
         }
+        Gate::Unknown(notice) => {
+            edge.metrics.cluster_refusals.inc();
+            return Err(ProxyError::ReadOnly(notice));
+        }
         Gate::Pass { read_only, write } => {
             x.write = write;
             read_only

@@ -11,5 +11,5 @@ mod table;
 pub use pool::{Backend, Pool};
 pub use table::{
     same_host, strip_port, MaintenanceNotice, ReadOnlyNotice, Route, RoutingTable, SiteRoute,
-    SiteShared, FIRST_WRITE,
+    SiteShared, FIRST_WRITE, FRESH,
 };

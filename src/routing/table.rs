@@ -12,6 +12,11 @@ use super::pool::Pool;
 use crate::config::{Color, Config, HealthConfig, HostPattern, ReadOnlyPolicy};
 use crate::state::State;
 
+/// With `[cluster]`: this edge's view of the shared state was confirmed within `freshness`.
+/// Written by the cluster's freshness timer and heartbeat, read by the gate for writes only
+/// (one relaxed load). Without `[cluster]` it stays true and nothing writes it.
+pub static FRESH: AtomicBool = AtomicBool::new(true);
+
 /// Rung by the first write after a switch (`write_seen` turning true), so that the control
 /// plane records it in the state file at once instead of polling for it.
 pub static FIRST_WRITE: tokio::sync::Notify = tokio::sync::Notify::const_new();

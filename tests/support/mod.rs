@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod pebble;
+pub mod cluster;
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -21,6 +22,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// The binary the proxies run: `SWITCHYARD_BIN` (a release build, for the benchmarks) or [`BIN`].
+pub fn bin() -> String {
+    std::env::var("SWITCHYARD_BIN").unwrap_or_else(|_| BIN.to_string())
+}
 
 /// Polls `probe` until it returns Some, or panics naming what never happened.
 pub fn wait_until<T>(deadline: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
@@ -127,7 +133,7 @@ impl Proxy {
         config: &Path,
         env: &[(&str, &str)],
     ) -> Result<Proxy, String> {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.arg("serve")
             .arg("--config")
             .arg(config)
@@ -199,7 +205,7 @@ impl Proxy {
 
     /// Runs a CLI command against this proxy's control socket.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        Command::new(bin())
             .arg("--control")
             .arg(&self.control)
             .arg("--config")
@@ -292,6 +298,8 @@ pub struct Seen {
     pub last_headers: Mutex<Option<http::HeaderMap>>,
     /// "METHOD path" of every request, in order.
     pub paths: Mutex<Vec<String>>,
+    /// When each write arrived (the judge of "no write after the barrier").
+    pub write_times: Mutex<Vec<Instant>>,
 }
 
 /// A real HTTP/1.1 backend on 127.0.0.1 named `name`. Paths:
@@ -388,6 +396,7 @@ async fn backend_answer(name: &str, seen: &Seen, mut req: Request<Incoming>) -> 
         http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
     ) {
         seen.writes.fetch_add(1, Ordering::SeqCst);
+        seen.write_times.lock().unwrap().push(Instant::now());
     }
     *seen.last_headers.lock().unwrap() = Some(req.headers().clone());
     seen.paths
