@@ -203,6 +203,17 @@ fn find<'a>(list: &'a [(Arc<str>, Arc<SiteMetrics>)], site: &str) -> Option<&'a 
 
 impl Metrics {
     /// The handles of `site`, made on first use (cold: control plane, or a request's first sight).
+    /// Per color (blue, green) of `site`: responses so far, and those with a 5xx status. For the
+    /// dashboard's charts; cold path.
+    pub fn site_counts(&self, site: &str) -> Option<[(u64, u64); 2]> {
+        let guard = self.sites.load();
+        let m = find(&guard, site)?;
+        Some(m.colors.each_ref().map(|c| {
+            let all = c.class.iter().map(|k| k.get()).sum();
+            (all, c.class[4].get())
+        }))
+    }
+
     pub fn site(&self, site: &str) -> Arc<SiteMetrics> {
         if let Some(m) = find(&self.sites.load(), site) {
             return m.clone();

@@ -47,7 +47,7 @@ mod operator;
 #[path = "e2e/acme.rs"]
 mod acme;
 
-#[path = "e2e/fuzz_regressions.rs"]
-mod fuzz_regressions;
 #[path = "e2e/cluster.rs"]
 mod cluster;
+#[path = "e2e/fuzz_regressions.rs"]
+mod fuzz_regressions;

@@ -34,6 +34,23 @@ pub fn status(s: &Status) -> String {
             m.message
         );
     }
+    for site in &s.sites {
+        if let Some(r) = &site.release {
+            let how = if r.running {
+                format!("running (pid {})", r.pid)
+            } else {
+                format!(
+                    "cut off: `switchyard release {} --resume` finishes it, `--abort` undoes it",
+                    site.name
+                )
+            };
+            let _ = writeln!(
+                o,
+                "RELEASE of {} to {} ({}): step {} since {}, {how}\n",
+                site.name, r.to_version, r.to, r.step, r.started_at
+            );
+        }
+    }
     let _ = writeln!(
         o,
         "{:<14} {:<7} {:<9} {:>8} {:<22} {:<30} {:<30}",

@@ -284,6 +284,39 @@ pub struct SiteStatus {
     pub writes_in_flight: u64,
     pub pools: BTreeMap<Color, Vec<BackendStatus>>,
     pub has_release: bool,
+    /// A release of this site that has not finished (its journal), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<ReleaseProgress>,
+    /// The newest backup set of this site on this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<BackupInfo>,
+}
+
+/// A release in progress (or cut off: then `--resume` / `--abort`), from its journal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseProgress {
+    pub from: Color,
+    pub to: Color,
+    pub to_version: String,
+    /// The step being worked on, e.g. "4/6 restore".
+    pub step: String,
+    pub started_at: String,
+    pub updated_at: String,
+    /// The release tool's process (gone: the release was cut off).
+    pub pid: u32,
+    pub running: bool,
+}
+
+/// The newest backup set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupInfo {
+    pub id: String,
+    pub taken_at: Option<String>,
+    pub verified_at: Option<String>,
+    pub size: Option<u64>,
+    pub members: usize,
+    /// Its manifest could not be read (then the set is not to be trusted).
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

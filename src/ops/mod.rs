@@ -216,6 +216,12 @@ impl Ops {
                         })
                         .collect(),
                     has_release: cfg.is_some_and(|c| c.release.is_some()),
+                    release: cfg
+                        .filter(|c| c.release.is_some())
+                        .and_then(|c| release_progress(&inner.cfg, &c.name)),
+                    last_backup: cfg
+                        .and_then(|c| c.release.as_ref().map(|r| (c, r)))
+                        .and_then(|(c, r)| last_backup(r, &c.name)),
                 }
             })
             .collect();
@@ -415,4 +421,45 @@ fn unknown_site(site: &str, t: &RoutingTable) -> OpError {
         "no site named `{site}`; the sites are: {}",
         names.join(", ")
     ))
+}
+
+/// The site's unfinished release, from its journal (a file beside the state file).
+fn release_progress(cfg: &Config, site: &str) -> Option<ReleaseProgress> {
+    let j = crate::release::journal::load(cfg, site).ok()??;
+    // SAFETY: kill with signal 0 only asks whether the process exists.
+    let running = unsafe { libc::kill(j.pid as i32, 0) } == 0;
+    Some(ReleaseProgress {
+        from: j.from,
+        to: j.to,
+        to_version: j.to_version,
+        step: j.step.to_string(),
+        started_at: j.started_at,
+        updated_at: j.updated_at,
+        pid: j.pid,
+        running,
+    })
+}
+
+/// The newest backup set of the site (by its time-stamped id).
+fn last_backup(rel: &crate::config::ReleaseConfig, site: &str) -> Option<BackupInfo> {
+    let sets = crate::release::backup::list(rel, site).ok()?;
+    let newest = sets.into_iter().max_by(|a, b| a.id.cmp(&b.id))?;
+    Some(match &newest.manifest {
+        Ok(m) => BackupInfo {
+            id: newest.id.clone(),
+            taken_at: Some(m.taken_at.clone()),
+            verified_at: Some(m.verified_at.clone()),
+            size: Some(m.size()),
+            members: m.members.len(),
+            error: None,
+        },
+        Err(e) => BackupInfo {
+            id: newest.id.clone(),
+            taken_at: None,
+            verified_at: None,
+            size: None,
+            members: 0,
+            error: Some(e.clone()),
+        },
+    })
 }

@@ -174,6 +174,8 @@ mod tests {
             writes_in_flight: 0,
             pools: by_color,
             has_release: true,
+            release: None,
+            last_backup: None,
         }
     }
 

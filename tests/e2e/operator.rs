@@ -271,3 +271,85 @@ fn issue_21_completions_and_man_page() {
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains(".TH switchyard 1"));
 }
+
+/// Headless Chromium from Debian, if it is there (required with CI=true).
+fn chromium() -> Option<&'static str> {
+    let found = ["chromium", "chromium-browser"].into_iter().find(|c| {
+        std::process::Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true: chromium is required for the dashboard test (apt-get install chromium)"
+        );
+        eprintln!("SKIPPED: the dashboard test needs chromium (apt-get install chromium)");
+    }
+    found
+}
+
+/// The page as Chromium's DOM after loading it (a real browser, so the HTML must parse).
+fn dump_dom(browser: &str, url: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", dir.path().display()))
+        .args(["--virtual-time-budget=3000", "--dump-dom", url])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// See: issue 21. The dashboard, loaded in headless Chromium: the site, its active color and
+/// backends with their health, the traffic chart, the recent changes from the audit log, the
+/// read-only banner, everything escaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_21_dashboard_in_a_browser() {
+    let Some(browser) = chromium() else { return };
+    let a = Backend::start("a").await;
+    let p = Proxy::start(
+        "",
+        &site(
+            "wiki",
+            &["wiki.test"],
+            &[a.addr],
+            &["127.0.0.1:1".parse().unwrap()],
+            "",
+        ),
+    );
+    for _ in 0..20 {
+        let mut r = raw(p.http.unwrap()).await;
+        r.send(b"GET / HTTP/1.1\r\nHost: wiki.test\r\n\r\n").await;
+        assert_eq!(r.response().await.status(), 200);
+    }
+    p.ok(&[
+        "read-only",
+        "on",
+        "--reason",
+        "<script>alert(1)</script> moving",
+    ]);
+    let url = format!("http://{}/", p.metrics.unwrap());
+    let dom = dump_dom(browser, &url);
+    assert!(dom.contains("wiki") && dom.contains("wiki.test"), "{dom}");
+    assert!(dom.contains("● blue"), "the active color: {dom}");
+    assert!(dom.contains(&a.addr.to_string()), "the blue backend: {dom}");
+    assert!(dom.contains("127.0.0.1:1"), "the green backend: {dom}");
+    assert!(dom.contains("<svg"), "the traffic chart: {dom}");
+    assert!(dom.contains("Read-only"), "the banner: {dom}");
+    assert!(
+        dom.contains("&lt;script&gt;alert(1)&lt;/script&gt; moving") && !dom.contains("<script>"),
+        "escaped: {dom}"
+    );
+    assert!(
+        dom.contains("Recent changes") && dom.contains("read-only on"),
+        "{dom}"
+    );
+}

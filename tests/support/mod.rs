@@ -2,8 +2,8 @@
 //! wait for conditions with deadlines (never sleep for readiness), and real backends to put behind it.
 #![allow(dead_code)]
 
-pub mod pebble;
 pub mod cluster;
+pub mod pebble;
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
