@@ -161,6 +161,7 @@ pub fn envs(l: &Listing) -> String {
             Some(Role::Active) => "active",
             Some(Role::Rollback) => "rollback",
             Some(Role::InPool) => "in a pool",
+            Some(Role::Building) => "being built by a release",
             Some(Role::Idle) => "idle (prunable)",
         };
         let _ = writeln!(
@@ -186,6 +187,7 @@ pub fn pruned(p: &Pruned) -> String {
             let why = match role {
                 Role::Active => "active",
                 Role::Rollback => "rollback needs it",
+                Role::Building => "an unfinished release is building it",
                 Role::InPool | Role::Idle => "in a pool of the proxy",
             };
             format!("kept   {}-{} ({}): {why}", e.prefix, e.color, e.version)

@@ -19,6 +19,8 @@ pub enum Role {
     Rollback,
     /// In some other pool of the proxy.
     InPool,
+    /// The environment an unfinished release is building (or left half-made).
+    Building,
     /// Nothing routes to it: prune removes it.
     Idle,
 }
@@ -38,7 +40,13 @@ pub fn role(e: &EnvInfo, st: &SiteStatus, config_prefix: &str) -> Role {
     let ours = |c: Color| {
         e.color == c && e.prefix == config_prefix && st.pools.get(&c).is_some_and(|p| !p.is_empty())
     };
-    if in_pool(st.active) || (e.color == st.active && e.prefix == config_prefix) {
+    let building = st
+        .release
+        .as_ref()
+        .is_some_and(|r| r.to == e.color && r.to_version == e.version && r.to != st.active);
+    if building {
+        Role::Building
+    } else if in_pool(st.active) || (e.color == st.active && e.prefix == config_prefix) {
         Role::Active
     } else if st
         .previous
@@ -202,5 +210,24 @@ mod tests {
         assert_eq!(role(&env("w", Blue, None), &st, "w"), Role::Rollback);
         // ... but another prefix's env of that color is not.
         assert_eq!(role(&env("x", Blue, None), &st, "w"), Role::Idle);
+    }
+
+    #[test]
+    fn an_env_a_release_is_building_is_labelled_so() {
+        use Color::{Blue, Green};
+        let mut st = status(Blue, None, &[(Blue, 1)]);
+        st.release = Some(crate::control::api::ReleaseProgress {
+            from: Blue,
+            to: Green,
+            to_version: "1".into(),
+            step: "3/6 backup".into(),
+            started_at: String::new(),
+            updated_at: String::new(),
+            pid: 1,
+            running: true,
+        });
+        // Stopped, its web not started yet: not "idle (prunable)".
+        assert_eq!(role(&env("w", Green, None), &st, "w"), Role::Building);
+        assert_eq!(role(&env("w", Blue, Some(1)), &st, "w"), Role::Active);
     }
 }

@@ -273,7 +273,7 @@ async fn issue_19_switches_through_any_edge_under_load() {
         .await
         .unwrap();
     assert!(
-        page.contains("<h2>cluster") && page.contains("e2"),
+        page.contains("<h2>Cluster") && page.contains("<td>e2</td>"),
         "{page}"
     );
 }
