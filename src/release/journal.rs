@@ -2,13 +2,14 @@
 //! `release-{site}.json` records the step a release is at and what it did that must be undone
 //! (written atomically as each step is entered, first when step 1 is) and `release-{site}.lock`
 //! is held (flock) by the one release, backup, prune or sync running for the site. The kernel
-//! drops the lock when the process dies, so a crash never leaves a stale lock; the journal stays,
-//! and [`pending_release_note`] tells the next `serve` about it.
+//! drops the lock when the process dies, so a crash never leaves a stale lock (the file itself
+//! is removed when the lock is let go normally); the journal stays, and [`pending_release_note`]
+//! tells the next `serve` about it.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -230,34 +231,48 @@ pub fn pending_release_note(cfg: &Config) -> Option<String> {
 /// What `envs sync` calls itself in the lock file (the other commands wait for it).
 pub const SYNC_LOCK: &str = "envs sync";
 
-/// The per-site lock; released when dropped or when the process dies.
+/// The per-site lock; released when dropped or when the process dies. The file is removed
+/// when the lock is dropped, so nothing lingers in the state folder after a release.
 pub struct Lock {
-    _file: std::fs::File,
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        // Unlinked while still held: a process waiting on this inode finds it gone after it
+        // gets the lock (the inode check in `lock`) and starts over on the new file.
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 pub fn lock(cfg: &Config, site: &str, what: &str) -> Result<Lock, ReleaseError> {
-    let p = dir_of(cfg).join(format!("release-{site}.lock"));
+    let p = lock_path(cfg, site);
     let io = |source| ReleaseError::Io {
         what: "open the release lock".into(),
         path: p.clone(),
         source,
     };
     std::fs::create_dir_all(dir_of(cfg)).map_err(io)?;
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&p)
-        .map_err(io)?;
     // A sync (`envs watch` runs one at every container start) holds the lock for well under a
     // second: wait it out rather than refuse. Anything else holding it is refused at once.
     let patience = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
+    let mut f = loop {
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&p)
+            .map_err(io)?;
         // SAFETY: flock on a file descriptor we own; no memory is involved.
         let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc == 0 {
-            break;
+            if still_at(&f, &p) {
+                break f;
+            }
+            // The previous holder removed the file as it let go: lock the one at the path now.
+            continue;
         }
         let mut holder = String::new();
         let _ = f.rewind();
@@ -273,7 +288,7 @@ pub fn lock(cfg: &Config, site: &str, what: &str) -> Result<Lock, ReleaseError> 
             });
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    };
     let _ = f.set_len(0);
     let _ = f.rewind();
     let _ = writeln!(
@@ -282,7 +297,16 @@ pub fn lock(cfg: &Config, site: &str, what: &str) -> Result<Lock, ReleaseError> 
         std::process::id(),
         crate::state::now_rfc3339()
     );
-    Ok(Lock { _file: f })
+    Ok(Lock { file: f, path: p })
+}
+
+/// The locked file is the one at `path` (not one a previous holder unlinked as it let go).
+fn still_at(f: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (f.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// Where the lock of a site lives.
@@ -293,6 +317,30 @@ pub fn lock_path(cfg: &Config, site: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The lock file goes with the lock; a second taker is refused while it is held; a process
+    /// that locked the inode the holder unlinked sees that it is not the file at the path.
+    #[test]
+    fn the_lock_file_goes_with_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[proxy]\nhttp = \"127.0.0.1:0\"\nstate = \"{}/state.json\"\n[[site]]\nname = \"w\"\nhosts = [\"w.test\"]\n[site.pools]\nblue = [\"127.0.0.1:1\"]\n",
+            dir.path().display()
+        );
+        let file = dir.path().join("t.toml");
+        std::fs::write(&file, text).unwrap();
+        let cfg = crate::config::load(&file).unwrap();
+        let held = lock(&cfg, "w", "release").unwrap();
+        let p = lock_path(&cfg, "w");
+        assert!(std::fs::read_to_string(&p).unwrap().starts_with("release by pid"));
+        assert!(matches!(lock(&cfg, "w", "backup"), Err(ReleaseError::Locked { .. })));
+        let waiter = std::fs::File::open(&p).unwrap();
+        drop(held);
+        assert!(!p.exists(), "the lock file lingers after the lock is dropped");
+        assert!(!still_at(&waiter, &p));
+        let again = lock(&cfg, "w", "release").unwrap();
+        assert!(still_at(&again.file, &p));
+    }
 
     /// A journal written before `effects` existed (by a release that had turned read-only on)
     /// reads back with the same undo facts.
