@@ -142,6 +142,9 @@ pub async fn rollback(c: &Client, site: &str, discard_writes: bool) -> anyhow::R
     if prev == st.active {
         bail!("{site} is already on {prev}");
     }
+    if st.pools.get(&prev).is_none_or(|p| p.is_empty()) {
+        bail!("{}", nothing_to_roll_back_to(st, prev));
+    }
     let req = SwitchRequest {
         to: prev,
         drain_s: None,
@@ -166,5 +169,62 @@ pub async fn rollback(c: &Client, site: &str, discard_writes: bool) -> anyhow::R
             )
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Why there is no environment to roll back to, and the command that helps: a failed or
+/// unfinished release emptied (or is building) the previous color's pool, and the active color
+/// never stopped serving, so "rollback" is not the next step.
+fn nothing_to_roll_back_to(st: &SiteStatus, prev: Color) -> String {
+    let site = &st.name;
+    let active = st.active;
+    match &st.release {
+        Some(r) if r.running => format!(
+            "{site}: a release to {} is running (step {}) and is building {prev}; {active} is serving and nothing has switched. Wait for it, or stop it with Ctrl-C (it undoes itself)",
+            r.to_version, r.step
+        ),
+        Some(r) => format!(
+            "{site}: the release to {} stopped at step {} before switching, so {active} is still serving and there is nothing to roll back. `switchyard release {site} --resume` finishes it, `--abort` undoes it",
+            r.to_version, r.step
+        ),
+        None => format!(
+            "{site}: the {prev} pool is empty, so there is nothing to roll back to; {active} is serving. A failed release empties the pool of the environment it stopped: run `switchyard release` again once its cause is fixed (`switchyard envs list {site}` shows the environments), or point {prev} at backends you run yourself with `switchyard pool set {site} {prev} ADDR...`"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(release: &str) -> SiteStatus {
+        serde_json::from_str(&format!(
+            r#"{{"name":"wiki","hosts":[],"active":"green","previous":"blue","switched_at":null,
+            "read_only":false,"writes_since_switch":{{}},"written_since_switch":false,
+            "writes_in_flight":0,"pools":{{"green":[],"blue":[]}},"has_release":true{release}}}"#
+        ))
+        .unwrap()
+    }
+
+    /// After a failed release the hint is a release command, not `pool set`; mid-release it is
+    /// "wait"; with no journal it says why the pool is empty.
+    #[test]
+    fn rollback_to_an_empty_pool_points_at_the_next_command() {
+        let progress = |running: bool| {
+            format!(
+                r#","release":{{"from":"green","to":"blue","to_version":"3","step":"5/6 health",
+                "started_at":"","updated_at":"","pid":1,"running":{running}}}"#
+            )
+        };
+        let cut = nothing_to_roll_back_to(&site(&progress(false)), Color::Blue);
+        assert!(cut.contains("--resume") && cut.contains("--abort"), "{cut}");
+        assert!(!cut.contains("pool set"), "{cut}");
+        let running = nothing_to_roll_back_to(&site(&progress(true)), Color::Blue);
+        assert!(
+            running.contains("is running (step 5/6 health)"),
+            "{running}"
+        );
+        let failed = nothing_to_roll_back_to(&site(""), Color::Blue);
+        assert!(failed.contains("`switchyard release` again"), "{failed}");
     }
 }

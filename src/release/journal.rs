@@ -332,11 +332,19 @@ mod tests {
         let cfg = crate::config::load(&file).unwrap();
         let held = lock(&cfg, "w", "release").unwrap();
         let p = lock_path(&cfg, "w");
-        assert!(std::fs::read_to_string(&p).unwrap().starts_with("release by pid"));
-        assert!(matches!(lock(&cfg, "w", "backup"), Err(ReleaseError::Locked { .. })));
+        assert!(std::fs::read_to_string(&p)
+            .unwrap()
+            .starts_with("release by pid"));
+        assert!(matches!(
+            lock(&cfg, "w", "backup"),
+            Err(ReleaseError::Locked { .. })
+        ));
         let waiter = std::fs::File::open(&p).unwrap();
         drop(held);
-        assert!(!p.exists(), "the lock file lingers after the lock is dropped");
+        assert!(
+            !p.exists(),
+            "the lock file lingers after the lock is dropped"
+        );
         assert!(!still_at(&waiter, &p));
         let again = lock(&cfg, "w", "release").unwrap();
         assert!(still_at(&again.file, &p));
