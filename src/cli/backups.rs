@@ -138,10 +138,11 @@ pub async fn backups(cfg: &Config, what: &BackupsCmd) -> anyhow::Result<()> {
                 println!("{} backup set(s) of {site} verified", checked.len());
             }
         }
-        BackupsCmd::Prune { site } => {
-            let (r, keep) = backup::prune_now(cfg, site).await?;
+        BackupsCmd::Prune { site, dry_run } => {
+            let (r, keep) = backup::prune_now(cfg, site, *dry_run).await?;
+            let verb = if *dry_run { "would remove" } else { "removed" };
             for s in &r.removed {
-                println!("removed {s}");
+                println!("{verb} {s}");
             }
             for (s, why) in &r.broken {
                 println!("BROKEN  {s}: {why} (left for you to inspect)");

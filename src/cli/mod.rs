@@ -250,13 +250,17 @@ pub enum EnvsCmd {
         #[arg(long)]
         prefix: Option<String>,
     },
-    /// Remove the environments nothing needs (never the active or the rollback one).
+    /// Remove the environments nothing needs (never the active or the rollback one), with
+    /// their containers, network and volumes; says each one it removes or keeps, and why.
     Prune {
         /// The site (its `name` in the config).
         site: String,
         /// Container-name prefix (default: the site's [site.release] prefix).
         #[arg(long)]
         prefix: Option<String>,
+        /// Say what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Point the pools at the web containers' published ports again (they change when a container,
     /// the engine or the host restarts). Changes only a stale pool, says what it did; exit 1 when
@@ -297,8 +301,14 @@ pub enum BackupsCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Keep the newest `keep_backups` verified sets (whole), never the only verified one.
-    Prune { site: String },
+    /// Keep the newest `keep_backups` verified sets (whole), never the only verified one; says
+    /// each set it removes.
+    Prune {
+        site: String,
+        /// Say what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn parse_dur(s: &str) -> Result<Duration, String> {

@@ -51,10 +51,14 @@ pub async fn envs(cfg: &Config, client: &Client, what: &EnvsCmd) -> anyhow::Resu
                 println!("(the daemon did not answer, so active/rollback are not shown: {e})");
             }
         }
-        EnvsCmd::Prune { site, prefix } => {
+        EnvsCmd::Prune {
+            site,
+            prefix,
+            dry_run,
+        } => {
             let mut removed = 0;
-            let pruned = envs::prune(cfg, client, site, prefix.as_deref(), |p| {
-                removed += matches!(p, envs::Pruned::Removed(_)) as usize;
+            let pruned = envs::prune(cfg, client, site, prefix.as_deref(), *dry_run, |p| {
+                removed += !matches!(p, envs::Pruned::Kept(..)) as usize;
                 println!("{}", render::pruned(p));
             })
             .await?;

@@ -196,6 +196,10 @@ pub fn pruned(p: &Pruned) -> String {
             "removed {}-{} ({}): containers, network and volumes",
             e.prefix, e.color, e.version
         ),
+        Pruned::WouldRemove(e) => format!(
+            "would remove {}-{} ({}): containers, network and volumes",
+            e.prefix, e.color, e.version
+        ),
     }
 }
 

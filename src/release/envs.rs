@@ -104,15 +104,19 @@ pub async fn list(
 pub enum Pruned {
     Kept(EnvInfo, Role),
     Removed(EnvInfo),
+    /// `--dry-run`: would have been removed.
+    WouldRemove(EnvInfo),
 }
 
 /// `envs prune`: removes the environments of `prefix` (default the config's) that nothing needs,
-/// with their volumes. `report` sees each outcome as it happens. Returns the prefix pruned.
+/// with their volumes (with `dry_run`, none: each is reported as [`Pruned::WouldRemove`]).
+/// `report` sees each outcome as it happens. Returns the prefix pruned.
 pub async fn prune(
     cfg: &Config,
     client: &Client,
     site: &str,
     prefix: Option<&str>,
+    dry_run: bool,
     mut report: impl FnMut(&Pruned),
 ) -> Result<String, ReleaseError> {
     let _lock = journal::lock(cfg, site, "envs prune")?;
@@ -125,6 +129,7 @@ pub async fn prune(
     let st = r.status().await?;
     for e in r.engine.list(site, Some(&r.prefix)).await? {
         let outcome = match role(&e, &st, &r.rel.prefix) {
+            Role::Idle if dry_run => Pruned::WouldRemove(e),
             Role::Idle => {
                 let id = EnvId {
                     site: site.to_string(),

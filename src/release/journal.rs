@@ -234,7 +234,7 @@ pub const SYNC_LOCK: &str = "envs sync";
 /// The per-site lock; released when dropped or when the process dies. The file is removed
 /// when the lock is dropped, so nothing lingers in the state folder after a release.
 pub struct Lock {
-    file: std::fs::File,
+    _file: std::fs::File,
     path: PathBuf,
 }
 
@@ -297,7 +297,7 @@ pub fn lock(cfg: &Config, site: &str, what: &str) -> Result<Lock, ReleaseError> 
         std::process::id(),
         crate::state::now_rfc3339()
     );
-    Ok(Lock { file: f, path: p })
+    Ok(Lock { _file: f, path: p })
 }
 
 /// The locked file is the one at `path` (not one a previous holder unlinked as it let go).
@@ -347,7 +347,7 @@ mod tests {
         );
         assert!(!still_at(&waiter, &p));
         let again = lock(&cfg, "w", "release").unwrap();
-        assert!(still_at(&again.file, &p));
+        assert!(still_at(&again._file, &p));
     }
 
     /// A journal written before `effects` existed (by a release that had turned read-only on)

@@ -695,6 +695,16 @@ async fn issue_5_fault_restore() {
     );
     let envs = s.ok(&["envs", "list", SITE]);
     assert!(envs.contains("prunable"), "{envs}");
+    let dry = s.ok(&["envs", "prune", SITE, "--dry-run"]);
+    assert!(
+        dry.contains("would remove") && dry.contains("kept"),
+        "{dry}"
+    );
+    assert_eq!(
+        s.container_state("green", "db"),
+        "exited",
+        "--dry-run removed it"
+    );
     let pruned = s.ok(&["envs", "prune", SITE]);
     assert!(
         pruned.contains("removed") && pruned.contains("kept"),
@@ -852,6 +862,14 @@ async fn issue_5_backups_list_verify_prune() {
         text(&v).contains("BROKEN") && text(&v).contains("member db (db.dump)"),
         "{}",
         text(&v)
+    );
+    let before = s.ok(&["backups", "list", SITE]);
+    let dry = s.ok(&["backups", "prune", SITE, "--dry-run"]);
+    assert!(dry.contains("kept 3 verified"), "{dry}");
+    assert_eq!(
+        s.ok(&["backups", "list", SITE]),
+        before,
+        "--dry-run removed something"
     );
     let p = s.ok(&["backups", "prune", SITE]);
     assert!(p.contains("kept 3 verified"), "{p}");

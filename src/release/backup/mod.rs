@@ -150,13 +150,19 @@ pub async fn prune(
     site: &str,
     keep: usize,
 ) -> Result<PruneReport, ReleaseError> {
-    set::prune(&site_dir(rel, site), keep).await
+    set::prune(&site_dir(rel, site), keep, false).await
 }
 
 /// `backups prune SITE`: [`prune`] to `keep_backups` (returned with the report), under the
 /// site's lock.
-pub async fn prune_now(cfg: &Config, site: &str) -> Result<(PruneReport, usize), ReleaseError> {
+/// With `dry_run`, nothing is removed and the report says what would be.
+pub async fn prune_now(
+    cfg: &Config,
+    site: &str,
+    dry_run: bool,
+) -> Result<(PruneReport, usize), ReleaseError> {
     let (_, rel) = site_of(cfg, site)?;
     let _lock = journal::lock(cfg, site, "backups prune")?;
-    Ok((prune(rel, site, rel.keep_backups).await?, rel.keep_backups))
+    let keep = rel.keep_backups;
+    Ok((set::prune(&site_dir(rel, site), keep, dry_run).await?, keep))
 }

@@ -359,7 +359,12 @@ pub struct PruneReport {
 /// Keeps the newest `keep` sets that verify whole, removes older verified ones and leftover
 /// `.partial` folders and files; sets that do not verify are reported and left for a person.
 /// Never removes the only verified set (`keep` is at least 1, and one is kept before any goes).
-pub async fn prune(site_dir: &Path, keep: usize) -> Result<PruneReport, ReleaseError> {
+/// With `dry_run` nothing is removed: `removed` lists what would be.
+pub async fn prune(
+    site_dir: &Path,
+    keep: usize,
+    dry_run: bool,
+) -> Result<PruneReport, ReleaseError> {
     let mut r = PruneReport::default();
     let keep = keep.max(1);
     for set in list(site_dir)? {
@@ -369,6 +374,7 @@ pub async fn prune(site_dir: &Path, keep: usize) -> Result<PruneReport, ReleaseE
         };
         match bad {
             None if r.kept.len() < keep => r.kept.push(set.id),
+            None if dry_run => r.removed.push(set.id),
             None => {
                 set.remove(site_dir).map_err(|source| ReleaseError::Io {
                     what: "remove an old backup set".into(),
@@ -380,7 +386,12 @@ pub async fn prune(site_dir: &Path, keep: usize) -> Result<PruneReport, ReleaseE
             Some(why) => r.broken.push((set.id, why)),
         }
     }
-    if let Ok(rd) = std::fs::read_dir(site_dir) {
+    let leftovers = if dry_run {
+        None
+    } else {
+        std::fs::read_dir(site_dir).ok()
+    };
+    if let Some(rd) = leftovers {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if !(name.starts_with('.') && name.ends_with(".partial")) {
