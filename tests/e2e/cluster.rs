@@ -983,7 +983,7 @@ fn h1_rate(p: &Proxy, secs: u32) -> Option<f64> {
 /// The benchmark of issue 19 (not a timed test; `SWITCHYARD_BIN=target/release/switchyard
 /// cargo test cluster_bench -- --ignored --nocapture`, after `cargo build --release`): the switch skew (commit to the last of 3 edges acknowledging)
 /// without and with load, and h1 throughput of one edge alone vs one edge of a 3-edge cluster,
-/// interleaved rounds. Results: docs/cluster.md.
+/// interleaved rounds. Ignored: a measurement, not a check. Results: benches/README.md.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn issue_19_cluster_bench() {
