@@ -4,7 +4,8 @@
 //! nothing waits: requests in flight finish on their own.
 
 use super::audit::audit;
-use super::{unknown_site, OpError, Ops, Peer};
+use super::read_only::{check_sites, notice_text};
+use super::{OpError, Ops, Peer};
 use crate::control::api::{MaintenanceRequest, MaintenanceResponse};
 use crate::state::{self, MaintenanceState};
 
@@ -28,30 +29,17 @@ impl Ops {
         let mut inner = self.inner.lock().await;
         Self::check_version(&inner, if_match)?;
         let t = self.table.load_full();
-        if let Some(list) = &req.sites {
-            if list.is_empty() {
-                return Err(OpError::BadRequest(
-                    "`sites` is empty; leave it out to mean every site".into(),
-                ));
-            }
-            if let Some(s) = list.iter().find(|s| t.site(s).is_none()) {
-                return Err(unknown_site(s, &t));
-            }
-        }
+        check_sites(req.sites.as_deref(), &t)?;
         let before = serde_json::to_value(&inner.state.maintenance).unwrap_or_default();
         let mut next = inner.state.clone();
         next.maintenance = match req.on {
             false => None,
             true => {
-                let message = req.message.clone().unwrap_or_default();
-                if message.trim().is_empty() {
-                    return Err(OpError::BadRequest("maintenance needs a message that users will see, e.g. --message \"Moving to a new database, back at 14:00\"".into()));
-                }
-                if message.len() > 1000 {
-                    return Err(OpError::BadRequest(
-                        "the message is longer than 1000 characters".into(),
-                    ));
-                }
+                let message = notice_text(
+                    req.message.as_deref(),
+                    "maintenance needs a message that users will see, e.g. --message \"Moving to a new database, back at 14:00\"",
+                    "message",
+                )?;
                 Some(MaintenanceState {
                     message,
                     retry_after_s: req.retry_after_s.unwrap_or(300).min(86_400),

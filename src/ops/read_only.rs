@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::audit::audit;
 use super::{unknown_site, OpError, Ops, Peer};
 use crate::control::api::{ReadOnlyRequest, ReadOnlyResponse};
-use crate::routing::SiteShared;
+use crate::routing::{RoutingTable, SiteShared};
 use crate::state::{self, ReadOnlyState};
 
 impl Ops {
@@ -34,30 +34,15 @@ impl Ops {
         let mut inner = self.inner.lock().await;
         Self::check_version(&inner, if_match)?;
         let t = self.table.load_full();
-        if let Some(list) = &req.sites {
-            if list.is_empty() {
-                return Err(OpError::BadRequest(
-                    "`sites` is empty; leave it out to mean every site".into(),
-                ));
-            }
-            for s in list {
-                if t.site(s).is_none() {
-                    return Err(unknown_site(s, &t));
-                }
-            }
-        }
+        check_sites(req.sites.as_deref(), &t)?;
         let before = serde_json::to_value(&inner.state.read_only).unwrap_or_default();
         let mut next = inner.state.clone();
         if req.on {
-            let reason = req.reason.clone().unwrap_or_default();
-            if reason.trim().is_empty() {
-                return Err(OpError::BadRequest("read-only needs a reason that users will see, e.g. --reason \"upgrading to 1.43\"".into()));
-            }
-            if reason.len() > 1000 {
-                return Err(OpError::BadRequest(
-                    "the reason is longer than 1000 characters".into(),
-                ));
-            }
+            let reason = notice_text(
+                req.reason.as_deref(),
+                "read-only needs a reason that users will see, e.g. --reason \"upgrading to 1.43\"",
+                "reason",
+            )?;
             next.read_only = Some(ReadOnlyState {
                 reason,
                 retry_after_s: req.retry_after_s.unwrap_or(300).min(86_400),
@@ -114,5 +99,66 @@ impl Ops {
             version,
             cluster,
         })
+    }
+}
+
+/// `sites` of a read-only or maintenance request: left out means every site; a list names known
+/// sites only.
+pub(super) fn check_sites(sites: Option<&[String]>, t: &RoutingTable) -> Result<(), OpError> {
+    let Some(list) = sites else { return Ok(()) };
+    if list.is_empty() {
+        return Err(OpError::BadRequest(
+            "`sites` is empty; leave it out to mean every site".into(),
+        ));
+    }
+    match list.iter().find(|s| t.site(s).is_none()) {
+        Some(s) => Err(unknown_site(s, t)),
+        None => Ok(()),
+    }
+}
+
+/// The text users will see on the 503 page (a read-only reason, a maintenance message): present
+/// and at most 1000 characters.
+pub(super) fn notice_text(
+    text: Option<&str>,
+    missing: &str,
+    what: &str,
+) -> Result<String, OpError> {
+    let text = text.unwrap_or_default();
+    if text.trim().is_empty() {
+        return Err(OpError::BadRequest(missing.into()));
+    }
+    if text.len() > 1000 {
+        return Err(OpError::BadRequest(format!(
+            "the {what} is longer than 1000 characters"
+        )));
+    }
+    Ok(text.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notice_must_be_there_and_short() {
+        let missing = "read-only needs a reason";
+        let err = |r: Result<String, OpError>| match r {
+            Err(OpError::BadRequest(m)) => m,
+            other => panic!("expected a bad request, got {other:?}"),
+        };
+        assert_eq!(err(notice_text(None, missing, "reason")), missing);
+        assert_eq!(err(notice_text(Some("  "), missing, "reason")), missing);
+        let long = "x".repeat(1001);
+        assert_eq!(
+            err(notice_text(Some(&long), missing, "message")),
+            "the message is longer than 1000 characters"
+        );
+        assert_eq!(
+            notice_text(Some("back at 14:00"), missing, "reason")
+                .ok()
+                .as_deref(),
+            Some("back at 14:00")
+        );
     }
 }
