@@ -18,6 +18,8 @@ struct Setup {
     _turn: tokio::sync::MutexGuard<'static, ()>,
     etcd: EtcdCluster,
     edges: Vec<Proxy>,
+    /// One per etcd member, in front of the edges named in `setup_relayed` (to cut them off).
+    relays: Vec<Relay>,
     blue: Backend,
     green: Backend,
 }
@@ -30,8 +32,14 @@ fn wiki(blue: &Backend, green: &Backend, extra: &str) -> String {
     site("wiki", &[HOST], &[blue.addr], &[green.addr], extra)
 }
 
-/// etcd + `n` edges on one prefix; `endpoints_of(i)` may put relays in front of an edge.
+/// etcd + `n` edges on one prefix.
 async fn setup(name: &str, n: usize, site_extra: &str) -> Option<Setup> {
+    setup_relayed(name, n, site_extra, &[]).await
+}
+
+/// etcd + `n` edges on one prefix; the edges named in `relayed` reach etcd through relays (one
+/// per member, `Setup::relays`) that a test can cut.
+async fn setup_relayed(name: &str, n: usize, site_extra: &str, relayed: &[usize]) -> Option<Setup> {
     if !etcd_available() {
         return None;
     }
@@ -40,19 +48,34 @@ async fn setup(name: &str, n: usize, site_extra: &str) -> Option<Setup> {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
     let p = prefix(name);
+    let mut relays = Vec::new();
+    if !relayed.is_empty() {
+        for m in &etcd.members {
+            relays.push(Relay::start(m.client).await);
+        }
+    }
+    let through_relays: Vec<String> = relays
+        .iter()
+        .map(|r| format!("http://{}", r.addr))
+        .collect();
     let mut edges = Vec::new();
     for i in 0..n {
         let id = format!("e{i}");
+        let eps = match relayed.contains(&i) {
+            true => through_relays.clone(),
+            false => etcd.endpoints(),
+        };
         edges.push(start_edge(
             "access_log = \"off\"",
             &wiki(&blue, &green, site_extra),
-            &cluster_section(&etcd.endpoints(), &p, &id, ""),
+            &cluster_section(&eps, &p, &id, ""),
         ));
     }
     let s = Setup {
         _turn: turn,
         etcd,
         edges,
+        relays,
         blue,
         green,
     };
@@ -421,44 +444,9 @@ async fn issue_19_edge_killed_and_restarted() {
 /// barrier answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_19_cut_off_edge_refuses_writes_before_the_barrier_answers() {
-    if !etcd_available() {
+    let Some(s) = setup_relayed("cut", 3, "", &[2]).await else {
         return;
-    }
-    let turn = turn().await;
-    let etcd = EtcdCluster::start(3).await;
-    let blue = Backend::start("blue").await;
-    let green = Backend::start("green").await;
-    let p = prefix("cut");
-    let mut relays = Vec::new();
-    for m in &etcd.members {
-        relays.push(Relay::start(m.client).await);
-    }
-    let relayed: Vec<String> = relays
-        .iter()
-        .map(|r| format!("http://{}", r.addr))
-        .collect();
-    let edges: Vec<Proxy> = (0..3)
-        .map(|i| {
-            let eps = if i == 2 {
-                relayed.clone()
-            } else {
-                etcd.endpoints()
-            };
-            start_edge(
-                "access_log = \"off\"",
-                &wiki(&blue, &green, ""),
-                &cluster_section(&eps, &p, &format!("e{i}"), ""),
-            )
-        })
-        .collect();
-    let s = Setup {
-        _turn: turn,
-        etcd,
-        edges,
-        blue,
-        green,
     };
-    s.wait_all_live().await;
     // Writers on every edge: (edge, status, body, answered at).
     let stop = Arc::new(AtomicBool::new(false));
     let answers = Arc::new(Mutex::new(Vec::<(usize, u16, String, Instant)>::new()));
@@ -484,7 +472,7 @@ async fn issue_19_cut_off_edge_refuses_writes_before_the_barrier_answers() {
             .all(|i| a.iter().any(|x| x.0 == i && x.1 == 200))
             .then_some(())
     });
-    for r in &relays {
+    for r in &s.relays {
         r.cut();
     }
     let cut_at = Instant::now();
@@ -545,7 +533,7 @@ async fn issue_19_cut_off_edge_refuses_writes_before_the_barrier_answers() {
         v["cluster"]
     );
     // Healed, the cut edge catches up by itself: read-only there too.
-    for r in &relays {
+    for r in &s.relays {
         r.heal();
     }
     let c = reqwest::Client::new();
@@ -573,41 +561,10 @@ async fn issue_19_cut_off_edge_refuses_writes_before_the_barrier_answers() {
 /// and etcd compacts) re-lists when it comes back, and serves the current state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_19_compaction_while_cut_off_relists() {
-    if !etcd_available() {
+    let Some(s) = setup_relayed("compact", 2, "", &[1]).await else {
         return;
-    }
-    let turn = turn().await;
-    let etcd = EtcdCluster::start(3).await;
-    let blue = Backend::start("blue").await;
-    let green = Backend::start("green").await;
-    let p = prefix("compact");
-    let mut relays = Vec::new();
-    for m in &etcd.members {
-        relays.push(Relay::start(m.client).await);
-    }
-    let relayed: Vec<String> = relays
-        .iter()
-        .map(|r| format!("http://{}", r.addr))
-        .collect();
-    let a = start_edge(
-        "access_log = \"off\"",
-        &wiki(&blue, &green, ""),
-        &cluster_section(&etcd.endpoints(), &p, "e0", ""),
-    );
-    let b = start_edge(
-        "access_log = \"off\"",
-        &wiki(&blue, &green, ""),
-        &cluster_section(&relayed, &p, "e1", ""),
-    );
-    let s = Setup {
-        _turn: turn,
-        etcd,
-        edges: vec![a, b],
-        blue,
-        green,
     };
-    s.wait_all_live().await;
-    for r in &relays {
+    for r in &s.relays {
         r.cut();
     }
     for to in ["green", "blue", "green"] {
@@ -624,7 +581,7 @@ async fn issue_19_compaction_while_cut_off_relists() {
     )
     .await
     .unwrap();
-    for r in &relays {
+    for r in &s.relays {
         r.heal();
     }
     let http = reqwest::Client::new();
