@@ -171,9 +171,12 @@ async fn issue_21_tls_alpn_01_issues_and_a_restart_reuses_the_certificate() {
     assert_eq!(mode(&acme.join("wiki.key")), 0o600);
     assert_eq!(mode(&acme.join("account.key")), 0o600);
     assert!(acme.join("wiki.crt").is_file());
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(acme.join("wiki.json")).unwrap()).unwrap();
-    assert!(meta["issued_at"].is_string(), "{meta}");
+    // The record is written just after the certificate is served: wait for it.
+    let meta: serde_json::Value = wait_until(Duration::from_secs(5), "wiki.json written", || {
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(acme.join("wiki.json")).ok()?).ok()?;
+        m["issued_at"].is_string().then_some(m)
+    });
     assert!(meta["not_after"].is_string(), "{meta}");
     assert!(meta["last_error"].is_null(), "{meta}");
 
