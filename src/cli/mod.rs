@@ -6,12 +6,14 @@
 //! - `control.rs`: the daemon's verbs (status, switch, read-only, pool, reload, rollback).
 //! - `release.rs`: the Docker commands (up, release, envs).
 //! - `backups.rs`: `backup` and `backups` (sets; `--json`).
+//! - `offsite.rs`: `backups offsite` (restic copies) and `backups drill`.
 //! - `cluster.rs`: `cluster status`, the edges of a `[cluster]`.
 //! - `render.rs`: tables and lines for people.
 
 mod backups;
 mod cluster;
 mod control;
+mod offsite;
 mod release;
 mod render;
 
@@ -309,6 +311,50 @@ pub enum BackupsCmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Copies of the sets in the restic repository of [backups.offsite].
+    Offsite {
+        #[command(subcommand)]
+        what: OffsiteCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OffsiteCmd {
+    /// Create the restic repository ([backups.offsite] repository and password_file).
+    Init,
+    /// The site's sets in the repository (snapshot id, time, and whether a local copy exists).
+    List {
+        site: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy every local set that is not off-site yet (what `backup` does after its set), then
+    /// apply the retention policy; exit 1 if a copy failed.
+    Copy {
+        site: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// `restic check` of the repository, then a set (default the newest) restored into a scratch
+    /// folder and every member re-hashed against its manifest; exit 1 on any difference.
+    Verify {
+        site: String,
+        /// The set's id (see `backups offsite list`).
+        #[arg(long = "set")]
+        set: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring a set (default the newest) back into the local backups folder, verified against its
+    /// manifest before it appears there.
+    Restore {
+        site: String,
+        /// The set's id (see `backups offsite list`).
+        #[arg(long = "set")]
+        set: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_dur(s: &str) -> Result<Duration, String> {
@@ -471,6 +517,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let (cfg, client) = (cli.load_config()?, cli.client()?);
             backups::backup(&cfg, &client, site, *json).await
         }
+        Cmd::Backups {
+            what: BackupsCmd::Offsite { what },
+        } => offsite::offsite(&cli.load_config()?, cli.client().ok().as_ref(), what).await,
         Cmd::Backups { what } => backups::backups(&cli.load_config()?, what).await,
         Cmd::Cluster {
             what: ClusterCmd::Status { json },

@@ -89,6 +89,8 @@ pub enum ReleaseError {
     NotReady { what: String, why: String },
     #[error("{0}")]
     Failed(String),
+    #[error(transparent)]
+    Offsite(#[from] backup::offsite::OffsiteError),
     #[error("interrupted (Ctrl-C or SIGTERM)")]
     Interrupted,
     #[error("release of {site} failed at step {step}: {reason}\n{}", .cleanup.iter().map(|c| format!("  - {c}")).collect::<Vec<_>>().join("\n"))]
