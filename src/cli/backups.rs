@@ -150,7 +150,9 @@ pub async fn backups(cfg: &Config, what: &BackupsCmd) -> anyhow::Result<()> {
                 println!("{} backup set(s) of {site} verified", checked.len());
             }
         }
-        BackupsCmd::Offsite { .. } => anyhow::bail!("`backups offsite` is dispatched by cli::mod"),
+        BackupsCmd::Offsite { .. } | BackupsCmd::Drill { .. } => {
+            anyhow::bail!("`backups offsite` and `backups drill` are dispatched by cli::mod")
+        }
         BackupsCmd::Prune { site, dry_run } => {
             let (r, keep) = backup::prune_now(cfg, site, *dry_run).await?;
             let verb = if *dry_run { "would remove" } else { "removed" };

@@ -311,6 +311,20 @@ pub enum BackupsCmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Restore a set (default the newest) into a scratch environment {prefix}-drill-* (never
+    /// routed), run verify_restore and the web health check there, record the result, remove
+    /// it; exit 1 when the drill fails.
+    Drill {
+        site: String,
+        /// The set's id (see `backups list`, or `backups offsite list` with --offsite).
+        #[arg(long = "set")]
+        set: Option<String>,
+        /// Take the set from the off-site repository (restored into a scratch folder first).
+        #[arg(long)]
+        offsite: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Copies of the sets in the restic repository of [backups.offsite].
     Offsite {
         #[command(subcommand)]
@@ -520,6 +534,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Backups {
             what: BackupsCmd::Offsite { what },
         } => offsite::offsite(&cli.load_config()?, cli.client().ok().as_ref(), what).await,
+        Cmd::Backups {
+            what:
+                BackupsCmd::Drill {
+                    site,
+                    set,
+                    offsite: from_offsite,
+                    json,
+                },
+        } => {
+            let (cfg, client) = (cli.load_config()?, cli.client()?);
+            offsite::drill(&cfg, &client, site, set.as_deref(), *from_offsite, *json).await
+        }
         Cmd::Backups { what } => backups::backups(&cli.load_config()?, what).await,
         Cmd::Cluster {
             what: ClusterCmd::Status { json },

@@ -111,3 +111,37 @@ pub async fn offsite(
     }
     Ok(())
 }
+
+pub async fn drill(
+    cfg: &Config,
+    client: &Client,
+    site: &str,
+    set: Option<&str>,
+    from_offsite: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let src = release::drill::Source {
+        set,
+        offsite: from_offsite,
+    };
+    let d = release::drill::drill(cfg, client, site, src, json).await?;
+    if json {
+        print_json(&json!(d))?;
+    } else if d.ok {
+        println!(
+            "drill of {site} passed: set {} ({}, {}) restored, verified and healthy in {:.2}s",
+            d.set,
+            human_bytes(d.size),
+            d.source,
+            d.duration_s
+        );
+    }
+    if let Some(e) = &d.error {
+        anyhow::bail!(
+            "drill of {site} FAILED on set {} ({}): {e}. Do not count on this set; take a new one (`switchyard backup {site}`) and look at why",
+            d.set,
+            d.source
+        );
+    }
+    Ok(())
+}

@@ -328,7 +328,11 @@ async fn forget(o: &OffsiteConfig, site: &str, progress: &Progress) -> Result<()
 }
 
 /// The snapshot of set `id` (or of the newest set when None).
-async fn pick(o: &OffsiteConfig, site: &str, id: Option<&str>) -> Result<Snapshot, ReleaseError> {
+pub async fn pick(
+    o: &OffsiteConfig,
+    site: &str,
+    id: Option<&str>,
+) -> Result<Snapshot, ReleaseError> {
     let list = snapshots(o, site).await?;
     let found = match id {
         Some(id) => list.into_iter().find(|s| s.set == id),
@@ -343,7 +347,7 @@ async fn pick(o: &OffsiteConfig, site: &str, id: Option<&str>) -> Result<Snapsho
 }
 
 /// Removes a folder when dropped (the `.partial` of a restore, also on Ctrl-C).
-struct Scratch(PathBuf);
+pub struct Scratch(pub PathBuf);
 
 impl Drop for Scratch {
     fn drop(&mut self) {
@@ -371,7 +375,7 @@ fn du(dir: &Path) -> u64 {
 
 /// Restores snapshot `snap` into `scratch` and checks it whole against its own manifest; the
 /// set found there (not yet in place).
-async fn fetch(
+pub async fn fetch(
     o: &OffsiteConfig,
     snap: &Snapshot,
     scratch: &Path,
