@@ -474,3 +474,57 @@ async fn issue_17_drill_fails_on_a_truncated_dump() {
     // The site was never touched.
     assert_eq!(s.notes().await.len(), 4);
 }
+
+/// A release and `[backups.offsite] mode`: with `required` and a repository that is not there,
+/// the release fails at step 3 and the old environment serves as before. With `after` and an
+/// unreachable server, the release goes through (exit 0), says loudly that its set is not
+/// off-site, and `status` has it. With `required` and the repository there, the release's set
+/// (and those left pending) are off-site when it is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_17_release_and_offsite_modes() {
+    if !tools(false) {
+        return;
+    }
+    let s = stack("offrel", "restic-repo");
+    s.edit("keep_last = 5", "keep_last = 5\nmode = \"required\"");
+    s.ok(&["up", SITE, "--version", "1"]);
+    assert_eq!(s.post_note("one").await.status(), 201);
+    let out = failed(&s, &["release", SITE, "--version", "2"]);
+    assert!(out.contains("failed at step 3/6 backup"), "{out}");
+    assert!(
+        out.contains("mode = \"required\"") && out.contains("switchyard backups offsite init"),
+        "{out}"
+    );
+    s.assert_recovered(1).await;
+    s.ok(&["backups", "offsite", "init"]);
+    // `after`, the server unreachable: the release is done, the copy's failure is loud.
+    let port = free_port();
+    let rest = format!("repository = \"rest:http://127.0.0.1:{port}/\"");
+    s.edit("mode = \"required\"", "mode = \"after\"");
+    s.edit("repository = \"restic-repo\"", &rest);
+    let out = s.ok(&["release", SITE, "--version", "2"]);
+    assert!(out.contains("release of notes done"), "{out}");
+    assert!(
+        out.contains("WARNING: the release is done, but its backup set is NOT off-site")
+            && out.contains("cannot reach the off-site repository"),
+        "{out}"
+    );
+    assert_eq!(s.version().await, "2");
+    let st = s.site_status();
+    assert_eq!(st["last_offsite"]["ok"], false, "{st}");
+    // `required`, the repository there: every set is off-site once the release is done.
+    s.edit("mode = \"after\"", "mode = \"required\"");
+    s.edit(&rest, "repository = \"restic-repo\"");
+    let out = s.ok(&["release", SITE, "--version", "2"]);
+    assert!(out.contains("off-site: set"), "{out}");
+    let all = sets(&s);
+    assert_eq!(all.len(), 3, "{all:?}");
+    for d in all {
+        assert!(
+            d.join("offsite.json").exists(),
+            "{} is not off-site",
+            d.display()
+        );
+    }
+    assert_eq!(s.site_status()["last_offsite"]["ok"], true);
+}
