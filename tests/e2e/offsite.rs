@@ -528,3 +528,58 @@ async fn issue_17_release_and_offsite_modes() {
     }
     assert_eq!(s.site_status()["last_offsite"]["ok"], true);
 }
+
+/// Deterministic incompressible bytes.
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The timings in docs/backups.md: `SY_OFFSITE_MB=200 cargo test --test e2e
+/// issue_17_offsite_measure -- --ignored --nocapture` (a local restic repository; the uploads in
+/// 4 MiB files). Ignored: it measures, it checks nothing new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn issue_17_offsite_measure() {
+    if !tools(false) {
+        return;
+    }
+    let mb: usize = std::env::var("SY_OFFSITE_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let s = stack("offmeasure", "restic-repo");
+    let _left = DrillLeftovers(format!("{}-drill", s.prefix));
+    s.ok(&["up", SITE, "--version", "1"]);
+    for i in 0..mb / 4 {
+        put_file(&s, &format!("u{i}.bin"), noise(i as u64, 4 << 20)).await;
+    }
+    s.ok(&["backups", "offsite", "init"]);
+    let time = |args: &[&str]| {
+        let t = Instant::now();
+        let out = s.ok(args);
+        (t.elapsed().as_secs_f64(), out)
+    };
+    let (backup_s, out) = time(&["backup", SITE]);
+    eprintln!("{out}");
+    let (again_s, _) = time(&["backups", "offsite", "copy", SITE]);
+    let (second_s, out) = time(&["backup", SITE]);
+    eprintln!("{out}");
+    std::fs::remove_dir_all(s.backups_dir()).unwrap();
+    let (restore_s, out) = time(&["backups", "offsite", "restore", SITE]);
+    eprintln!("{out}");
+    let (verify_s, _) = time(&["backups", "offsite", "verify", SITE]);
+    let (drill_s, out) = time(&["backups", "drill", SITE]);
+    eprintln!("{out}");
+    let (drill_off_s, _) = time(&["backups", "drill", SITE, "--offsite"]);
+    eprintln!(
+        "MEASURE {mb} MiB: backup+copy {backup_s:.1}s, copy with nothing pending {again_s:.2}s, second backup (deduplicated) {second_s:.1}s, offsite restore {restore_s:.1}s, offsite verify {verify_s:.1}s, drill {drill_s:.1}s, drill --offsite {drill_off_s:.1}s"
+    );
+}
