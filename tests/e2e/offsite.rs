@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::release::{sh, testapp, testapp_release, text, Stack, HOST, SITE};
+use crate::release::{sh, testapp, testapp_release, text, wait_line, Stack, HOST, SITE};
 use crate::support::*;
 
 fn have(bin: &str) -> bool {
@@ -237,6 +237,40 @@ async fn issue_17_offsite_restore_then_drill_passes() {
     let listed: serde_json::Value =
         serde_json::from_str(&s.ok(&["backups", "offsite", "list", SITE, "--json"])).unwrap();
     assert_eq!(listed["sets"].as_array().unwrap().len(), 2, "{listed}");
+    // Another restic run holds the repository (`key passwd` waits on its stdin with an
+    // exclusive lock): refused, with the `restic unlock` hint; the set stays pending.
+    let repo = s.p.dir.join("restic-repo");
+    let mut holder = Command::new("restic")
+        .args(["key", "passwd"])
+        .env("RESTIC_REPOSITORY", &repo)
+        .env("RESTIC_PASSWORD_FILE", s.p.dir.join("restic.pass"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("restic key passwd");
+    let locks = repo.join("locks");
+    let has_lock = || {
+        std::fs::read_dir(&locks)
+            .map(|mut rd| rd.next().is_some())
+            .unwrap_or(false)
+    };
+    wait_until(Duration::from_secs(20), "restic's exclusive lock", || {
+        has_lock().then_some(())
+    });
+    let out = failed(&s, &["backup", SITE]);
+    assert!(
+        out.contains("is locked by another restic run") && out.contains("restic unlock"),
+        "{out}"
+    );
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    wait_until(Duration::from_secs(20), "restic's lock released", || {
+        (!has_lock()).then_some(())
+    });
+    s.ok(&["backups", "offsite", "copy", SITE]);
+    let local = sets(&s);
+    assert_eq!(local.len(), 3);
     // The newest set's member hashes, to compare with what comes back.
     let newest = local.last().unwrap().clone();
     let id = newest.file_name().unwrap().to_string_lossy().into_owned();
@@ -463,14 +497,31 @@ async fn issue_17_drill_fails_on_a_truncated_dump() {
             .contains("verify_restore"),
         "{st}"
     );
+    // Ctrl-C while the drill waits for a web that never gets healthy: the scratch environment
+    // goes all the same, and the drill is recorded as failed.
+    replace_dump(&set, &good);
+    s.edit("WEB_ENV = \"1\"", "SY_HEALTH_FAIL = \"1\"");
+    s.edit("health_timeout = \"30s\"", "health_timeout = \"90s\"");
+    let (mut child, rx, err) = s.spawn(&["backups", "drill", SITE, "--set", &id]);
+    let mut seen = Vec::new();
+    wait_line(&rx, "verify_restore ok", &mut seen);
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let err = err.join().unwrap_or_default().join("\n");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("FAILED") && err.contains("interrupted"),
+        "{err}"
+    );
+    assert_no_drill_env(&s);
     let d = audit_lines(&s, "drill");
-    assert_eq!(d.len(), 3);
     assert_eq!(
         d.iter()
             .map(|v| v["after"]["ok"].as_bool().unwrap())
             .collect::<Vec<_>>(),
-        [true, false, false]
+        [true, false, false, false]
     );
+    assert_eq!(s.site_status()["last_drill"]["ok"], false);
     // The site was never touched.
     assert_eq!(s.notes().await.len(), 4);
 }
