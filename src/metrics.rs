@@ -53,8 +53,7 @@ pub struct Metrics {
     acme_orders: IntCounterVec,
     /// Off-site copy runs and restore drills by site, kind and result (`ok`, `error`).
     backup_events: IntCounterVec,
-    /// 1 when the last off-site run / drill of a site passed, 0 when it failed.
-    backup_last_ok: prometheus::IntGaugeVec,
+
     /// `[cluster]`: writes refused because this edge's view was not fresh.
     pub cluster_refusals: IntCounter,
     /// `[cluster]`: acks written (each also confirms freshness).
@@ -177,18 +176,6 @@ impl Default for Metrics {
                 "Off-site copy runs (kind=offsite) and restore drills (kind=drill) by site and result (ok, error).",
                 &["site", "kind", "result"],
             ),
-            backup_last_ok: {
-                let g = prometheus::IntGaugeVec::new(
-                    Opts::new(
-                        "switchyard_backup_last_ok",
-                        "1 when the last off-site copy run (kind=offsite) or drill (kind=drill) of a site passed, 0 when it failed.",
-                    ),
-                    &["site", "kind"],
-                )
-                .expect("valid metric");
-                r.register(Box::new(g.clone())).expect("registered once");
-                g
-            },
             cluster_refusals: counter(
                 &r,
                 "switchyard_cluster_unknown_refusals_total",
@@ -324,9 +311,6 @@ impl Metrics {
         self.backup_events
             .with_label_values(&[site, kind, if ok { "ok" } else { "error" }])
             .inc();
-        self.backup_last_ok
-            .with_label_values(&[site, kind])
-            .set(i64::from(ok));
     }
 
     pub fn switched(&self, site: &str) {

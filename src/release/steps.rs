@@ -131,7 +131,7 @@ async fn backup(run: &mut Run<'_>) -> Result<(), ReleaseError> {
         run.journal.verify_expected = Some(out.stdout_text.trim().to_string());
     }
     run.save()?;
-    backup::offsite::for_release(r, true).await?;
+    backup::offsite::for_release(r, Some(&set.id)).await?;
     let members = match &set.manifest {
         Ok(m) => m
             .members
@@ -301,7 +301,7 @@ pub async fn finish(run: &mut Run<'_>) -> Result<(), ReleaseError> {
             .line(format_args!("note: pruning old backups failed: {e}")),
     }
     // Never an error here: the release is done (a failed copy is printed and recorded).
-    if let Err(e) = backup::offsite::for_release(r, false).await {
+    if let Err(e) = backup::offsite::for_release(r, None).await {
         r.progress
             .line(format_args!("WARNING: the off-site copy did not run: {e}"));
     }

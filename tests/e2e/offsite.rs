@@ -401,7 +401,13 @@ async fn issue_17_offsite_rest_server_wrong_password_and_down() {
         .unwrap();
     assert!(
         metrics.contains(&format!(
-            "switchyard_backup_last_ok{{kind=\"offsite\",site=\"{SITE}\"}} 0"
+            "switchyard_backup_last_ok{{site=\"{SITE}\",kind=\"offsite\"}} 0"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "switchyard_offsite_pending_sets{{site=\"{SITE}\"}} 2"
         )),
         "{metrics}"
     );

@@ -191,6 +191,8 @@ pub async fn verify(
     progress: &Progress,
 ) -> Result<Verified, ReleaseError> {
     let o = config(cfg)?;
+    // The scratch folder is beside the sets: prune (under the same lock) must not sweep it.
+    let _lock = crate::release::journal::lock(cfg, site, "backups offsite verify")?;
     let t = Instant::now();
     let out = restic::run(o, &["check"], None, &mut nothing, &|| {}).await?;
     let check = out

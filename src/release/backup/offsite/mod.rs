@@ -334,27 +334,37 @@ async fn forget(o: &OffsiteConfig, site: &str, progress: &Progress) -> Result<()
     Ok(())
 }
 
-/// A release's off-site copy: with `mode = "required"` at step 3 (`at_backup`: the release waits
-/// for it and fails with it), with `"after"` once the release is done (a failure is printed
-/// loudly, recorded and retried by the next `backup`; the release itself stands).
+/// A release's off-site copy: with `mode = "required"` at step 3 (`at_backup`: the id of the set
+/// step 3 took; the release waits for the copy and fails when that set is not off-site), with
+/// `"after"` once the release is done (a failure is printed loudly, recorded and retried by the
+/// next `backup`; the release itself stands). An older pending set that fails to copy does not
+/// fail a release: it is printed and recorded like any failed copy.
 pub async fn for_release(
     r: &crate::release::Release<'_>,
-    at_backup: bool,
+    at_backup: Option<&str>,
 ) -> Result<(), ReleaseError> {
     let Some(o) = &r.cfg.offsite else {
         return Ok(());
     };
-    if at_backup != (o.mode == crate::config::OffsiteMode::Required) {
+    if at_backup.is_some() != (o.mode == crate::config::OffsiteMode::Required) {
         return Ok(());
     }
     let run = copy_pending(r.cfg, r.rel, r.name(), Some(r.client), &r.progress).await?;
     print_run(&run, &r.progress);
-    match run.error {
-        None => Ok(()),
-        Some(e) if at_backup => Err(ReleaseError::Failed(format!(
-            "the set is verified locally but its off-site copy failed, and [backups.offsite] mode = \"required\": {e}"
+    let Some(e) = run.error else {
+        return Ok(());
+    };
+    match at_backup {
+        Some(id) if !run.status.copied.iter().any(|c| c.set == id) => Err(ReleaseError::Failed(format!(
+            "set {id} is verified locally but its off-site copy failed, and [backups.offsite] mode = \"required\": {e}"
         ))),
-        Some(e) => {
+        Some(_) => {
+            r.progress.line(format_args!(
+                "WARNING: this release's set is off-site, but not every older one: {e}"
+            ));
+            Ok(())
+        }
+        None => {
             r.progress.line(format_args!(
                 "WARNING: the release is done, but its backup set is NOT off-site: {e}. `switchyard backups offsite copy {}` (or the next `switchyard backup`) retries it",
                 r.name()
