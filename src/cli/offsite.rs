@@ -31,7 +31,7 @@ pub async fn offsite(
             offsite::init(o).await?;
             println!(
                 "created the restic repository {} (password in {}). Keep a copy of that password somewhere else: without it the copies cannot be read",
-                o.repository,
+                o.shown(),
                 o.password_file.display()
             );
         }
@@ -43,14 +43,14 @@ pub async fn offsite(
             if *json {
                 return print_json(&json!({
                     "site": site,
-                    "repository": o.repository,
+                    "repository": o.shown(),
                     "sets": snaps.iter().map(|s| json!({
                         "set": s.set, "snapshot": s.id, "time": s.time, "local": here(&s.set),
                     })).collect::<Vec<_>>(),
                 }));
             }
             if snaps.is_empty() {
-                println!("no sets of {site} in {}", o.repository);
+                println!("no sets of {site} in {}", o.shown());
             }
             for s in &snaps {
                 println!(

@@ -131,6 +131,31 @@ pub struct OffsiteConfig {
     pub keep: Vec<(&'static str, u32)>,
 }
 
+impl OffsiteConfig {
+    /// The password inside the repository URL (`rest:https://user:PASSWORD@host/`), if any.
+    fn url_password(&self) -> Option<&str> {
+        let (_, rest) = self.repository.split_once("://")?;
+        let authority = rest.split('/').next()?;
+        let (userinfo, _) = authority.rsplit_once('@')?;
+        let (_, pass) = userinfo.split_once(':')?;
+        (!pass.is_empty()).then_some(pass)
+    }
+
+    /// The repository as shown to people, in status and in the audit log: a password in the URL
+    /// is replaced by `***`.
+    pub fn shown(&self) -> String {
+        self.redact(&self.repository)
+    }
+
+    /// `text` (restic's own messages too) with the URL's password replaced by `***`.
+    pub fn redact(&self, text: &str) -> String {
+        match self.url_password() {
+            Some(p) => text.replace(p, "***"),
+            None => text.to_string(),
+        }
+    }
+}
+
 /// When a set goes off-site.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffsiteMode {

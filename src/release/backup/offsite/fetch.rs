@@ -24,8 +24,8 @@ pub async fn pick(
     };
     found.ok_or_else(|| {
         ReleaseError::Failed(match id {
-            Some(id) => format!("the off-site repository {} holds no set {id} of {site}; `switchyard backups offsite list {site}` shows the sets it has", o.repository),
-            None => format!("the off-site repository {} holds no set of {site} yet; `switchyard backup {site}` takes one and copies it", o.repository),
+            Some(id) => format!("the off-site repository {} holds no set {id} of {site}; `switchyard backups offsite list {site}` shows the sets it has", o.shown()),
+            None => format!("the off-site repository {} holds no set of {site} yet; `switchyard backup {site}` takes one and copies it", o.shown()),
         })
     })
 }
@@ -147,7 +147,7 @@ pub async fn restore_snapshot(
             std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(files::FILE_MODE));
     }
     let rec = record::Copied {
-        repository: o.repository.clone(),
+        repository: o.shown(),
         snapshot: snap.id.clone(),
         copied_at: snap.time.clone(),
     };
@@ -217,7 +217,7 @@ pub async fn verify(
         .as_ref()
         .map_err(|e| ReleaseError::Failed(e.clone()))?;
     Ok(Verified {
-        repository: o.repository.clone(),
+        repository: o.shown(),
         check,
         set: snap.set.clone(),
         snapshot: snap.id.clone(),

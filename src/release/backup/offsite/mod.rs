@@ -208,7 +208,7 @@ pub async fn copy_pending(
         time: crate::state::now_rfc3339(),
         ok: result.is_ok(),
         error: result.as_ref().err().map(|e| e.to_string()),
-        repository: o.repository.clone(),
+        repository: o.shown(),
         copied,
         pending,
         duration_s: t.elapsed().as_secs_f64(),
@@ -276,7 +276,7 @@ async fn copy_all(
             }
         };
         let rec = record::Copied {
-            repository: o.repository.clone(),
+            repository: o.shown(),
             snapshot: c.snapshot.clone(),
             copied_at: crate::state::now_rfc3339(),
         };

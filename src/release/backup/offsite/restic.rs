@@ -83,7 +83,7 @@ pub async fn run(
         Err(_) => {
             return Err(OffsiteError::Timeout {
                 what,
-                repo: cfg.repository.clone(),
+                repo: cfg.shown(),
                 after: cfg.timeout,
             })
         }
@@ -113,9 +113,10 @@ fn password_readable(cfg: &OffsiteConfig) -> Result<(), OffsiteError> {
 
 /// What restic's stderr says went wrong, as an error that says what to do.
 pub fn classify(cfg: &OffsiteConfig, what: &str, stderr: &str, code: Option<i32>) -> OffsiteError {
-    let repo = cfg.repository.clone();
+    let repo = cfg.shown();
+    let stderr = cfg.redact(stderr);
     let s = stderr.to_ascii_lowercase();
-    let detail = tail(stderr);
+    let detail = tail(&stderr);
     if s.contains("wrong password") {
         return OffsiteError::WrongPassword {
             repo,
