@@ -182,6 +182,8 @@ async fn restore(run: &mut Run<'_>) -> Result<(), ReleaseError> {
             dir.display()
         ))
     })?;
+    // A resume after a crash in step 3 comes here without step 3's copy: `required` still holds.
+    backup::offsite::for_release(r, Some(&set.id)).await?;
     let restored = backup::restore::restore(&r.engine, r.rel, &run.new, &set, &r.progress).await?;
     let mut checked = String::new();
     if let Some(v) = &r.rel.verify_restore {

@@ -335,7 +335,8 @@ async fn forget(o: &OffsiteConfig, site: &str, progress: &Progress) -> Result<()
 }
 
 /// A release's off-site copy: with `mode = "required"` at step 3 (`at_backup`: the id of the set
-/// step 3 took; the release waits for the copy and fails when that set is not off-site), with
+/// step 3 took; the release waits for the copy and fails when that set is not off-site; again at
+/// step 4, a no-op unless a resume skipped step 3's copy), with
 /// `"after"` once the release is done (a failure is printed loudly, recorded and retried by the
 /// next `backup`; the release itself stands). An older pending set that fails to copy does not
 /// fail a release: it is printed and recorded like any failed copy.
@@ -348,6 +349,13 @@ pub async fn for_release(
     };
     if at_backup.is_some() != (o.mode == crate::config::OffsiteMode::Required) {
         return Ok(());
+    }
+    if let Some(id) = at_backup {
+        // Already off-site (step 3 copied it; this is step 4): nothing to wait for.
+        let found = set::find(&super::site_dir(r.rel, r.name()), id)?;
+        if found.as_ref().and_then(record::copied).is_some() {
+            return Ok(());
+        }
     }
     let run = copy_pending(r.cfg, r.rel, r.name(), Some(r.client), &r.progress).await?;
     print_run(&run, &r.progress);
