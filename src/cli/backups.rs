@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::control::client::Client;
-use crate::release::backup::{self, MemberCheck, Set};
+use crate::release::backup::{self, offsite, MemberCheck, Set};
 use crate::release::{self, human_bytes, Progress};
 
 use super::{render, BackupsCmd};
@@ -23,6 +23,7 @@ pub fn set_json(s: &Set) -> Value {
                 o.extend(mj);
                 o.insert("size".into(), json!(m.size()));
                 o.insert("complete".into(), json!(true));
+                o.insert("offsite".into(), json!(offsite::record::copied(s)));
             }
         }
         Err(e) => {

@@ -237,6 +237,14 @@ async fn issue_17_offsite_restore_then_drill_passes() {
     let listed: serde_json::Value =
         serde_json::from_str(&s.ok(&["backups", "offsite", "list", SITE, "--json"])).unwrap();
     assert_eq!(listed["sets"].as_array().unwrap().len(), 2, "{listed}");
+    let out = s.ok(&["backups", "list", SITE]);
+    assert_eq!(out.matches(", off-site (snapshot ").count(), 2, "{out}");
+    let listed: serde_json::Value =
+        serde_json::from_str(&s.ok(&["backups", "list", SITE, "--json"])).unwrap();
+    assert!(
+        listed["sets"][0]["offsite"]["snapshot"].is_string(),
+        "{listed}"
+    );
     // Another restic run holds the repository (`key passwd` waits on its stdin with an
     // exclusive lock): refused, with the `restic unlock` hint; the set stays pending.
     let repo = s.p.dir.join("restic-repo");
