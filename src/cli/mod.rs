@@ -161,7 +161,8 @@ pub enum Cmd {
         what: EnvsCmd,
     },
     /// Take a verified backup set of SITE now: the database dump and every data volume (read-only
-    /// meanwhile when there are files besides the dump).
+    /// meanwhile when there are files besides the dump); with [backups.offsite], then copy every
+    /// set not off-site yet (exit 1 when that fails; the local set stays).
     Backup {
         site: String,
         /// One JSON document on stdout (progress goes to stderr).

@@ -426,6 +426,21 @@ async fn issue_17_offsite_rest_server_wrong_password_and_down() {
         "{metrics}"
     );
 
+    let page = reqwest::get(format!("http://{}/", s.p.metrics.unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("off-site copy FAILED")
+            && page.contains("cannot reach the off-site repository"),
+        "the dashboard must show the failed copy"
+    );
+    assert!(
+        page.contains("restore drill passed"),
+        "the dashboard shows the last drill"
+    );
     // Back up: the next backup copies the two pending sets and its own.
     let _server = RestServer::start(&s.p.dir.join("rest-data"), port);
     let out = s.ok(&["backup", SITE]);
