@@ -331,6 +331,39 @@ async fn issue_17_offsite_restore_then_drill_passes() {
     // The site itself was never touched: still v1 with its notes.
     assert_eq!(s.version().await, "1");
     assert_eq!(s.notes().await.len(), 3);
+    // The repository's disk rots (a byte flipped in every data pack): `restic check` alone
+    // does not read the data, the restore in `verify` does; a restore brings nothing back.
+    let mut packs = Vec::new();
+    for d in std::fs::read_dir(repo.join("data")).unwrap().flatten() {
+        packs.extend(
+            std::fs::read_dir(d.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.path()),
+        );
+    }
+    assert!(!packs.is_empty());
+    for p in &packs {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut b = std::fs::read(p).unwrap();
+        b[20] ^= 0xff;
+        std::fs::write(p, b).unwrap();
+    }
+    let out = failed(&s, &["backups", "offsite", "verify", SITE]);
+    assert!(
+        out.contains("holds damaged data") && out.contains("restic check --read-data"),
+        "{out}"
+    );
+    std::fs::remove_dir_all(s.backups_dir()).unwrap();
+    let out = failed(&s, &["backups", "offsite", "restore", SITE]);
+    assert!(out.contains("holds damaged data"), "{out}");
+    let left: Vec<_> = std::fs::read_dir(s.backups_dir())
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "a damaged copy left {left:?} in the backups folder"
+    );
     eprintln!(
         "offsite restore + drill: drill {drill_s:.1}s, whole test {:.1}s",
         t0.elapsed().as_secs_f64()

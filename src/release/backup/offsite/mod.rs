@@ -58,6 +58,8 @@ pub enum OffsiteError {
         repo: String,
         after: Duration,
     },
+    #[error("the off-site repository {repo} holds damaged data ({detail}); nothing was restored from it. `restic check --read-data` lists what is damaged; take a new set (`switchyard backup SITE`) so that a good copy exists")]
+    Damaged { repo: String, detail: String },
     #[error("restic {what} failed: {detail}")]
     Failed { what: String, detail: String },
 }

@@ -139,6 +139,15 @@ pub fn classify(cfg: &OffsiteConfig, what: &str, stderr: &str, code: Option<i32>
     if unreachable.iter().any(|k| s.contains(k)) {
         return OffsiteError::Unreachable { repo, detail };
     }
+    let damaged = [
+        "ciphertext verification failed",
+        "hash does not match",
+        "hash mismatch",
+        "invalid data returned",
+    ];
+    if damaged.iter().any(|k| s.contains(k)) {
+        return OffsiteError::Damaged { repo, detail };
+    }
     if s.contains("config file already exists") {
         return OffsiteError::AlreadyInitialised { repo };
     }
@@ -201,6 +210,8 @@ mod tests {
         );
         let e = classify(&c, "backup", "unable to create lock in backend: repository is already locked exclusively by PID 7 on h by root (UID 0, GID 0)\nlock was created at 2026-12-02 06:00:00 (1m ago)\n", Some(1));
         assert!(e.to_string().contains("restic unlock"), "{e}");
+        let e = classify(&c, "restore", "ignoring error for /s/db.dump: ciphertext verification failed\nFatal: There were 2 errors\n", Some(1));
+        assert!(e.to_string().contains("holds damaged data"), "{e}");
         let e = classify(&c, "backup", "Fatal: something else\n", Some(3));
         assert!(
             e.to_string().contains("exit code 3: Fatal: something else"),
