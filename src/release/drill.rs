@@ -29,7 +29,8 @@ pub struct Source<'a> {
     pub offsite: bool,
 }
 
-/// Runs a drill and records it; `Ok` with `ok: false` when the drill ran and failed.
+/// Runs a drill and records it; `Ok` with `ok: false` when the drill ran and failed (a set that
+/// cannot be had, from the repository or locally, is a failed drill too).
 pub async fn drill(
     cfg: &Config,
     client: &Client,
@@ -46,53 +47,24 @@ pub async fn drill(
     let site_dir = backup::site_dir(r.rel, site);
     // An off-site set is restored next to the local ones, in a folder removed afterwards.
     let scratch = Scratch(site_dir.join(".drill.partial"));
-    let set = choose(&r, &src, &scratch).await?;
-    let m = set
-        .manifest
-        .as_ref()
-        .map_err(|e| ReleaseError::Failed(format!("set {}: {e}", set.id)))?;
-    let color = Color::parse(&m.color).unwrap_or(Color::Blue);
-    let env = EnvId {
-        site: site.to_string(),
-        prefix: format!("{}-drill", r.prefix),
-        color,
-        version: m.version.clone(),
+    let (set, size, checks, error) = match choose(&r, &src, &scratch).await {
+        Err(e) => {
+            let id = src.set.unwrap_or("-").to_string();
+            (id, 0, Vec::new(), Some(format!("no set to drill: {e}")))
+        }
+        Ok(set) => {
+            let size = set.manifest.as_ref().map(|m| m.size()).unwrap_or(0);
+            let (checks, error) = in_scratch(&r, &set).await;
+            (set.id, size, checks, error)
+        }
     };
-    r.progress.line(format_args!(
-        "drill of {site}: set {} ({}, {} member(s), version {}) into {}-{}-* on network {}",
-        set.id,
-        human_bytes(m.size()),
-        m.members.len(),
-        m.version,
-        env.prefix,
-        env.color,
-        env.network()
-    ));
-    let mut checks = Vec::new();
-    let outcome = tokio::select! {
-        o = exercise(&r, &env, &set, &mut checks) => o,
-        _ = super::interrupted() => Err(ReleaseError::Interrupted),
-    };
-    // Whatever happened: the scratch environment goes.
-    let removed = r.engine.remove_env(&env, Some(r.rel)).await;
-    let mut error = outcome.err().map(|e| e.to_string());
-    if let Err(e) = removed {
-        let note = format!("the scratch environment {}-{}-* could not be removed ({e}); remove it with `docker rm -f` and `docker network rm {}`", env.prefix, env.color, env.network());
-        r.progress.line(format_args!("WARNING: {note}"));
-        error.get_or_insert(note);
-    } else {
-        r.progress.line(format_args!(
-            "removed the scratch environment {}-{}-*",
-            env.prefix, env.color
-        ));
-    }
     let status = DrillStatus {
         time: crate::state::now_rfc3339(),
         ok: error.is_none(),
         error,
-        set: set.id.clone(),
+        set,
         source: if src.offsite { "offsite" } else { "local" }.into(),
-        size: m.size(),
+        size,
         duration_s: t.elapsed().as_secs_f64(),
         checks,
     };
@@ -108,6 +80,50 @@ pub async fn drill(
     )
     .await;
     Ok(status)
+}
+
+/// The set in a scratch environment, which is removed afterwards whatever happened (a failure,
+/// Ctrl-C): what was checked, and the first thing that failed.
+async fn in_scratch(r: &Release<'_>, set: &Set) -> (Vec<String>, Option<String>) {
+    let m = match &set.manifest {
+        Ok(m) => m,
+        Err(e) => return (Vec::new(), Some(format!("set {}: {e}", set.id))),
+    };
+    let env = EnvId {
+        site: r.name().to_string(),
+        prefix: format!("{}-drill", r.prefix),
+        color: Color::parse(&m.color).unwrap_or(Color::Blue),
+        version: m.version.clone(),
+    };
+    r.progress.line(format_args!(
+        "drill of {}: set {} ({}, {} member(s), version {}) into {}-{}-* on network {}",
+        r.name(),
+        set.id,
+        human_bytes(m.size()),
+        m.members.len(),
+        m.version,
+        env.prefix,
+        env.color,
+        env.network()
+    ));
+    let mut checks = Vec::new();
+    let outcome = tokio::select! {
+        o = exercise(r, &env, set, &mut checks) => o,
+        _ = super::interrupted() => Err(ReleaseError::Interrupted),
+    };
+    let mut error = outcome.err().map(|e| e.to_string());
+    match r.engine.remove_env(&env, Some(r.rel)).await {
+        Ok(()) => r.progress.line(format_args!(
+            "removed the scratch environment {}-{}-*",
+            env.prefix, env.color
+        )),
+        Err(e) => {
+            let note = format!("the scratch environment {}-{}-* could not be removed ({e}); remove it with `docker rm -f` and `docker network rm {}`", env.prefix, env.color, env.network());
+            r.progress.line(format_args!("WARNING: {note}"));
+            error.get_or_insert(note);
+        }
+    }
+    (checks, error)
 }
 
 /// The set to drill: from the repository (into `scratch`), or the local one named, or the newest

@@ -474,6 +474,15 @@ async fn issue_17_offsite_rest_server_wrong_password_and_down() {
         page.contains("restore drill passed"),
         "the dashboard shows the last drill"
     );
+    // A weekly drill from the repository while it is down: a failed drill, recorded as one.
+    let out = failed(&s, &["backups", "drill", SITE, "--offsite"]);
+    assert!(
+        out.contains("FAILED") && out.contains("cannot reach the off-site repository"),
+        "{out}"
+    );
+    let st = s.site_status();
+    assert_eq!(st["last_drill"]["ok"], false, "{st}");
+    assert_eq!(audit_lines(&s, "drill").len(), 2);
     // Back up: the next backup copies the two pending sets and its own.
     let _server = RestServer::start(&s.p.dir.join("rest-data"), port);
     let out = s.ok(&["backup", SITE]);
