@@ -51,6 +51,9 @@ pub struct Metrics {
     pub proxy_errors: IntCounter,
     /// ACME orders by site and result (`ok`, `error`).
     acme_orders: IntCounterVec,
+    /// Off-site copy runs and restore drills by site, kind and result (`ok`, `error`).
+    backup_events: IntCounterVec,
+
     /// `[cluster]`: writes refused because this edge's view was not fresh.
     pub cluster_refusals: IntCounter,
     /// `[cluster]`: acks written (each also confirms freshness).
@@ -166,6 +169,12 @@ impl Default for Metrics {
                 "switchyard_acme_orders_total",
                 "ACME certificate orders by site and result (ok, error).",
                 &["site", "result"],
+            ),
+            backup_events: counter_vec(
+                &r,
+                "switchyard_backup_events_total",
+                "Off-site copy runs (kind=offsite) and restore drills (kind=drill) by site and result (ok, error).",
+                &["site", "kind", "result"],
             ),
             cluster_refusals: counter(
                 &r,
@@ -294,6 +303,13 @@ impl Metrics {
     pub fn acme_order(&self, site: &str, ok: bool) {
         self.acme_orders
             .with_label_values(&[site, if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// An off-site run or a drill of `site` was reported (cold: the control plane).
+    pub fn backup_event(&self, site: &str, kind: &str, ok: bool) {
+        self.backup_events
+            .with_label_values(&[site, kind, if ok { "ok" } else { "error" }])
             .inc();
     }
 

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::control::client::Client;
-use crate::release::backup::{self, MemberCheck, Set};
+use crate::release::backup::{self, offsite, MemberCheck, Set};
 use crate::release::{self, human_bytes, Progress};
 
 use super::{render, BackupsCmd};
@@ -23,6 +23,7 @@ pub fn set_json(s: &Set) -> Value {
                 o.extend(mj);
                 o.insert("size".into(), json!(m.size()));
                 o.insert("complete".into(), json!(true));
+                o.insert("offsite".into(), json!(offsite::record::copied(s)));
             }
         }
         Err(e) => {
@@ -35,7 +36,7 @@ pub fn set_json(s: &Set) -> Value {
     v
 }
 
-fn print_json(v: &Value) -> anyhow::Result<()> {
+pub fn print_json(v: &Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -43,12 +44,24 @@ fn print_json(v: &Value) -> anyhow::Result<()> {
 pub async fn backup(cfg: &Config, client: &Client, site: &str, json: bool) -> anyhow::Result<()> {
     let taken = backup::take_now(cfg, client, site, json).await?;
     let window = taken.read_only_window.map(|w| w.as_secs_f64());
+    // A failed off-site copy fails the command (exit 1), after saying what was taken.
+    let offsite_failed = taken.offsite.as_ref().and_then(|r| r.error.as_ref()).map(|e| {
+        anyhow::anyhow!(
+            "backup set {} is verified locally, but NOT off-site: {e}. The next `switchyard backup {site}` (or `switchyard backups offsite copy {site}`) retries it",
+            taken.set.id
+        )
+    });
     if json {
         let mut v = set_json(&taken.set);
         if let Value::Object(o) = &mut v {
             o.insert("read_only_window_s".into(), json!(window));
+            o.insert(
+                "offsite".into(),
+                json!(taken.offsite.as_ref().map(|r| &r.status)),
+            );
         }
-        return print_json(&v);
+        print_json(&v)?;
+        return offsite_failed.map_or(Ok(()), Err);
     }
     let size = taken.set.manifest.as_ref().map(|m| m.size()).unwrap_or(0);
     println!(
@@ -60,7 +73,7 @@ pub async fn backup(cfg: &Config, client: &Client, site: &str, json: bool) -> an
             .unwrap_or_default()
     );
     print!("{}", render::members(&taken.set));
-    Ok(())
+    offsite_failed.map_or(Ok(()), Err)
 }
 
 pub async fn backups(cfg: &Config, what: &BackupsCmd) -> anyhow::Result<()> {
@@ -137,6 +150,9 @@ pub async fn backups(cfg: &Config, what: &BackupsCmd) -> anyhow::Result<()> {
             if !*json {
                 println!("{} backup set(s) of {site} verified", checked.len());
             }
+        }
+        BackupsCmd::Offsite { .. } | BackupsCmd::Drill { .. } => {
+            anyhow::bail!("`backups offsite` and `backups drill` are dispatched by cli::mod")
         }
         BackupsCmd::Prune { site, dry_run } => {
             let (r, keep) = backup::prune_now(cfg, site, *dry_run).await?;

@@ -6,12 +6,14 @@
 //! - `control.rs`: the daemon's verbs (status, switch, read-only, pool, reload, rollback).
 //! - `release.rs`: the Docker commands (up, release, envs).
 //! - `backups.rs`: `backup` and `backups` (sets; `--json`).
+//! - `offsite.rs`: `backups offsite` (restic copies) and `backups drill`.
 //! - `cluster.rs`: `cluster status`, the edges of a `[cluster]`.
 //! - `render.rs`: tables and lines for people.
 
 mod backups;
 mod cluster;
 mod control;
+mod offsite;
 mod release;
 mod render;
 
@@ -159,7 +161,8 @@ pub enum Cmd {
         what: EnvsCmd,
     },
     /// Take a verified backup set of SITE now: the database dump and every data volume (read-only
-    /// meanwhile when there are files besides the dump).
+    /// meanwhile when there are files besides the dump); with [backups.offsite], then copy every
+    /// set not off-site yet (exit 1 when that fails; the local set stays).
     Backup {
         site: String,
         /// One JSON document on stdout (progress goes to stderr).
@@ -308,6 +311,64 @@ pub enum BackupsCmd {
         /// Say what would be removed, remove nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Restore a set (default the newest) into a scratch environment {prefix}-drill-* (never
+    /// routed), run verify_restore and the web health check there, record the result, remove
+    /// it; exit 1 when the drill fails.
+    Drill {
+        site: String,
+        /// The set's id (see `backups list`, or `backups offsite list` with --offsite).
+        #[arg(long = "set")]
+        set: Option<String>,
+        /// Take the set from the off-site repository (restored into a scratch folder first).
+        #[arg(long)]
+        offsite: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copies of the sets in the restic repository of [backups.offsite].
+    Offsite {
+        #[command(subcommand)]
+        what: OffsiteCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OffsiteCmd {
+    /// Create the restic repository ([backups.offsite] repository and password_file).
+    Init,
+    /// The site's sets in the repository (snapshot id, time, and whether a local copy exists).
+    List {
+        site: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy every local set that is not off-site yet (what `backup` does after its set), then
+    /// apply the retention policy; exit 1 if a copy failed.
+    Copy {
+        site: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// `restic check` of the repository, then a set (default the newest) restored into a scratch
+    /// folder and every member re-hashed against its manifest; exit 1 on any difference.
+    Verify {
+        site: String,
+        /// The set's id (see `backups offsite list`).
+        #[arg(long = "set")]
+        set: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring a set (default the newest) back into the local backups folder, verified against its
+    /// manifest before it appears there.
+    Restore {
+        site: String,
+        /// The set's id (see `backups offsite list`).
+        #[arg(long = "set")]
+        set: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -470,6 +531,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Backup { site, json } => {
             let (cfg, client) = (cli.load_config()?, cli.client()?);
             backups::backup(&cfg, &client, site, *json).await
+        }
+        Cmd::Backups {
+            what: BackupsCmd::Offsite { what },
+        } => offsite::offsite(&cli.load_config()?, cli.client().ok().as_ref(), what).await,
+        Cmd::Backups {
+            what:
+                BackupsCmd::Drill {
+                    site,
+                    set,
+                    offsite: from_offsite,
+                    json,
+                },
+        } => {
+            let (cfg, client) = (cli.load_config()?, cli.client()?);
+            offsite::drill(&cfg, &client, site, set.as_deref(), *from_offsite, *json).await
         }
         Cmd::Backups { what } => backups::backups(&cli.load_config()?, what).await,
         Cmd::Cluster {

@@ -207,7 +207,7 @@ pub fn pruned(p: &Pruned) -> String {
 pub fn set(s: &Set) -> String {
     match &s.manifest {
         Ok(m) => format!(
-            "{}  {:<6} {:<12} {:>10}  {} member(s){}{}",
+            "{}  {:<6} {:<12} {:>10}  {} member(s){}{}{}",
             s.id,
             m.color,
             m.version,
@@ -218,7 +218,13 @@ pub fn set(s: &Set) -> String {
                 " (single-file backup from before sets)"
             } else {
                 ""
-            }
+            },
+            crate::release::backup::offsite::record::copied(s)
+                .map(|c| format!(
+                    ", off-site (snapshot {})",
+                    c.snapshot.get(..8).unwrap_or(&c.snapshot)
+                ))
+                .unwrap_or_default()
         ),
         Err(e) => format!("{}  (not a usable set: {e})", s.id),
     }

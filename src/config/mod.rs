@@ -110,6 +110,60 @@ pub struct Config {
     /// `[cluster]`: the state lives in etcd and several edges apply it (docs/cluster.md). None:
     /// one edge and its state file, exactly as without clustering.
     pub cluster: Option<ClusterConfig>,
+    /// `[backups.offsite]`: where verified sets are copied off the host (restic). None: nowhere.
+    pub offsite: Option<OffsiteConfig>,
+}
+
+/// `[backups.offsite]`: a restic repository (any backend restic knows) and its password file;
+/// every site's sets go there as one snapshot each, tagged `site:NAME` and `set:ID`.
+#[derive(Debug, Clone)]
+pub struct OffsiteConfig {
+    /// restic's repository: a local path (resolved against the config's folder) or a URL such
+    /// as `rest:http://host:8000/`, `sftp:user@host:/srv/restic`, `s3:…`.
+    pub repository: String,
+    pub password_file: PathBuf,
+    pub mode: OffsiteMode,
+    /// The restic binary (default `restic` on PATH).
+    pub restic: PathBuf,
+    /// One restic run longer than this is stopped (restic retries a flaky server on its own).
+    pub timeout: Duration,
+    /// Retention, as restic's `forget --keep-*` flags: (flag, count); empty: nothing forgotten.
+    pub keep: Vec<(&'static str, u32)>,
+}
+
+impl OffsiteConfig {
+    /// The password inside the repository URL (`rest:https://user:PASSWORD@host/`), if any.
+    fn url_password(&self) -> Option<&str> {
+        let (_, rest) = self.repository.split_once("://")?;
+        let authority = rest.split('/').next()?;
+        let (userinfo, _) = authority.rsplit_once('@')?;
+        let (_, pass) = userinfo.split_once(':')?;
+        (!pass.is_empty()).then_some(pass)
+    }
+
+    /// The repository as shown to people, in status and in the audit log: a password in the URL
+    /// is replaced by `***`.
+    pub fn shown(&self) -> String {
+        self.redact(&self.repository)
+    }
+
+    /// `text` (restic's own messages too) with the URL's password replaced by `***`.
+    pub fn redact(&self, text: &str) -> String {
+        match self.url_password() {
+            Some(p) => text.replace(p, "***"),
+            None => text.to_string(),
+        }
+    }
+}
+
+/// When a set goes off-site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsiteMode {
+    /// A release goes on once the set is verified locally; the copy is made after it, and its
+    /// outcome reported (a failure is loud, and retried by the next `backup`).
+    After,
+    /// A release waits for the copy at step 3 and fails if it fails.
+    Required,
 }
 
 /// Let's Encrypt's production directory, the default of `[acme] directory`.

@@ -73,6 +73,24 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
             ));
         }
     }
+    if let Some(o) = &cfg.offsite {
+        let p = &o.password_file;
+        match mode_of(p) {
+            None => out.push(format!(
+                "[backups.offsite] password_file {} cannot be read; off-site copies will fail until it holds the repository's password",
+                p.display()
+            )),
+            Some(m) => {
+                if let Some(who) = readers(m) {
+                    out.push(format!(
+                        "off-site password file {} is readable by {who} (mode {m:04o}); it opens every off-site copy: chmod 600 {}",
+                        p.display(),
+                        p.display()
+                    ));
+                }
+            }
+        }
+    }
     out
 }
 
@@ -108,5 +126,24 @@ mod tests {
             "{w:?}"
         );
         assert!(w[1].contains("old.dump"), "{w:?}");
+        // [backups.offsite]: the password file must exist, and be nobody else's to read.
+        let with_offsite =
+            format!("{text}[backups.offsite]\nrepository = \"r\"\npassword_file = \"pw\"\n");
+        std::fs::write(&cfg_path, with_offsite).unwrap_or_default();
+        let cfg = super::super::load(&cfg_path).unwrap_or_else(|e| panic!("{e}"));
+        let w = warnings(&cfg);
+        assert!(
+            w.iter()
+                .any(|l| l.contains("password_file") && l.contains("cannot be read")),
+            "{w:?}"
+        );
+        std::fs::write(t.path().join("pw"), b"secret").unwrap_or_default();
+        set(&t.path().join("pw"), 0o644);
+        let w = warnings(&cfg);
+        assert!(
+            w.iter()
+                .any(|l| l.contains("off-site password file") && l.contains("chmod 600")),
+            "{w:?}"
+        );
     }
 }

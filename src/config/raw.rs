@@ -18,6 +18,31 @@ pub struct RawConfig {
     pub acme: Option<S<RawAcme>>,
     /// Several edges sharing one state in etcd (docs/cluster.md); absent: one edge, a state file.
     pub cluster: Option<S<RawCluster>>,
+    /// Backups beyond one site's `[site.release]`: `[backups.offsite]` (docs/backups.md).
+    pub backups: Option<RawBackups>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackups {
+    pub offsite: Option<S<RawOffsite>>,
+}
+
+/// `[backups.offsite]`: a restic repository every site's sets are copied to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOffsite {
+    pub repository: Option<S<String>>,
+    pub password_file: Option<S<String>>,
+    pub mode: Option<S<String>>,
+    pub restic: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub keep_last: Option<S<i64>>,
+    pub keep_hourly: Option<S<i64>>,
+    pub keep_daily: Option<S<i64>>,
+    pub keep_weekly: Option<S<i64>>,
+    pub keep_monthly: Option<S<i64>>,
+    pub keep_yearly: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,6 +9,7 @@ use super::units::{parse_duration, parse_size};
 use super::*;
 
 mod acme;
+mod backups;
 mod cluster;
 mod proxy;
 mod release;
@@ -189,6 +190,11 @@ pub fn parse_config(path: &Path, text: &str) -> Result<Config, ConfigError> {
         &proxy,
         sites.iter().any(|s| s.acme),
     );
+    let offsite = raw
+        .backups
+        .as_ref()
+        .and_then(|b| b.offsite.as_ref())
+        .map(|o| backups::offsite(&mut cx, o));
     if cx.problems.is_empty() {
         Ok(Config {
             path: path.to_path_buf(),
@@ -196,6 +202,7 @@ pub fn parse_config(path: &Path, text: &str) -> Result<Config, ConfigError> {
             sites,
             acme,
             cluster,
+            offsite,
         })
     } else {
         cx.problems.sort_by_key(|p| p.line);

@@ -290,6 +290,64 @@ pub struct SiteStatus {
     /// The newest backup set of this site on this host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup: Option<BackupInfo>,
+    /// The last off-site copy run of this site's sets (`[backups.offsite]`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_offsite: Option<OffsiteStatus>,
+    /// The last restore drill of this site, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drill: Option<DrillStatus>,
+}
+
+/// One off-site copy run (after `backup`, a release, or `backups offsite copy`): kept in
+/// `backups/{site}/.offsite.json`, shown by `status` and the dashboard.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OffsiteStatus {
+    /// RFC 3339, when the run ended.
+    pub time: String,
+    pub ok: bool,
+    pub error: Option<String>,
+    pub repository: String,
+    /// Sets copied by this run, with their restic snapshot ids.
+    #[serde(default)]
+    pub copied: Vec<OffsiteCopy>,
+    /// Local sets not off-site yet after this run (the next `backup` retries them).
+    #[serde(default)]
+    pub pending: Vec<String>,
+    pub duration_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OffsiteCopy {
+    pub set: String,
+    pub snapshot: String,
+    pub bytes: u64,
+}
+
+/// One restore drill: kept in `backups/{site}/.drill.json`, audited, shown by `status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrillStatus {
+    /// RFC 3339, when the drill ended.
+    pub time: String,
+    pub ok: bool,
+    pub error: Option<String>,
+    pub set: String,
+    /// `local` or `offsite` (restored from the repository first).
+    pub source: String,
+    /// Bytes of the set.
+    pub size: u64,
+    pub duration_s: f64,
+    /// What was checked, one line each (members restored, verify_restore, health).
+    #[serde(default)]
+    pub checks: Vec<String>,
+}
+
+/// `POST /v1/sites/{site}/backup-events`: the release tool reports an off-site run or a drill, so
+/// the daemon audits it and counts it in its metrics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum BackupEvent {
+    Offsite(OffsiteStatus),
+    Drill(DrillStatus),
 }
 
 /// A release in progress (or cut off: then `--resume` / `--abort`), from its journal.

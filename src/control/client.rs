@@ -114,6 +114,17 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/sites/{site}/backup-events`: an off-site run or a drill, for the audit log and
+    /// the metrics.
+    pub async fn backup_event(
+        &self,
+        site: &str,
+        ev: &BackupEvent,
+    ) -> Result<serde_json::Value, ControlError> {
+        let uri = format!("/v1/sites/{site}/backup-events");
+        self.call(Method::POST, &uri, Some(ev), None).await
+    }
+
     /// `POST /v1/reload`.
     pub async fn reload(&self) -> Result<ReloadResponse, ControlError> {
         self.call(Method::POST, "/v1/reload", None::<&()>, None)

@@ -260,6 +260,16 @@ async fn route(ops: &Ops, req: Request<Incoming>, peer: Peer, role: Role) -> Res
                 Err(r) => r,
             }
         }
+        (Method::POST, ["v1", "sites", site, "backup-events"]) => {
+            let site = site.to_string();
+            match body::<BackupEvent>(req).await {
+                Ok(b) => ops
+                    .backup_event(&site, b, peer)
+                    .await
+                    .map_or_else(op_error, |r| json(StatusCode::OK, &r)),
+                Err(r) => r,
+            }
+        }
         (Method::POST, ["v1", "reload"]) => ops
             .reload(peer)
             .await
@@ -270,6 +280,7 @@ async fn route(ops: &Ops, req: Request<Incoming>, peer: Peer, role: Role) -> Res
         | (_, ["v1", "maintenance"])
         | (_, ["v1", "reload"])
         | (_, ["v1", "sites", _, "switch"])
+        | (_, ["v1", "sites", _, "backup-events"])
         | (_, ["v1", "sites", _, "pools", _]) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             &format!("{method} is not allowed on {path}"),

@@ -1,5 +1,5 @@
 //! The verbs of the control plane, one file each: `switch.rs`, `read_only.rs`, `maintenance.rs`, `pool.rs`,
-//! `reload.rs`; `status` and the shared commit live here, the audit log in `audit.rs`. Each verb
+//! `reload.rs`, `backup_events.rs` (off-site runs and drills, audited); `status` and the shared commit live here, the audit log in `audit.rs`. Each verb
 //! checks its input, builds the new state, commits it through the store (`store.rs`: the state
 //! file, or etcd with `[cluster]`), then [`Ops::install`] builds a complete new routing table off
 //! to the side and stores it once. Changes applied from the cluster (another edge's) go through
@@ -28,6 +28,7 @@ use store::Outcome;
 pub(crate) use store::{local_inflight, Store};
 
 mod audit;
+mod backup_events;
 mod maintenance;
 mod pool;
 mod read_only;
@@ -222,6 +223,20 @@ impl Ops {
                     last_backup: cfg
                         .and_then(|c| c.release.as_ref().map(|r| (c, r)))
                         .and_then(|(c, r)| last_backup(r, &c.name)),
+                    last_offsite: cfg
+                        .and_then(|c| c.release.as_ref().map(|r| (c, r)))
+                        .and_then(|(c, r)| {
+                            crate::release::backup::offsite::record::last_offsite(
+                                &crate::release::backup::site_dir(r, &c.name),
+                            )
+                        }),
+                    last_drill: cfg
+                        .and_then(|c| c.release.as_ref().map(|r| (c, r)))
+                        .and_then(|(c, r)| {
+                            crate::release::backup::offsite::record::last_drill(
+                                &crate::release::backup::site_dir(r, &c.name),
+                            )
+                        }),
                 }
             })
             .collect();

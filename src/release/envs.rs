@@ -189,6 +189,8 @@ mod tests {
             has_release: true,
             release: None,
             last_backup: None,
+            last_offsite: None,
+            last_drill: None,
         }
     }
 

@@ -16,12 +16,14 @@
 //!   each pool follows.
 //! - `backup/`: backup sets (dump + data volume archives, sha256 manifest, read back and
 //!   verified), restored whole; list/verify/prune.
+//! - `drill.rs`: restore drills: a set into a scratch environment, checked, then removed.
 //! - `docker/`: the engine: names, environments, exec streaming, readiness.
 
 pub mod backup;
 mod bindings;
 mod context;
 pub mod docker;
+pub mod drill;
 mod driver;
 pub mod envs;
 pub mod journal;
@@ -89,6 +91,8 @@ pub enum ReleaseError {
     NotReady { what: String, why: String },
     #[error("{0}")]
     Failed(String),
+    #[error(transparent)]
+    Offsite(#[from] backup::offsite::OffsiteError),
     #[error("interrupted (Ctrl-C or SIGTERM)")]
     Interrupted,
     #[error("release of {site} failed at step {step}: {reason}\n{}", .cleanup.iter().map(|c| format!("  - {c}")).collect::<Vec<_>>().join("\n"))]

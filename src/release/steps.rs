@@ -131,6 +131,7 @@ async fn backup(run: &mut Run<'_>) -> Result<(), ReleaseError> {
         run.journal.verify_expected = Some(out.stdout_text.trim().to_string());
     }
     run.save()?;
+    backup::offsite::for_release(r, Some(&set.id)).await?;
     let members = match &set.manifest {
         Ok(m) => m
             .members
@@ -181,6 +182,8 @@ async fn restore(run: &mut Run<'_>) -> Result<(), ReleaseError> {
             dir.display()
         ))
     })?;
+    // A resume after a crash in step 3 comes here without step 3's copy: `required` still holds.
+    backup::offsite::for_release(r, Some(&set.id)).await?;
     let restored = backup::restore::restore(&r.engine, r.rel, &run.new, &set, &r.progress).await?;
     let mut checked = String::new();
     if let Some(v) = &r.rel.verify_restore {
@@ -298,6 +301,11 @@ pub async fn finish(run: &mut Run<'_>) -> Result<(), ReleaseError> {
         Err(e) => r
             .progress
             .line(format_args!("note: pruning old backups failed: {e}")),
+    }
+    // Never an error here: the release is done (a failed copy is printed and recorded).
+    if let Err(e) = backup::offsite::for_release(r, None).await {
+        r.progress
+            .line(format_args!("WARNING: the off-site copy did not run: {e}"));
     }
     r.progress.line(format_args!(
         "release of {} done: {} serves version {}; {} ({}) is kept for `switchyard rollback {}`",

@@ -123,6 +123,7 @@ fn site(o: &mut String, s: &SiteStatus, history: &History) {
     traffic(o, &history.points(&s.name));
     o.push_str("</div></div>");
     backup(o, s);
+    offsite_and_drill(o, s);
     o.push_str("</div>");
 }
 
@@ -209,6 +210,47 @@ fn backup(o: &mut String, s: &SiteStatus) {
         esc(b.verified_at.as_deref().unwrap_or("-")),
         age.map(|a| format!(" ({a} ago)")).unwrap_or_default()
     );
+}
+
+/// The last off-site copy run and the last drill: a failure in red, with its reason.
+fn offsite_and_drill(o: &mut String, s: &SiteStatus) {
+    if let Some(r) = &s.last_offsite {
+        let _ = match &r.error {
+            None => write!(
+                o,
+                "<p>off-site copy ok {}: {} set(s) copied to <code>{}</code></p>",
+                esc(&r.time),
+                r.copied.len(),
+                esc(&r.repository)
+            ),
+            Some(e) => write!(
+                o,
+                "<p class=down>off-site copy FAILED {}: {} ({} set(s) not off-site; the next <code>switchyard backup</code> retries)</p>",
+                esc(&r.time),
+                esc(e),
+                r.pending.len()
+            ),
+        };
+    }
+    if let Some(d) = &s.last_drill {
+        let _ = match &d.error {
+            None => write!(
+                o,
+                "<p>restore drill passed {}: set <code>{}</code> ({}) in {:.1}s</p>",
+                esc(&d.time),
+                esc(&d.set),
+                esc(&d.source),
+                d.duration_s
+            ),
+            Some(e) => write!(
+                o,
+                "<p class=down>restore drill FAILED {}: set <code>{}</code>: {}</p>",
+                esc(&d.time),
+                esc(&d.set),
+                esc(e)
+            ),
+        };
+    }
 }
 
 /// The last switches, read-only and maintenance changes, pool changes and reloads, newest first,

@@ -119,6 +119,35 @@ async fn metrics_text(ops: &Ops) -> String {
             s.writes_since_switch.get(&s.active).copied().unwrap_or(0)
         );
     }
+    // From the records on disk (as `status`), so they survive a restart of the daemon.
+    let _ = writeln!(o, "# HELP switchyard_backup_last_ok 1 when the last off-site copy run (kind=offsite) or restore drill (kind=drill) of a site passed, 0 when it failed.\n# TYPE switchyard_backup_last_ok gauge");
+    for s in &st.sites {
+        let runs = [
+            ("offsite", s.last_offsite.as_ref().map(|r| r.ok)),
+            ("drill", s.last_drill.as_ref().map(|d| d.ok)),
+        ];
+        for (kind, ok) in runs {
+            if let Some(ok) = ok {
+                let _ = writeln!(
+                    o,
+                    "switchyard_backup_last_ok{{site=\"{}\",kind=\"{kind}\"}} {}",
+                    s.name,
+                    u8::from(ok)
+                );
+            }
+        }
+    }
+    let _ = writeln!(o, "# HELP switchyard_offsite_pending_sets Local backup sets not copied off-site yet, after the last off-site run.\n# TYPE switchyard_offsite_pending_sets gauge");
+    for s in &st.sites {
+        if let Some(r) = &s.last_offsite {
+            let _ = writeln!(
+                o,
+                "switchyard_offsite_pending_sets{{site=\"{}\"}} {}",
+                s.name,
+                r.pending.len()
+            );
+        }
+    }
     let _ = writeln!(o, "# HELP switchyard_certificate_expiry_seconds Seconds until the certificate expires (negative once expired).\n# TYPE switchyard_certificate_expiry_seconds gauge");
     let mut seen = std::collections::BTreeSet::new();
     for c in &st.certificates {

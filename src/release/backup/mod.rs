@@ -9,10 +9,12 @@
 //! - `restore.rs`: checking a set whole, then restoring it into an environment and checking the
 //!   restored files against the archives.
 //! - `tarlist.rs`: the content listing of a tar stream. `files.rs`: private files, hashing.
+//! - `offsite/`: copies of sets in a restic repository (`[backups.offsite]`), and back.
 //!
 //! Never called on the request path.
 
 pub mod files;
+pub mod offsite;
 pub mod restore;
 pub mod set;
 pub mod take;
@@ -44,6 +46,8 @@ pub struct Taken {
     pub set: Set,
     /// How long the site was read-only for it (None: it was not needed, or already on).
     pub read_only_window: Option<std::time::Duration>,
+    /// With `[backups.offsite]`: the copy run made after the set (every pending set).
+    pub offsite: Option<offsite::Run>,
 }
 
 /// `backup SITE`: a verified set of the active environment, now, under the site's lock (so never
@@ -83,9 +87,11 @@ pub async fn take_now(
     let window = !st.read_only && take::plan(r.rel).len() > 1;
     if !window {
         let set = take::take(&r.engine, r.rel, &id, &r.progress, st.read_only).await?;
+        let offsite = copy_after(&r).await?;
         return Ok(Taken {
             set,
             read_only_window: None,
+            offsite,
         });
     }
     let reason = format!("{site} is being backed up; editing is back in a moment");
@@ -120,10 +126,24 @@ pub async fn take_now(
     ));
     let set = res?;
     lifted?;
+    let offsite = copy_after(&r).await?;
     Ok(Taken {
         set,
         read_only_window: Some(window),
+        offsite,
     })
+}
+
+/// After `backup`'s set (the site takes writes again): every pending set off-site, still under
+/// the site's lock. Its failure is in the run (the caller exits 1 with it), not an error here:
+/// the local set is good.
+async fn copy_after(r: &Release<'_>) -> Result<Option<offsite::Run>, ReleaseError> {
+    if r.cfg.offsite.is_none() {
+        return Ok(None);
+    }
+    let run = offsite::copy_pending(r.cfg, r.rel, r.name(), Some(r.client), &r.progress).await?;
+    offsite::print_run(&run, &r.progress);
+    Ok(Some(run))
 }
 
 /// `backups verify SITE`: every set checked member by member, newest first.

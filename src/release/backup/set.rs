@@ -84,6 +84,11 @@ pub struct Manifest {
     #[serde(default)]
     pub read_only: bool,
     pub members: Vec<Member>,
+    /// What `verify_restore` printed on the database the set was taken from, in the same
+    /// read-only window (absent: none configured, or not taken read-only). A drill's restore must
+    /// print the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_restore: Option<String>,
 }
 
 impl Manifest {
@@ -210,6 +215,7 @@ fn legacy_manifest(site_dir: &Path, stem: &str) -> Result<Manifest, String> {
             sha256: m.sha256,
             files: None,
         }],
+        verify_restore: None,
     })
 }
 

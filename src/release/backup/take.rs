@@ -164,6 +164,11 @@ pub async fn take(
     for p in &planned {
         members.push(member(engine, env, p, &partial, progress).await?);
     }
+    let verify_restore = if read_only {
+        expected_verify(engine, rel, env).await
+    } else {
+        None
+    };
     let m = Manifest {
         format: set::FORMAT,
         site: env.site.clone(),
@@ -174,6 +179,7 @@ pub async fn take(
         verified_at: crate::state::now_rfc3339(),
         read_only,
         members,
+        verify_restore,
     };
     let bytes = serde_json::to_vec_pretty(&m)
         .map_err(|e| ReleaseError::Failed(format!("cannot encode the manifest: {e}")))?;
@@ -189,6 +195,24 @@ pub async fn take(
         manifest: Ok(m),
         legacy: false,
     })
+}
+
+/// What `verify_restore` prints on the active database now (the site is read-only, so it agrees
+/// with the dump); None when there is none or it fails (the release's own check names that).
+async fn expected_verify(engine: &Engine, rel: &ReleaseConfig, env: &EnvId) -> Option<String> {
+    let cmd = rel.verify_restore.as_ref()?;
+    let db = rel.db.as_deref()?;
+    let out = engine
+        .exec(
+            &env.container(db),
+            cmd,
+            None::<tokio::io::Empty>,
+            None::<tokio::io::Sink>,
+            |_| {},
+        )
+        .await
+        .ok()?;
+    (out.code == 0).then(|| out.stdout_text.trim().to_string())
 }
 
 /// Streams one member to its file in `dir`, then reads it back.
