@@ -152,6 +152,10 @@ pub enum Cmd {
         /// Undo a release that was cut off: the old environment keeps serving.
         #[arg(long)]
         abort: bool,
+        /// Say which flow (freeze or online) and which steps would run, and why; change
+        /// nothing.
+        #[arg(long, alias = "dry-run", conflicts_with_all = ["resume", "abort"])]
+        plan: bool,
     },
     /// Environments on Docker by prefix and color.
     Envs {
@@ -395,6 +399,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     for n in config::notes(&cfg) {
                         println!("{n}");
                     }
+                    // flow = online/auto: what the running databases say about their binlog.
+                    let (problems, notes) = crate::release::check_online(&cfg).await;
+                    for n in notes {
+                        println!("{n}");
+                    }
+                    if !problems.is_empty() {
+                        bail!("{}", problems.join("\n"));
+                    }
                     Ok(())
                 }
                 Err(e) => Err(anyhow::anyhow!("{e}")),
@@ -453,10 +465,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             prefix,
             resume,
             abort,
+            plan,
         } => {
             let how = match (resume, abort, version) {
                 (_, true, _) => release::How::Abort,
                 (true, _, _) => release::How::Resume,
+                (_, _, Some(v)) if *plan => release::How::Plan(v),
                 (_, _, Some(v)) => release::How::Start(v),
                 _ => bail!("give --version V (or --resume / --abort)"),
             };

@@ -30,6 +30,9 @@ pub enum MemberKind {
     /// A tar archive of a data volume, as the engine's archive API gives it (top entry: the
     /// mount folder).
     Volume,
+    /// The changes the database made after the member named in `follows` (the online flow: a
+    /// binlog delta as `mariadb-binlog` printed it), applied in list order after the full dump.
+    DbDelta,
 }
 
 /// One member of a set.
@@ -52,6 +55,12 @@ pub struct Member {
     /// Kind volume: what the archive holds, for checking a restore against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<Files>,
+    /// Kind db-delta: the member this one continues (the full dump or the previous delta).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follows: Option<String>,
+    /// Online flow: the change-log position the member ends at (`FILE:POS` of the binlog).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<String>,
 }
 
 /// The content of a volume archive.
@@ -84,6 +93,10 @@ pub struct Manifest {
     #[serde(default)]
     pub read_only: bool,
     pub members: Vec<Member>,
+    /// Online flow: `CHECKSUM TABLE` of every table at the switch (`db.table` → checksum), equal
+    /// on both sides; what a restore of the set must give again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl Manifest {
@@ -173,7 +186,7 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, String> {
     }
     if let Some(kinds) = v.get("members").and_then(|m| m.as_array()) {
         for k in kinds.iter().filter_map(|m| m.get("kind")?.as_str()) {
-            if !matches!(k, "db" | "volume") {
+            if !matches!(k, "db" | "volume" | "db-delta") {
                 return Err(format!(
                     "{} has a member of kind `{k}` that this switchyard does not know (upgrade switchyard to restore it)",
                     p.display()
@@ -209,7 +222,10 @@ fn legacy_manifest(site_dir: &Path, stem: &str) -> Result<Manifest, String> {
             size: m.size,
             sha256: m.sha256,
             files: None,
+            follows: None,
+            position: None,
         }],
+        tables: None,
     })
 }
 
@@ -445,9 +461,9 @@ mod tests {
         assert!(read_manifest(d).unwrap_err().contains("format 2"));
         std::fs::write(
             d.join(MANIFEST),
-            br#"{"format":1,"site":"w","color":"blue","version":"1","taken_at":"t","verified_at":"t","members":[{"name":"b","kind":"db-delta","service":"db","file":"b","size":1,"sha256":"x"}]}"#,
+            br#"{"format":1,"site":"w","color":"blue","version":"1","taken_at":"t","verified_at":"t","members":[{"name":"b","kind":"wal","service":"db","file":"b","size":1,"sha256":"x"}]}"#,
         )
         .unwrap_or_default();
-        assert!(read_manifest(d).unwrap_err().contains("db-delta"));
+        assert!(read_manifest(d).unwrap_err().contains("`wal`"));
     }
 }

@@ -1,0 +1,275 @@
+//! What the online flow asks a MariaDB: whether its binary log can be replayed, where the log is
+//! now, which files hold it, and a checksum of every table. Each is one query through the db
+//! image's client (`[site.release.online]`), run in the container with `docker exec`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::config::OnlineConfig;
+use crate::release::context::Release;
+use crate::release::docker::Engine;
+use crate::release::plan::Binlog;
+use crate::release::ReleaseError;
+
+/// A place in the binary log: the file and the byte offset in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub file: String,
+    pub pos: u64,
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file, self.pos)
+    }
+}
+
+/// The position `mariadb-dump --master-data=2` wrote near the top of its dump, as
+/// `-- CHANGE MASTER TO MASTER_LOG_FILE='mysql-bin.000002', MASTER_LOG_POS=342;`.
+pub fn dump_position(head: &str) -> Option<Position> {
+    let line = head
+        .lines()
+        .take(200)
+        .find(|l| l.contains("CHANGE MASTER TO") && l.contains("MASTER_LOG_FILE"))?;
+    let file = line.split("MASTER_LOG_FILE='").nth(1)?.split('\'').next()?;
+    let digits: String = line
+        .split("MASTER_LOG_POS=")
+        .nth(1)?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let pos = digits.parse().ok()?;
+    (!file.is_empty()).then(|| Position {
+        file: file.to_string(),
+        pos,
+    })
+}
+
+/// The first row of `SHOW MASTER STATUS` (`File\tPosition\t…`); None when the log is off.
+pub fn parse_status(out: &str) -> Option<Position> {
+    let mut f = out.lines().next()?.split('\t');
+    let file = f.next()?.trim();
+    let pos = f.next()?.trim().parse().ok()?;
+    (!file.is_empty()).then(|| Position {
+        file: file.to_string(),
+        pos,
+    })
+}
+
+/// The log files from `from` to `to` (inclusive, in order) among `SHOW BINARY LOGS`' names.
+pub fn files_between(logs: &str, from: &str, to: &str) -> Vec<String> {
+    let mut names: Vec<&str> = logs
+        .lines()
+        .filter_map(|l| l.split('\t').next())
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    names.sort_unstable();
+    names
+        .into_iter()
+        .filter(|n| *n >= from && *n <= to)
+        .map(str::to_string)
+        .collect()
+}
+
+/// `CHECKSUM TABLE` rows (`db.table\tchecksum`) as a map.
+pub fn parse_checksums(out: &str) -> BTreeMap<String, String> {
+    out.lines()
+        .filter_map(|l| {
+            let (t, c) = l.split_once('\t')?;
+            Some((t.trim().to_string(), c.trim().to_string()))
+        })
+        .collect()
+}
+
+/// Every table whose checksum differs or that only one side has, at most `max`, as text.
+pub fn differences(
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+    max: usize,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (t, c) in old {
+        match new.get(t) {
+            Some(n) if n == c => {}
+            Some(n) => out.push(format!("{t}: checksum {c} on the old side, {n} on the new")),
+            None => out.push(format!("{t}: missing on the new side")),
+        }
+    }
+    for t in new.keys().filter(|t| !old.contains_key(*t)) {
+        out.push(format!("{t}: only on the new side"));
+    }
+    out.truncate(max);
+    out
+}
+
+/// The tables the comparison covers: every base table outside the server's own schemas (whose
+/// statistics tables change on their own).
+const TABLES: &str = "SELECT CONCAT('`', REPLACE(table_schema, '`', '``'), '`.`', REPLACE(table_name, '`', '``'), '`') FROM information_schema.tables WHERE table_type = 'BASE TABLE' AND table_schema NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys') ORDER BY 1";
+
+/// One query through the online flow's client in `container`: its stdout.
+pub async fn sql(
+    engine: &Engine,
+    o: &OnlineConfig,
+    container: &str,
+    query: &str,
+) -> Result<String, ReleaseError> {
+    let out = engine
+        .exec(
+            container,
+            &o.sql(query),
+            None::<tokio::io::Empty>,
+            None::<tokio::io::Sink>,
+            |_| {},
+        )
+        .await?;
+    if out.code != 0 {
+        return Err(ReleaseError::Command {
+            what: format!("the query `{}`", query.get(..60).unwrap_or(query)),
+            container: container.into(),
+            code: out.code,
+            output: out.output_tail,
+        });
+    }
+    Ok(out.stdout_text)
+}
+
+/// Whether the binary log of the db in `container` is on, and in which format.
+pub async fn probe(
+    engine: &Engine,
+    o: &OnlineConfig,
+    container: &str,
+) -> Result<Binlog, ReleaseError> {
+    let out = sql(engine, o, container, "SELECT @@log_bin, @@binlog_format").await?;
+    let mut f = out.lines().next().unwrap_or("").split('\t');
+    Ok(Binlog {
+        on: f.next().map(str::trim) == Some("1"),
+        format: f.next().unwrap_or("?").trim().to_string(),
+    })
+}
+
+impl Release<'_> {
+    /// One query through the online flow's client in `container`: its stdout.
+    pub async fn sql(&self, container: &str, query: &str) -> Result<String, ReleaseError> {
+        sql(&self.engine, &self.rel.online, container, query).await
+    }
+
+    /// Whether the binary log of the db in `container` is on, and in which format.
+    pub async fn binlog(&self, container: &str) -> Result<Binlog, ReleaseError> {
+        probe(&self.engine, &self.rel.online, container).await
+    }
+
+    /// Where the binary log of the db in `container` is now.
+    pub async fn log_position(&self, container: &str) -> Result<Position, ReleaseError> {
+        let out = self.sql(container, "SHOW MASTER STATUS").await?;
+        parse_status(&out).ok_or_else(|| {
+            ReleaseError::Failed(format!(
+                "{container} reports no binary log position (SHOW MASTER STATUS is empty): its binary log is off; the online flow needs it"
+            ))
+        })
+    }
+
+    /// The paths (in `container`) of the log files from `from.file` to `to.file`.
+    pub async fn log_files(
+        &self,
+        container: &str,
+        from: &Position,
+        to: &Position,
+    ) -> Result<Vec<String>, ReleaseError> {
+        let base = self.sql(container, "SELECT @@log_bin_basename").await?;
+        let dir = base
+            .trim()
+            .rsplit_once('/')
+            .map(|(d, _)| d.to_string())
+            .unwrap_or_else(|| ".".into());
+        let logs = self.sql(container, "SHOW BINARY LOGS").await?;
+        let files = files_between(&logs, &from.file, &to.file);
+        if files.first() != Some(&from.file) || files.last() != Some(&to.file) {
+            return Err(ReleaseError::Failed(format!(
+                "the binary log of {container} no longer has {} (it has: {}); was it purged? The online copy cannot catch up: release again",
+                from.file,
+                logs.lines().filter_map(|l| l.split('\t').next()).collect::<Vec<_>>().join(" ")
+            )));
+        }
+        Ok(files.into_iter().map(|f| format!("{dir}/{f}")).collect())
+    }
+
+    /// `CHECKSUM TABLE` of every table (see [`TABLES`]) of the db in `container`.
+    pub async fn checksums(
+        &self,
+        container: &str,
+    ) -> Result<BTreeMap<String, String>, ReleaseError> {
+        let tables: Vec<String> = self
+            .sql(container, TABLES)
+            .await?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        if tables.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let out = self
+            .sql(container, &format!("CHECKSUM TABLE {}", tables.join(", ")))
+            .await?;
+        Ok(parse_checksums(&out))
+    }
+}
+
+/// The settings in force, for messages.
+pub fn describe(o: &OnlineConfig) -> String {
+    format!(
+        "max_rounds {}, freeze_below {}",
+        o.max_rounds,
+        crate::release::human_bytes(o.freeze_below)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_dump_position() {
+        let head = "-- MariaDB dump 10.19\n--\n-- Position to start replication or point-in-time recovery from\n--\n\n-- CHANGE MASTER TO MASTER_LOG_FILE='mysql-bin.000002', MASTER_LOG_POS=342;\n\nCREATE DATABASE";
+        assert_eq!(
+            dump_position(head),
+            Some(Position {
+                file: "mysql-bin.000002".into(),
+                pos: 342
+            })
+        );
+        assert_eq!(dump_position("-- MariaDB dump\nCREATE TABLE t"), None);
+        assert_eq!(
+            parse_status("mysql-bin.000003\t1234\t\t\n").map(|p| p.to_string()),
+            Some("mysql-bin.000003:1234".into())
+        );
+        assert_eq!(parse_status(""), None);
+    }
+
+    #[test]
+    fn picks_the_files_between_two_positions() {
+        let logs = "mysql-bin.000001\t100\nmysql-bin.000002\t200\nmysql-bin.000003\t300\n";
+        assert_eq!(
+            files_between(logs, "mysql-bin.000002", "mysql-bin.000003"),
+            ["mysql-bin.000002", "mysql-bin.000003"]
+        );
+        assert_eq!(
+            files_between(logs, "mysql-bin.000003", "mysql-bin.000003").len(),
+            1
+        );
+    }
+
+    #[test]
+    fn compares_checksums() {
+        let a = parse_checksums("wiki.pages\t123\nwiki.w\t7\n");
+        let mut b = a.clone();
+        assert!(differences(&a, &b, 5).is_empty());
+        b.insert("wiki.w".into(), "8".into());
+        b.insert("wiki.x".into(), "1".into());
+        let d = differences(&a, &b, 5);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(d[0].contains("wiki.w: checksum 7 on the old side, 8 on the new"));
+    }
+}
