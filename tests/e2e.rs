@@ -51,3 +51,6 @@ mod acme;
 mod cluster;
 #[path = "e2e/fuzz_regressions.rs"]
 mod fuzz_regressions;
+
+#[path = "e2e/online.rs"]
+mod online;
