@@ -240,8 +240,16 @@ async fn issue_18_online_release_under_writes() {
         assert!(
             Instant::now() < end,
             "no write got through before the release: {:?}; web logs: {}",
-            seen.lock().unwrap().refused.iter().take(3).collect::<Vec<_>>(),
-            text(&sh(&format!("docker logs {}-blue-web 2>&1 | tail -20", s.prefix)))
+            seen.lock()
+                .unwrap()
+                .refused
+                .iter()
+                .take(3)
+                .collect::<Vec<_>>(),
+            text(&sh(&format!(
+                "docker logs {}-blue-web 2>&1 | tail -20",
+                s.prefix
+            )))
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -161,7 +161,18 @@ pub async fn ship(run: &mut Run<'_>) -> Result<Option<u64>, ReleaseError> {
     let path = state(run)?.set.dir.join(&file);
     let cmd = r.rel.online.binlog(&files, from.pos, to.pos);
     let what = format!("delta {n} ({from} → {to})");
-    let s = command_to_file(&r.engine, &old_db, &cmd, &path, &what, &r.progress).await?;
+    let tool = &r.rel.online.binlog_tool;
+    let s = command_to_file(&r.engine, &old_db, &cmd, &path, &what, &r.progress)
+        .await
+        .map_err(|e| match e {
+            ReleaseError::Command { code: 126 | 127, container, .. } => ReleaseError::Failed(format!(
+                "reading the binary log for {what}: `{tool}` cannot be run in {container} (exit code 126/127: not in the image?); set `binlog_tool` in [site.release.online] to the image's binlog reader (mariadb-binlog, or mysqlbinlog in older images)"
+            )),
+            ReleaseError::Command { code, container, output, .. } => ReleaseError::Failed(format!(
+                "reading the binary log with `{tool}` for {what} failed in {container} with exit code {code}: {output}"
+            )),
+            e => e,
+        })?;
     let read = t.elapsed();
     restore::apply_delta(&r.engine, r.rel, &new_db, &path, &member, &r.progress).await?;
     let st = run
