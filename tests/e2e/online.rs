@@ -418,6 +418,79 @@ async fn issue_18_ctrl_c_in_catch_up() {
     recovered(&s, &seen).await;
 }
 
+/// A crash (SIGKILL) in the catch-up leaves the journal; `--abort` undoes it. A crash in the
+/// window (read-only on, the set recorded) and `--resume`: a fresh env restores the whole set,
+/// dump then deltas in order, and every write answered 200 is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_18_crash_then_abort_then_resume_from_the_set() {
+    if !mariadb() {
+        return;
+    }
+    let s = stack(
+        "ocrash",
+        1000,
+        &[
+            ("max_rounds = 10", "max_rounds = 1000"),
+            ("freeze_below = \"64KiB\"", "freeze_below = \"1\""),
+            (
+                "env = { DB_PW = \"pw\" }",
+                "env = { DB_PW = \"pw\" }\nmigrate = [\"sleep\", \"4\"]",
+            ),
+        ],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen, task) = write_loop(&s, stop.clone());
+    let crash = |at: &str| {
+        let (mut child, rx, _) = s.spawn(&["release", SITE, "--version", "2"]);
+        let mut seen = Vec::new();
+        wait_line(&rx, at, &mut seen);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        seen.join("\n")
+    };
+    crash("          delta 2");
+    assert!(s.p.dir.join(format!("release-{SITE}.json")).exists());
+    assert_eq!(
+        s.site_status()["read_only"],
+        false,
+        "read-only never came on"
+    );
+    let a = s.ok(&["release", SITE, "--abort"]);
+    assert!(a.contains("aborted"), "{a}");
+    assert_eq!(s.container_state("green", "db"), "exited");
+
+    s.edit("freeze_below = \"1\"", "freeze_below = \"64KiB\"");
+    let out = crash("5/6 migrate …");
+    assert!(out.contains("tables equal"), "{out}");
+    assert_eq!(
+        s.site_status()["read_only"],
+        true,
+        "read-only stays on after a crash"
+    );
+    let r = s.ok(&["release", SITE, "--resume"]);
+    assert!(r.contains("resuming with a fresh green environment"), "{r}");
+    assert!(
+        r.contains("delta(s)"),
+        "the deltas are restored after the dump: {r}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    task.await.unwrap();
+    assert_eq!(s.site_status()["active"], "green");
+    assert_eq!(s.site_status()["read_only"], false);
+    let w = seen.lock().unwrap();
+    let green = ids(&s, &db(&s, "green"));
+    let lost: Vec<_> = w.ok.difference(&green).collect();
+    assert!(
+        lost.is_empty(),
+        "writes answered 200 but not in the new database: {lost:?}"
+    );
+    assert!(
+        w.refused.iter().all(|(st, _)| *st == 503),
+        "{:?}",
+        w.refused
+    );
+}
+
 /// After a failed online release: blue active and writable (a write through the proxy gets
 /// 200), read-only off, every accepted write in blue, green stopped, no journal, no partial set.
 async fn recovered(s: &Stack, seen: &Arc<Mutex<Writes>>) {
