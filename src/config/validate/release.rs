@@ -319,4 +319,81 @@ mod tests {
         );
         assert!(bad[1].contains("listed twice"), "{bad:?}");
     }
+
+    fn db_site(release: &str, online: &str) -> String {
+        format!("[proxy]\nhttp = \"127.0.0.1:0\"\ncontrol = \"c.sock\"\nstate = \"s.json\"\n[[site]]\nname = \"w\"\nhosts = [\"w.test\"]\n[site.release]\n{release}\n{online}\n[[site.release.services]]\nname = \"db\"\nimage = \"d\"\nbackup = [\"mariadb-dump\", \"--all-databases\", \"--single-transaction\"]\nrestore = [\"mariadb\"]\n[[site.release.services]]\nname = \"web\"\nimage = \"w:{{version}}\"\n")
+    }
+
+    #[test]
+    fn the_online_flow_and_its_defaults() {
+        use crate::config::Flow;
+        let p = std::path::Path::new("t.toml");
+        let cfg = parse_config(p, &db_site("", "")).unwrap_or_else(|e| panic!("{e}"));
+        let rel = cfg.sites[0]
+            .release
+            .clone()
+            .unwrap_or_else(|| panic!("no release"));
+        assert_eq!(rel.flow, Flow::Freeze);
+        assert_eq!(rel.online.max_rounds, 10);
+        assert_eq!(rel.online.freeze_below, 1 << 20);
+        assert_eq!(
+            rel.online.dump.last().map(String::as_str),
+            Some("--master-data=2"),
+            "the backup command, with the binlog position"
+        );
+        let cfg = parse_config(
+            p,
+            &db_site(
+                "flow = \"online\"",
+                "[site.release.online]\nuser = \"backup\"\npassword_env = \"DB_PW\"\nmax_rounds = 3\nfreeze_below = \"64KiB\"",
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let rel = cfg.sites[0]
+            .release
+            .clone()
+            .unwrap_or_else(|| panic!("no release"));
+        assert_eq!(rel.flow, Flow::Online);
+        assert_eq!(
+            (rel.online.max_rounds, rel.online.freeze_below),
+            (3, 64 << 10)
+        );
+        assert_eq!(rel.online.user.as_deref(), Some("backup"));
+    }
+
+    #[test]
+    fn the_online_flow_refuses_what_it_cannot_replay() {
+        let p = std::path::Path::new("t.toml");
+        let bad = |release: &str, online: &str| {
+            parse_config(p, &db_site(release, online))
+                .err()
+                .map(|e| e.problems())
+                .unwrap_or_default()
+        };
+        let e = bad("flow = \"sometimes\"", "");
+        assert!(
+            e.len() == 1
+                && e[0].starts_with("t.toml:9:")
+                && e[0].contains("not one of freeze, online, auto"),
+            "{e:?}"
+        );
+        let e = bad(
+            "flow = \"auto\"",
+            "[site.release.online]\ndump = [\"mariadb-dump\", \"wiki\"]",
+        );
+        assert!(e.len() == 1 && e[0].contains("--all-databases"), "{e:?}");
+        let e = bad("flow = \"online\"", "[site.release.online]\ndump = [\"sh\", \"-c\", \"dump\"]\nkind = \"postgres\"\npassword_env = \"a b\"");
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(
+            e.iter()
+                .any(|m| m.contains("online kind `postgres` is not known")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|m| m.contains("must be a mariadb-dump")),
+            "{e:?}"
+        );
+        // A freeze flow does not care what the online dump would be.
+        assert!(bad("", "[site.release.online]\ndump = [\"sh\"]").is_empty());
+    }
 }
