@@ -491,6 +491,62 @@ async fn issue_18_crash_then_abort_then_resume_from_the_set() {
     );
 }
 
+/// A database without the binary log (the image's entrypoint without the binlog flags):
+/// `flow = "online"` is refused by `check` (exit 1, saying what is missing) and by the release
+/// before anything changes; `flow = "auto"` falls back to freeze and says why, and releases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_18_online_refused_without_binlog_auto_falls_back() {
+    if !mariadb() {
+        return;
+    }
+    let s = stack(
+        "onobin",
+        100,
+        &[(
+            "env = { MARIADB_ROOT_PASSWORD = \"pw\" }",
+            "env = { MARIADB_ROOT_PASSWORD = \"pw\" }\ncommand = [\"/usr/local/bin/entrypoint.sh\"]",
+        )],
+    );
+    let c = s.cli(&["check"]);
+    let out = text(&c);
+    assert_eq!(c.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("cannot do the online flow") && out.contains("log_bin = OFF"),
+        "{out}"
+    );
+    for args in [
+        &["release", SITE, "--version", "2", "--plan"][..],
+        &["release", SITE, "--version", "2"],
+    ] {
+        let o = s.cli(args);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{out}");
+        assert!(
+            out.contains("--log-bin") && out.contains("Nothing was changed"),
+            "{out}"
+        );
+    }
+    assert!(!s.p.dir.join(format!("release-{SITE}.json")).exists());
+    assert_eq!(s.container_state("green", "db"), "", "nothing was created");
+
+    s.edit("flow = \"online\"", "flow = \"auto\"");
+    let c = s.cli(&["check"]);
+    assert!(c.status.success(), "{}", text(&c));
+    assert!(text(&c).contains("fall back to freeze"), "{}", text(&c));
+    let plan = s.ok(&["release", SITE, "--version", "2", "--plan"]);
+    assert!(
+        plan.contains("flow: freeze") && plan.contains("falls back to freeze"),
+        "{plan}"
+    );
+    let r = s.ok(&["release", SITE, "--version", "2"]);
+    assert!(
+        r.contains("flow freeze") && r.contains("3/6 backup done"),
+        "{r}"
+    );
+    assert!(r.contains("Retry-After 60 s"), "{r}");
+    assert_eq!(s.site_status()["active"], "green");
+}
+
 /// After a failed online release: blue active and writable (a write through the proxy gets
 /// 200), read-only off, every accepted write in blue, green stopped, no journal, no partial set.
 async fn recovered(s: &Stack, seen: &Arc<Mutex<Writes>>) {
