@@ -392,20 +392,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let p = cli.config_path()?;
             match config::check(&p) {
                 Ok(cfg) => {
+                    // flow = online/auto: what the running databases say about their binlog.
+                    let (problems, notes) = crate::release::check_online(&cfg).await;
+                    if !problems.is_empty() {
+                        bail!("{}: {}", p.display(), problems.join("\n"));
+                    }
                     println!("{}: ok ({} site(s))", p.display(), cfg.sites.len());
                     for w in config::perms::warnings(&cfg) {
                         eprintln!("warning: {w}");
                     }
-                    for n in config::notes(&cfg) {
+                    for n in config::notes(&cfg).into_iter().chain(notes) {
                         println!("{n}");
-                    }
-                    // flow = online/auto: what the running databases say about their binlog.
-                    let (problems, notes) = crate::release::check_online(&cfg).await;
-                    for n in notes {
-                        println!("{n}");
-                    }
-                    if !problems.is_empty() {
-                        bail!("{}", problems.join("\n"));
                     }
                     Ok(())
                 }

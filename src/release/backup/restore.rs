@@ -36,6 +36,18 @@ pub async fn check(
     set: &Set,
     progress: &Progress,
 ) -> Result<Vec<(String, Listing)>, ReleaseError> {
+    check_parts(rel, set, progress, true).await
+}
+
+/// [`check`]; without `db`, the database members are not re-hashed (the online flow read each
+/// back as it wrote it and has applied them already: hashing a big dump again would only
+/// lengthen the read-only window).
+async fn check_parts(
+    rel: &ReleaseConfig,
+    set: &Set,
+    progress: &Progress,
+    db: bool,
+) -> Result<Vec<(String, Listing)>, ReleaseError> {
     let refuse = |why: String| {
         ReleaseError::Failed(format!(
             "backup set {} cannot be restored: {why}. Nothing was restored",
@@ -69,12 +81,23 @@ pub async fn check(
             )));
         }
     }
-    if let Some(why) = broken_chain(m) {
+    if let Some(why) = set::broken_chain(m) {
         return Err(refuse(why));
     }
     let t = Instant::now();
     let report = |name: &str, n: u64| progress.bytes(&format!("verify {name}"), t, n);
-    let checks = set::verify(set, true, &report).await.map_err(refuse)?;
+    let volumes_only;
+    let to_hash = if db {
+        set
+    } else {
+        let mut v = set.clone();
+        if let Ok(m) = v.manifest.as_mut() {
+            m.members.retain(|x| x.kind == MemberKind::Volume);
+        }
+        volumes_only = v;
+        &volumes_only
+    };
+    let checks = set::verify(to_hash, true, &report).await.map_err(refuse)?;
     if let Some(bad) = set::first_bad(&checks) {
         return Err(refuse(format!("{bad}; it is corrupt, do not use it")));
     }
@@ -83,31 +106,6 @@ pub async fn check(
         .into_iter()
         .filter_map(|c| c.listing.map(|l| (c.name, l)))
         .collect())
-}
-
-/// Why the deltas of a set do not form one chain after its dump (each must name the member
-/// before it in `follows`), if they do not.
-pub fn broken_chain(m: &set::Manifest) -> Option<String> {
-    let mut before: Option<&str> = None;
-    for mem in &m.members {
-        match mem.kind {
-            MemberKind::Db => before = Some(&mem.name),
-            MemberKind::DbDelta => {
-                let follows = mem.follows.as_deref();
-                if before.is_none() || follows != before {
-                    return Some(format!(
-                        "its delta {} follows {}, but the member before it is {}; the deltas are out of order or one is missing",
-                        mem.name,
-                        follows.unwrap_or("nothing"),
-                        before.unwrap_or("no dump")
-                    ));
-                }
-                before = Some(&mem.name);
-            }
-            MemberKind::Volume => {}
-        }
-    }
-    None
 }
 
 /// Restores every member of `set` into `env`. See the module doc.
@@ -131,7 +129,7 @@ pub async fn restore_parts(
     progress: &Progress,
     db: bool,
 ) -> Result<Restored, ReleaseError> {
-    let listings = check(rel, set, progress).await?;
+    let listings = check_parts(rel, set, progress, db).await?;
     let m = set
         .manifest
         .as_ref()

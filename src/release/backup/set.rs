@@ -306,6 +306,9 @@ pub async fn verify(
     progress: &(dyn Fn(&str, u64) + Sync),
 ) -> Result<Vec<MemberCheck>, String> {
     let m = set.manifest.as_ref().map_err(|e| e.clone())?;
+    if let Some(why) = broken_chain(m) {
+        return Err(why);
+    }
     let mut out = Vec::new();
     for mem in &m.members {
         let path = set.path_of(mem);
@@ -353,6 +356,31 @@ pub async fn verify(
         });
     }
     Ok(out)
+}
+
+/// Why the deltas of a set do not form one chain after its dump (each must name the member
+/// before it in `follows`), if they do not.
+pub fn broken_chain(m: &Manifest) -> Option<String> {
+    let mut before: Option<&str> = None;
+    for mem in &m.members {
+        match mem.kind {
+            MemberKind::Db => before = Some(&mem.name),
+            MemberKind::DbDelta => {
+                let follows = mem.follows.as_deref();
+                if before.is_none() || follows != before {
+                    return Some(format!(
+                        "its delta {} follows {}, but the member before it is {}; the deltas are out of order or one is missing",
+                        mem.name,
+                        follows.unwrap_or("nothing"),
+                        before.unwrap_or("no dump")
+                    ));
+                }
+                before = Some(&mem.name);
+            }
+            MemberKind::Volume => {}
+        }
+    }
+    None
 }
 
 /// The first member that does not verify, as one line (`member NAME (FILE): WHY`), if any.
@@ -451,6 +479,52 @@ mod tests {
             .ok()
             .flatten()
             .is_some());
+    }
+
+    /// The deltas of an online set form one chain after the dump; one out of order or missing
+    /// breaks the set (`backups verify` and a restore refuse it).
+    #[test]
+    fn deltas_follow_the_dump_in_order() {
+        let member = |name: &str, kind: MemberKind, follows: Option<&str>| Member {
+            name: name.into(),
+            kind,
+            service: "db".into(),
+            volume: None,
+            mount: None,
+            file: format!("{name}.sql"),
+            size: 1,
+            sha256: "x".into(),
+            files: None,
+            follows: follows.map(str::to_string),
+            position: None,
+        };
+        let mut m = Manifest {
+            format: FORMAT,
+            site: "w".into(),
+            color: "blue".into(),
+            version: "1".into(),
+            prefix: String::new(),
+            taken_at: "t".into(),
+            verified_at: "t".into(),
+            read_only: true,
+            members: vec![
+                member("db", MemberKind::Db, None),
+                member("db-delta-1", MemberKind::DbDelta, Some("db")),
+                member("db-delta-2", MemberKind::DbDelta, Some("db-delta-1")),
+            ],
+            tables: None,
+        };
+        assert_eq!(broken_chain(&m), None);
+        m.members.swap(1, 2);
+        let why = broken_chain(&m).unwrap_or_default();
+        assert!(
+            why.contains("db-delta-2 follows db-delta-1, but the member before it is db"),
+            "{why}"
+        );
+        m.members.remove(1);
+        assert!(broken_chain(&m).is_none());
+        m.members[1].follows = Some("db-delta-0".into());
+        assert!(broken_chain(&m).is_some());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The online flow's work inside the release steps (see the module doc of `online`): the copy,
 //! the catch-up rounds, and the last delta with the table comparison inside the window.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use super::mariadb::{self, Position};
@@ -83,9 +83,11 @@ pub async fn copy(run: &mut Run<'_>) -> Result<(), ReleaseError> {
     ));
     run.online = Some(State {
         set,
+        log_dir: None,
         at,
         last_member: name,
         deltas: 0,
+        equal_before: BTreeMap::new(),
         last_round: t.elapsed(),
         last_size: s.size,
     });
@@ -114,6 +116,7 @@ pub async fn catch_up(run: &mut Run<'_>) -> Result<(), ReleaseError> {
             Some(_) => {}
         }
     };
+    pre_compare(run).await?;
     let st = state(run)?;
     r.progress.line(format_args!(
         "{} done in {}: {} round(s), the new db at {} (last delta {} in {}, under freeze_below {})",
@@ -154,7 +157,11 @@ pub async fn ship(run: &mut Run<'_>) -> Result<Option<u64>, ReleaseError> {
         st.last_round = t.elapsed();
         return Ok(None);
     }
-    let files = r.log_files(&old_db, &from, &to).await?;
+    let dir = match state(run)?.log_dir.clone() {
+        Some(d) => d,
+        None => r.log_dir(&old_db).await?,
+    };
+    let files = r.log_files(&old_db, &dir, &from, &to).await?;
     let n = state(run)?.deltas + 1;
     let member = format!("{name}-delta-{n}");
     let file = format!("db-delta-{n:04}.sql");
@@ -193,6 +200,7 @@ pub async fn ship(run: &mut Run<'_>) -> Result<Option<u64>, ReleaseError> {
         position: Some(to.to_string()),
     });
     st.last_member = member;
+    st.log_dir = Some(dir);
     st.at = to;
     st.deltas = n;
     st.last_round = t.elapsed();
@@ -206,15 +214,63 @@ pub async fn ship(run: &mut Run<'_>) -> Result<Option<u64>, ReleaseError> {
     Ok(Some(s.size))
 }
 
-/// Inside the window (read-only on): the last delta, then every table compared on both sides.
-/// The checksums, equal, are returned for the manifest.
+/// Still writable, at the end of the catch-up: every table on both sides; the equal ones are
+/// kept (see the module doc), so the window compares only what changed since.
+async fn pre_compare(run: &mut Run<'_>) -> Result<(), ReleaseError> {
+    let r = run.r;
+    let (_, old_db, new_db) = dbs(run)?;
+    let t = Instant::now();
+    let none = BTreeSet::new();
+    let (old, new) = tokio::join!(r.checksums(&old_db, &none), r.checksums(&new_db, &none));
+    let (old, new) = (old?, new?);
+    let equal: BTreeMap<String, String> = old
+        .into_iter()
+        .filter(|(t, c)| new.get(t) == Some(c))
+        .collect();
+    r.progress.line(format_args!(
+        "          pre-compare (writable): {} of {} table(s) equal on both sides ({})",
+        equal.len(),
+        new.len(),
+        secs(t.elapsed())
+    ));
+    if let Some(st) = run.online.as_mut() {
+        st.equal_before = equal;
+    }
+    Ok(())
+}
+
+/// Inside the window (read-only on): the last delta, then the tables compared on both sides:
+/// every one but those equal at the pre-compare that the last delta does not touch. The
+/// checksums, equal, are returned for the manifest.
 pub async fn last_delta(run: &mut Run<'_>) -> Result<BTreeMap<String, String>, ReleaseError> {
     let r = run.r;
     let (_, old_db, new_db) = dbs(run)?;
-    ship(run).await?;
+    let shipped = ship(run).await?;
+    let st = state(run)?;
+    let touched = match (shipped, st.set.members.last()) {
+        (Some(_), Some(m)) => {
+            let path = st.set.dir.join(&m.file);
+            let text = std::fs::read_to_string(&path).map_err(|source| ReleaseError::Io {
+                what: "read the last delta".into(),
+                path,
+                source,
+            })?;
+            mariadb::touched(&text)
+        }
+        _ => Some(BTreeSet::new()),
+    };
+    let skip: BTreeSet<String> = match &touched {
+        Some(t) => st
+            .equal_before
+            .keys()
+            .filter(|k| !t.contains(*k))
+            .cloned()
+            .collect(),
+        None => BTreeSet::new(),
+    };
     let t = Instant::now();
-    let (old, new) = tokio::join!(r.checksums(&old_db), r.checksums(&new_db));
-    let (old, new) = (old?, new?);
+    let (old, new) = tokio::join!(r.checksums(&old_db, &skip), r.checksums(&new_db, &skip));
+    let (mut old, new) = (old?, new?);
     let diff = mariadb::differences(&old, &new, 5);
     if !diff.is_empty() {
         return Err(ReleaseError::Failed(format!(
@@ -223,9 +279,16 @@ pub async fn last_delta(run: &mut Run<'_>) -> Result<BTreeMap<String, String>, R
         )));
     }
     r.progress.line(format_args!(
-        "          tables equal: CHECKSUM TABLE of {} table(s) the same on both sides ({})",
+        "          tables equal: CHECKSUM TABLE of {} table(s) the same on both sides ({}); {} unchanged since the pre-compare{}",
         old.len(),
-        secs(t.elapsed())
+        secs(t.elapsed()),
+        skip.len(),
+        if touched.is_none() { " (the last delta changes a table's definition: all compared)" } else { "" }
     ));
+    for k in &skip {
+        if let Some(c) = st.equal_before.get(k) {
+            old.insert(k.clone(), c.clone());
+        }
+    }
     Ok(old)
 }

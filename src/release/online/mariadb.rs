@@ -2,7 +2,7 @@
 //! now, which files hold it, and a checksum of every table. Each is one query through the db
 //! image's client (`[site.release.online]`), run in the container with `docker exec`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::config::OnlineConfig;
@@ -103,6 +103,26 @@ pub fn differences(
     out
 }
 
+/// The tables (`db.table`) a delta (what mariadb-binlog printed) changes rows of, from its
+/// `Table_map` events; None when it holds anything else that may change a table (a DDL group or
+/// a statement event), so every table must be compared.
+pub fn touched(delta: &str) -> Option<BTreeSet<String>> {
+    let mut tables = BTreeSet::new();
+    for l in delta.lines().filter(|l| l.starts_with('#')) {
+        if let Some(rest) = l.split("\tTable_map: ").nth(1) {
+            let name = rest.split(" mapped to").next()?.replace('`', "");
+            tables.insert(name);
+        } else if l.contains("\tQuery\t") {
+            return None;
+        } else if let Some(g) = l.split("\tGTID ").nth(1) {
+            if !g.split_whitespace().any(|w| w == "trans") {
+                return None;
+            }
+        }
+    }
+    Some(tables)
+}
+
 /// The tables the comparison covers: every base table outside the server's own schemas (whose
 /// statistics tables change on their own).
 const TABLES: &str = "SELECT CONCAT('`', REPLACE(table_schema, '`', '``'), '`.`', REPLACE(table_name, '`', '``'), '`') FROM information_schema.tables WHERE table_type = 'BASE TABLE' AND table_schema NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys') ORDER BY 1";
@@ -169,19 +189,28 @@ impl Release<'_> {
         })
     }
 
-    /// The paths (in `container`) of the log files from `from.file` to `to.file`.
-    pub async fn log_files(
-        &self,
-        container: &str,
-        from: &Position,
-        to: &Position,
-    ) -> Result<Vec<String>, ReleaseError> {
+    /// The folder (in `container`) that holds the log files.
+    pub async fn log_dir(&self, container: &str) -> Result<String, ReleaseError> {
         let base = self.sql(container, "SELECT @@log_bin_basename").await?;
-        let dir = base
+        Ok(base
             .trim()
             .rsplit_once('/')
             .map(|(d, _)| d.to_string())
-            .unwrap_or_else(|| ".".into());
+            .unwrap_or_else(|| ".".into()))
+    }
+
+    /// The paths (in `container`, under `dir`) of the log files from `from.file` to `to.file`
+    /// (one file: no need to ask).
+    pub async fn log_files(
+        &self,
+        container: &str,
+        dir: &str,
+        from: &Position,
+        to: &Position,
+    ) -> Result<Vec<String>, ReleaseError> {
+        if from.file == to.file {
+            return Ok(vec![format!("{dir}/{}", from.file)]);
+        }
         let logs = self.sql(container, "SHOW BINARY LOGS").await?;
         let files = files_between(&logs, &from.file, &to.file);
         if files.first() != Some(&from.file) || files.last() != Some(&to.file) {
@@ -194,10 +223,12 @@ impl Release<'_> {
         Ok(files.into_iter().map(|f| format!("{dir}/{f}")).collect())
     }
 
-    /// `CHECKSUM TABLE` of every table (see [`TABLES`]) of the db in `container`.
+    /// `CHECKSUM TABLE` of the tables (see [`TABLES`]) of the db in `container`, but those in
+    /// `skip` (`db.table`).
     pub async fn checksums(
         &self,
         container: &str,
+        skip: &BTreeSet<String>,
     ) -> Result<BTreeMap<String, String>, ReleaseError> {
         let tables: Vec<String> = self
             .sql(container, TABLES)
@@ -205,6 +236,7 @@ impl Release<'_> {
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())
+            .filter(|l| !skip.contains(&l.replace('`', "")))
             .map(str::to_string)
             .collect();
         if tables.is_empty() {
@@ -258,6 +290,21 @@ mod tests {
         assert_eq!(
             files_between(logs, "mysql-bin.000003", "mysql-bin.000003").len(),
             1
+        );
+    }
+
+    #[test]
+    fn names_the_tables_a_delta_touches() {
+        let rows = "# at 611\n#261202  7:24:57 server id 1  end_log_pos 653 CRC32 0x5 \tGTID 0-1-3 trans\nSTART TRANSACTION\n#261202  7:24:57 server id 1  end_log_pos 753 CRC32 0x4 \tTable_map: `wiki`.`w` mapped to number 18\nBINLOG '\nAAAA\n'/*!*/;\n#261202 server id 1 \tGTID 0-1-4 cid=9 trans\n#261202 x \tTable_map: `wiki`.`pages` mapped to number 19\nCOMMIT/*!*/;\n";
+        assert_eq!(
+            touched(rows).map(|t| t.into_iter().collect::<Vec<_>>()),
+            Some(vec!["wiki.pages".to_string(), "wiki.w".to_string()])
+        );
+        let ddl = "#261202  7:24:57 server id 1  end_log_pos 1086 CRC32 0x9 \tGTID 0-1-5 ddl\n#261202 x \tQuery\tthread_id=5\talter table wiki.w add column b int\n";
+        assert_eq!(touched(ddl), None);
+        assert_eq!(
+            touched("DELIMITER /*!*/;\n# at 4\n").map(|t| t.len()),
+            Some(0)
         );
     }
 

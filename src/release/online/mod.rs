@@ -9,9 +9,13 @@
 //!    current one, into the set as a `db-delta` member (naming the member it follows), applied
 //!    with `mariadb --binary-mode` in the new db; again until a delta is under `freeze_below`
 //!    (or `max_rounds`).
+//!    Then, still writable, `CHECKSUM TABLE` of every table on both sides (the pre-compare).
 //! 3. after read-only on (step 2, the existing barrier): the last delta the same way, then
-//!    `CHECKSUM TABLE` of every table on both sides (any difference stops the release before
-//!    the switch), then the data volumes and the manifest as in the freeze flow.
+//!    `CHECKSUM TABLE` on both sides of every table but those the pre-compare found equal and
+//!    the last delta does not touch (its `Table_map` events; a DDL or statement event in it
+//!    means all tables): a table no event touched since the pre-compare is as it was then on
+//!    both sides. Any difference stops the release before the switch. Then the data volumes
+//!    and the manifest as in the freeze flow.
 //!
 //! The choice of flow is `plan::choose`; the steps are walked by the driver like the others.
 //! Nothing here touches the active environment but to read from it. Never on the request path.
@@ -102,11 +106,16 @@ pub async fn check(cfg: &Config) -> (Vec<String>, Vec<String>) {
 /// fails or is cut off) and where in the old database's log the new database stands.
 pub struct State {
     pub set: Partial,
+    /// The folder of the old database's log files (from `@@log_bin_basename`), once asked.
+    pub log_dir: Option<String>,
     /// The log position the new database has caught up to.
     pub at: Position,
     /// The last database member of the set (the dump, or the last delta): the next one follows it.
     pub last_member: String,
     pub deltas: u32,
+    /// The tables found equal (with their checksum) when both sides were compared at the end
+    /// of the catch-up; those the last delta does not touch are not compared again.
+    pub equal_before: std::collections::BTreeMap<String, String>,
     /// How long the last delta took, read and applied.
     pub last_round: Duration,
     /// Its size.
@@ -147,12 +156,14 @@ mod tests {
         let partial = set.dir.clone();
         let mut st = State {
             set,
+            log_dir: None,
             at: Position {
                 file: "b.1".into(),
                 pos: 4,
             },
             last_member: "db".into(),
             deltas: 0,
+            equal_before: Default::default(),
             last_round: Duration::from_millis(300),
             last_size: 0,
         };
