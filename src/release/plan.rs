@@ -64,6 +64,17 @@ pub fn choose(asked: Flow, db: Result<&Binlog, &str>) -> Result<Choice, String> 
     }
 }
 
+/// The `Retry-After` (seconds) of the freeze flow's window, from how long the newest backup set
+/// took to take (`None`: there is none): the window is that backup again, a restore (about three
+/// times as long for a database) and the migration and switch; 60 s when nothing is known,
+/// between 30 s and an hour.
+pub fn freeze_retry_after_s(last_backup: Option<std::time::Duration>) -> u64 {
+    match last_backup {
+        None => 60,
+        Some(d) => (d.as_secs() * 4 + 10).clamp(30, 3600),
+    }
+}
+
 /// What `release --resume` does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resume {
@@ -243,6 +254,15 @@ mod tests {
             why.contains("falls back to freeze") && why.contains("--log-bin"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn the_freeze_window_is_guessed_from_the_last_backup() {
+        use std::time::Duration;
+        assert_eq!(freeze_retry_after_s(None), 60);
+        assert_eq!(freeze_retry_after_s(Some(Duration::from_secs(1))), 30);
+        assert_eq!(freeze_retry_after_s(Some(Duration::from_secs(35))), 150);
+        assert_eq!(freeze_retry_after_s(Some(Duration::from_secs(5000))), 3600);
     }
 
     #[test]

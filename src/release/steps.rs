@@ -110,7 +110,10 @@ async fn create(run: &mut Run<'_>) -> Result<(), ReleaseError> {
 /// can tell it, else 60 s.
 async fn read_only(run: &mut Run<'_>) -> Result<(), ReleaseError> {
     let (r, t) = (run.r, Instant::now());
-    let retry = run.online.as_ref().map_or(60, |o| o.retry_after_s());
+    let retry = match &run.online {
+        Some(o) => o.retry_after_s(),
+        None => super::plan::freeze_retry_after_s(last_backup_took(r)),
+    };
     let answer = r
         .read_only_for(true, &run.journal.to_version, retry)
         .await?;
@@ -126,6 +129,15 @@ async fn read_only(run: &mut Run<'_>) -> Result<(), ReleaseError> {
         answer.drained_ms
     ));
     Ok(())
+}
+
+/// How long the newest set of the site took to take (its manifest's first to last time).
+fn last_backup_took(r: &Release<'_>) -> Option<std::time::Duration> {
+    let sets = backup::list(r.rel, r.name()).ok()?;
+    let m = sets.iter().find_map(|s| s.manifest.as_ref().ok())?;
+    let from = humantime::parse_rfc3339_weak(&m.taken_at).ok()?;
+    let to = humantime::parse_rfc3339_weak(&m.verified_at).ok()?;
+    to.duration_since(from).ok()
 }
 
 /// 3: a verified backup set of the active environment (the dump and every data volume), and what
