@@ -37,6 +37,23 @@ fn head(path: &std::path::Path) -> Result<String, ReleaseError> {
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// The last `bytes` of a file, as text.
+fn tail(path: &std::path::Path, bytes: u64) -> Result<String, ReleaseError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |source| ReleaseError::Io {
+        what: "read the delta's end".into(),
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(bytes)))
+        .map_err(io)?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).map_err(io)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
 /// `online copy`: the full dump of the active db (writable) into a new set, with its log
 /// position, then restored into the new db.
 pub async fn copy(run: &mut Run<'_>) -> Result<(), ReleaseError> {
@@ -181,6 +198,15 @@ pub async fn ship(run: &mut Run<'_>) -> Result<Option<u64>, ReleaseError> {
             e => e,
         })?;
     let read = t.elapsed();
+    // A delta that stops short of `to` would lose changes silently (and would hide a table the
+    // window must compare): it must end exactly there.
+    let ends = mariadb::last_end_pos(&tail(&path, 1 << 20)?);
+    if ends != Some(to.pos) {
+        return Err(ReleaseError::Failed(format!(
+            "{what} read by `{tool}` ends at {}, not at {to}: the binary log was not complete when read; nothing was switched, release again",
+            ends.map_or("no event".to_string(), |p| p.to_string())
+        )));
+    }
     restore::apply_delta(&r.engine, r.rel, &new_db, &path, &member, &r.progress).await?;
     let st = run
         .online

@@ -45,6 +45,17 @@ pub fn dump_position(head: &str) -> Option<Position> {
     })
 }
 
+/// The end position of the last event in (the tail of) a delta: `end_log_pos N` of its last
+/// event header. A delta read completely up to `--stop-position=P` ends at P.
+pub fn last_end_pos(tail: &str) -> Option<u64> {
+    let at = tail.rfind("end_log_pos ")?;
+    let digits: String = tail[at + "end_log_pos ".len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
 /// The first row of `SHOW MASTER STATUS` (`File\tPosition\t…`); None when the log is off.
 pub fn parse_status(out: &str) -> Option<Position> {
     let mut f = out.lines().next()?.split('\t');
@@ -278,6 +289,13 @@ mod tests {
             Some("mysql-bin.000003:1234".into())
         );
         assert_eq!(parse_status(""), None);
+    }
+
+    #[test]
+    fn reads_where_a_delta_ends() {
+        let tail = "#261202  7:24:57 server id 1  end_log_pos 1377 CRC32 0x4 \tWrite_rows: table id 22\nBINLOG '\nAAA\n'/*!*/;\n# at 1377\n#261202  7:24:57 server id 1  end_log_pos 1408 CRC32 0xf \tXid = 8\nCOMMIT/*!*/;\nDELIMITER ;\n# End of log file\n";
+        assert_eq!(last_end_pos(tail), Some(1408));
+        assert_eq!(last_end_pos("DELIMITER ;\n"), None);
     }
 
     #[test]
