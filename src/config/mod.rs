@@ -470,6 +470,9 @@ pub struct OnlineConfig {
     pub client: String,
     /// The binlog reader in the db image (`mariadb-binlog`; `mysqlbinlog` in older images).
     pub binlog_tool: String,
+    /// Inside the window, compare every table (true), or only those the pre-compare did not
+    /// find equal or the last delta touches (false, `compare = "changed"`, the default).
+    pub compare_all: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -77,6 +77,7 @@ mod tests {
             dump: vec!["mariadb-dump".into(), "--all-databases".into()],
             client: "mariadb".into(),
             binlog_tool: "mariadb-binlog".into(),
+            compare_all: false,
         }
     }
 

@@ -177,6 +177,7 @@ pub struct RawOnline {
     pub dump: Option<S<Vec<String>>>,
     pub client: Option<S<String>>,
     pub binlog_tool: Option<S<String>>,
+    pub compare: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -418,6 +418,42 @@ async fn issue_18_ctrl_c_in_catch_up() {
     recovered(&s, &seen).await;
 }
 
+/// A change the binary log never saw (made with `sql_log_bin=0` on the old db after the copy):
+/// the comparison in the window (`compare = "all"`) finds the table different and stops the
+/// release before the switch; the old env serves, read-only is lifted, nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_18_fault_tables_differ() {
+    if !mariadb() {
+        return;
+    }
+    let s = stack(
+        "ofdiffer",
+        1000,
+        &[(
+            "freeze_below = \"64KiB\"",
+            "freeze_below = \"64KiB\"\ncompare = \"all\"",
+        )],
+    );
+    let (mut child, rx, err) = s.spawn(&["release", SITE, "--version", "2"]);
+    let mut out = Vec::new();
+    wait_line(&rx, "1+/6 online copy done", &mut out);
+    sql(
+        &s,
+        &db(&s, "blue"),
+        "SET sql_log_bin = 0; insert into wiki.pages values (999999, 'not in the binlog')",
+    );
+    let status = child.wait().unwrap();
+    let err = err.join().unwrap_or_default().join("\n");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("3/6 backup") && err.contains("differs") && err.contains("wiki.pages"),
+        "{err}"
+    );
+    assert!(err.contains("read-only is off"), "{err}");
+    let none = Arc::new(Mutex::new(Writes::default()));
+    recovered(&s, &none).await;
+}
+
 /// A crash (SIGKILL) in the catch-up leaves the journal; `--abort` undoes it. A crash in the
 /// window (read-only on, the set recorded) and `--resume`: a fresh env restores the whole set,
 /// dump then deltas in order, and every write answered 200 is there.

@@ -195,6 +195,7 @@ fn online(
         dump: None,
         client: None,
         binlog_tool: None,
+        compare: None,
     };
     let o = ro.map(|o| o.get_ref()).unwrap_or(&none);
     if let Some(k) = &o.kind {
@@ -267,7 +268,17 @@ fn online(
             cx.err(s, format!("`password_env` is the name of an environment variable of the db container (letters, digits, _), not `{p}`"));
         }
     }
+    let compare_all = match &o.compare {
+        None => false,
+        Some(c) if c.get_ref() == "changed" => false,
+        Some(c) if c.get_ref() == "all" => true,
+        Some(c) => {
+            cx.err(c, format!("compare `{}` is not one of changed, all (changed: inside the window only the tables the last delta touches or that differed while writable; all: every table, the window then grows with the data)", c.get_ref()));
+            false
+        }
+    };
     OnlineConfig {
+        compare_all,
         user: o.user.as_ref().map(|u| u.get_ref().clone()),
         password_env,
         max_rounds: cx.count(&o.max_rounds, "max_rounds", 1, 1000, 10) as u32,

@@ -286,6 +286,7 @@ pub async fn last_delta(run: &mut Run<'_>) -> Result<BTreeMap<String, String>, R
         _ => Some(BTreeSet::new()),
     };
     let skip: BTreeSet<String> = match &touched {
+        Some(_) if r.rel.online.compare_all => BTreeSet::new(),
         Some(t) => st
             .equal_before
             .keys()
