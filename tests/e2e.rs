@@ -54,3 +54,5 @@ mod fuzz_regressions;
 
 #[path = "e2e/offsite.rs"]
 mod offsite;
+#[path = "e2e/online.rs"]
+mod online;

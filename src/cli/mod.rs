@@ -154,6 +154,10 @@ pub enum Cmd {
         /// Undo a release that was cut off: the old environment keeps serving.
         #[arg(long)]
         abort: bool,
+        /// Say which flow (freeze or online) and which steps would run, and why; change
+        /// nothing.
+        #[arg(long, alias = "dry-run", conflicts_with_all = ["resume", "abort"])]
+        plan: bool,
     },
     /// Environments on Docker by prefix and color.
     Envs {
@@ -449,11 +453,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let p = cli.config_path()?;
             match config::check(&p) {
                 Ok(cfg) => {
+                    // flow = online/auto: what the running databases say about their binlog.
+                    let (problems, notes) = crate::release::check_online(&cfg).await;
+                    if !problems.is_empty() {
+                        bail!("{}: {}", p.display(), problems.join("\n"));
+                    }
                     println!("{}: ok ({} site(s))", p.display(), cfg.sites.len());
                     for w in config::perms::warnings(&cfg) {
                         eprintln!("warning: {w}");
                     }
-                    for n in config::notes(&cfg) {
+                    for n in config::notes(&cfg).into_iter().chain(notes) {
                         println!("{n}");
                     }
                     Ok(())
@@ -514,10 +523,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             prefix,
             resume,
             abort,
+            plan,
         } => {
             let how = match (resume, abort, version) {
                 (_, true, _) => release::How::Abort,
                 (true, _, _) => release::How::Resume,
+                (_, _, Some(v)) if *plan => release::How::Plan(v),
                 (_, _, Some(v)) => release::How::Start(v),
                 _ => bail!("give --version V (or --resume / --abort)"),
             };

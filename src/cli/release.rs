@@ -11,6 +11,8 @@ use super::{render, EnvsCmd};
 /// Which way `release` goes.
 pub enum How<'a> {
     Start(&'a str),
+    /// `--plan`: say which flow and steps would run; change nothing.
+    Plan(&'a str),
     Resume,
     Abort,
 }
@@ -34,7 +36,8 @@ pub async fn release(
     prefix: Option<&str>,
 ) -> anyhow::Result<()> {
     match how {
-        How::Start(v) => release::start(cfg, client, site, v, prefix).await?,
+        How::Start(v) => release::start(cfg, client, site, v, prefix, false).await?,
+        How::Plan(v) => release::start(cfg, client, site, v, prefix, true).await?,
         How::Resume => release::resume(cfg, client, site, prefix).await?,
         How::Abort => release::abort(cfg, client, site, prefix).await?,
     }

@@ -253,6 +253,7 @@ pub fn members(s: &Set) -> String {
             match mem.kind {
                 MemberKind::Db => "db",
                 MemberKind::Volume => "volume",
+                MemberKind::DbDelta => "delta",
             },
             mem.file,
             human_bytes(mem.size),

@@ -4,6 +4,7 @@
 //! or *every* problem found, each with file:line and a hint. Relative paths in the file are taken
 //! relative to the directory of the config file.
 
+mod online;
 pub mod perms;
 mod raw;
 pub mod units;
@@ -475,7 +476,57 @@ pub struct ReleaseConfig {
     pub app_read_only: Option<(Vec<String>, Vec<String>)>,
     pub verify_restore: Option<Vec<String>>,
     pub health_timeout: Duration,
+    /// How the database reaches the new environment (issue 18).
+    pub flow: Flow,
+    /// The online flow's settings (defaults when `[site.release.online]` is left out).
+    pub online: OnlineConfig,
     pub services: Vec<ServiceConfig>,
+}
+
+/// `[site.release] flow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Flow {
+    #[default]
+    /// Read-only, then backup, restore, migrate (the window grows with the data).
+    Freeze,
+    /// Copy the database while writable, catch up from its change log, freeze for the last delta.
+    Online,
+    /// Online when the running database can do it, else freeze.
+    Auto,
+}
+
+impl fmt::Display for Flow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Flow::Freeze => "freeze",
+            Flow::Online => "online",
+            Flow::Auto => "auto",
+        })
+    }
+}
+
+/// `[site.release.online]`. Only `kind = "mariadb"` exists: a full `mariadb-dump
+/// --single-transaction --master-data=2`, then binlog deltas read with `mariadb-binlog`.
+#[derive(Debug, Clone)]
+pub struct OnlineConfig {
+    /// The user the client commands log in as (none: the client's default, e.g. root by socket).
+    pub user: Option<String>,
+    /// The name of an environment variable *of the db container* holding that user's password.
+    pub password_env: Option<String>,
+    /// Catch-up rounds at most before freezing anyway.
+    pub max_rounds: u32,
+    /// A delta smaller than this (bytes) ends the catch-up: read-only goes on for the last one.
+    pub freeze_below: u64,
+    /// The full copy: the db's `backup` command with `--master-data=2` unless given.
+    pub dump: Vec<String>,
+    /// The SQL client in the db image (`mariadb`; `mysql` in older images).
+    pub client: String,
+    /// The binlog reader in the db image (`mariadb-binlog`; `mysqlbinlog` in older images).
+    pub binlog_tool: String,
+    /// Inside the window, compare every table (true), or only those the pre-compare did not
+    /// find equal or the last delta touches (false, `compare = "changed"`, the default).
+    pub compare_all: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -183,8 +183,26 @@ pub struct RawRelease {
     pub app_read_only: Option<S<RawAppReadOnly>>,
     pub verify_restore: Option<Vec<String>>,
     pub health_timeout: Option<S<String>>,
+    /// `freeze`, `online` or `auto` (issue 18): how the database reaches the new environment.
+    pub flow: Option<S<String>>,
+    pub online: Option<S<RawOnline>>,
     #[serde(default)]
     pub services: Vec<S<RawService>>,
+}
+
+/// `[site.release.online]`: how the online flow copies and catches up the database.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOnline {
+    pub kind: Option<S<String>>,
+    pub user: Option<S<String>>,
+    pub password_env: Option<S<String>>,
+    pub max_rounds: Option<S<i64>>,
+    pub freeze_below: Option<S<String>>,
+    pub dump: Option<S<Vec<String>>>,
+    pub client: Option<S<String>>,
+    pub binlog_tool: Option<S<String>>,
+    pub compare: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -161,11 +161,27 @@ impl<'a> Release<'a> {
         on: bool,
         version: &str,
     ) -> Result<ReadOnlyResponse, ReleaseError> {
+        self.read_only_for(on, version, 60).await
+    }
+
+    /// [`Release::read_only`], telling writers to retry after `retry_after_s` (the expected
+    /// rest of the window).
+    pub async fn read_only_for(
+        &self,
+        on: bool,
+        version: &str,
+        retry_after_s: u64,
+    ) -> Result<ReadOnlyResponse, ReleaseError> {
+        let when = if retry_after_s < 60 {
+            format!("in about {retry_after_s} seconds")
+        } else {
+            "in a few minutes".to_string()
+        };
         let reason = format!(
-            "{} is being upgraded to version {version}; editing is back in a few minutes",
+            "{} is being upgraded to version {version}; editing is back {when}",
             self.name()
         );
-        self.read_only_because(on, &reason).await
+        self.read_only_because_for(on, &reason, retry_after_s).await
     }
 
     /// Read-only on (with `reason`) or off for this site.
@@ -174,10 +190,19 @@ impl<'a> Release<'a> {
         on: bool,
         reason: &str,
     ) -> Result<ReadOnlyResponse, ReleaseError> {
+        self.read_only_because_for(on, reason, 60).await
+    }
+
+    async fn read_only_because_for(
+        &self,
+        on: bool,
+        reason: &str,
+        retry_after_s: u64,
+    ) -> Result<ReadOnlyResponse, ReleaseError> {
         let req = ReadOnlyRequest {
             on,
             reason: on.then(|| reason.to_string()),
-            retry_after_s: on.then_some(60),
+            retry_after_s: on.then_some(retry_after_s),
             sites: on.then(|| vec![self.site.name.clone()]),
             wait_s: None,
         };

@@ -5,6 +5,7 @@
 
 use super::backup;
 use super::context::Release;
+use super::docker::EnvId;
 use super::journal::{self, Journal};
 use super::plan::{self, Resume};
 use super::step::Step;
@@ -12,21 +13,28 @@ use super::steps::{self, Run};
 use super::sync;
 use super::unwind::unwind;
 use super::{interrupted, ReleaseError};
-use crate::config::Config;
+use crate::config::{Config, Flow};
 use crate::control::client::Client;
 
-/// `release SITE --version V`: preflight, then the six steps.
+/// `release SITE --version V`: preflight, the choice of flow, then its steps. With `plan_only`
+/// (`--plan`): the preflight and the choice, printed; nothing is changed.
 pub async fn start(
     cfg: &Config,
     client: &Client,
     site: &str,
     version: &str,
     prefix: Option<&str>,
+    plan_only: bool,
 ) -> Result<(), ReleaseError> {
-    let _lock = journal::lock(cfg, site, "release")?;
+    let _lock = match plan_only {
+        true => None,
+        false => Some(journal::lock(cfg, site, "release")?),
+    };
     let r = Release::open(cfg, client, site, prefix).await?;
     // After a restart the active pool is stale, and the preflight below would refuse.
-    sync::before(&r, prefix.is_some()).await;
+    if !plan_only {
+        sync::before(&r, prefix.is_some()).await;
+    }
     if let Some(j) = journal::load(cfg, site)? {
         return Err(ReleaseError::Failed(format!(
             "an unfinished release of {} (to version {} on {}, at step {}) is recorded in {}; run `switchyard release {} --resume` or `--abort` first",
@@ -66,8 +74,18 @@ pub async fn start(
         }
     }
     // Every data volume must be there to be backed up, before anything changes.
-    backup::take::check_sources(&r.engine, r.rel, &r.env(from, &env.version)).await?;
-    let j = Journal::new(
+    let old = r.env(from, &env.version);
+    backup::take::check_sources(&r.engine, r.rel, &old).await?;
+    let choice = choose_flow(&r, &old).await?;
+    let head = format!(
+        "release of {site} from {from} ({}) to {to} ({version}), prefix {}",
+        env.version, r.prefix
+    );
+    if plan_only {
+        print!("{}", plan_text(&r, &head, &choice));
+        return Ok(());
+    }
+    let mut j = Journal::new(
         site,
         &r.prefix,
         from,
@@ -75,11 +93,52 @@ pub async fn start(
         Some(env.version.clone()),
         version,
     );
-    r.progress.line(format_args!(
-        "release of {site} from {from} ({}) to {to} ({version}), prefix {}",
-        env.version, r.prefix
-    ));
-    drive(&r, j, plan::start_plan()).await
+    j.flow = choice.flow;
+    r.progress.line(&head);
+    r.progress
+        .line(format_args!("flow {}: {}", choice.flow, choice.why));
+    drive(&r, j, plan::start_plan(choice.flow)).await
+}
+
+/// The flow the config asks for, given what the active database (in `old`) says.
+async fn choose_flow(r: &Release<'_>, old: &EnvId) -> Result<plan::Choice, ReleaseError> {
+    let asked = r.rel.flow;
+    let binlog = match asked {
+        Flow::Freeze => Err("not asked".to_string()),
+        Flow::Online | Flow::Auto => r
+            .binlog(&old.container(&r.db()?.name))
+            .await
+            .map_err(|e| e.to_string()),
+    };
+    plan::choose(asked, binlog.as_ref().map_err(String::as_str)).map_err(ReleaseError::Failed)
+}
+
+/// What `release --plan` prints: where the release goes, the flow and why, the steps.
+fn plan_text(r: &Release<'_>, head: &str, c: &plan::Choice) -> String {
+    let mut out = format!("{head}\nflow: {}\n  why: {}\nsteps:\n", c.flow, c.why);
+    for s in plan::start_plan(c.flow) {
+        let what = match (c.flow, s) {
+            (_, Step::Create) => "the new environment, its web not started (writable)",
+            (_, Step::Copy) => "mariadb-dump --single-transaction --master-data=2 into the set and the new db (writable)",
+            (_, Step::CatchUp) => "binlog deltas into the set and the new db until one is small (writable)",
+            (_, Step::ReadOnly) => "read-only on at the edge (and app_read_only.on): the window starts",
+            (Flow::Online, Step::Backup) => "the last delta, CHECKSUM TABLE on both sides, the data volumes, the manifest",
+            (_, Step::Backup) => "the dump and the data volumes into a verified set",
+            (Flow::Online, Step::Restore) => "the data volumes into the new env (its db is already there)",
+            (_, Step::Restore) => "the set into the new env",
+            (_, Step::Migrate) => "the new web starts, the migration runs",
+            (_, Step::Switch) => "health, switch, read-only off: the window ends",
+        };
+        out.push_str(&format!("  {s}: {what}\n"));
+    }
+    if c.flow == Flow::Online {
+        out.push_str(&format!(
+            "  ({})\n",
+            super::online::mariadb::describe(&r.rel.online)
+        ));
+    }
+    out.push_str("nothing was changed (--plan)\n");
+    out
 }
 
 /// The unfinished release of `site`, and the release opened on the prefix it was started with
@@ -135,7 +194,8 @@ pub async fn resume(
             j.forget_backup();
         }
     }
-    drive(&r, j, how.plan()).await
+    let flow = j.flow;
+    drive(&r, j, how.plan(flow)).await
 }
 
 /// Whether the journal's backup set is still there, verifies member by member and covers this

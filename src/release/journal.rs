@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::step::{Effect, Step};
 use super::ReleaseError;
-use crate::config::{Color, Config};
+use crate::config::{Color, Config, Flow};
 
 /// The state of one release: where it goes, how far it got, and what it did that the failure
 /// path must undo. The one place that state lives (see `step.rs` for what is decided from it).
@@ -28,6 +28,8 @@ pub struct Journal {
     pub to: Color,
     pub from_version: Option<String>,
     pub to_version: String,
+    /// The flow chosen when the release started (freeze, or online); a restart walks it again.
+    pub flow: Flow,
     /// The step being worked on (the ones before it in the plan are done).
     pub step: Step,
     /// What was done that must be undone if the release does not finish, recorded as each step
@@ -63,6 +65,7 @@ impl Journal {
             to,
             from_version,
             to_version: to_version.into(),
+            flow: Flow::Freeze,
             step: Step::Create,
             effects: BTreeSet::new(),
             backup: None,
@@ -100,6 +103,8 @@ struct OnDisk {
     to: Color,
     from_version: Option<String>,
     to_version: String,
+    #[serde(default)]
+    flow: Flow,
     step: Step,
     #[serde(default)]
     effects: Option<BTreeSet<Effect>>,
@@ -135,6 +140,7 @@ impl From<OnDisk> for Journal {
             to: d.to,
             from_version: d.from_version,
             to_version: d.to_version,
+            flow: d.flow,
             step: d.step,
             effects,
             backup: d.backup,

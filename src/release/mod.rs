@@ -14,6 +14,7 @@
 //! - `sync.rs`: the pools follow the web containers' published ports (after a restart);
 //!   `watch.rs` runs it at every container start; `bindings.rs` remembers which environment
 //!   each pool follows.
+//! - `online/`: the online flow (issue 18): copy and catch up from the binlog while writable.
 //! - `backup/`: backup sets (dump + data volume archives, sha256 manifest, read back and
 //!   verified), restored whole; list/verify/prune.
 //! - `drill.rs`: restore drills: a set into a scratch environment, checked, then removed.
@@ -27,6 +28,7 @@ pub mod drill;
 mod driver;
 pub mod envs;
 pub mod journal;
+mod online;
 mod plan;
 pub mod step;
 mod steps;
@@ -46,6 +48,7 @@ use crate::control::client::ControlError;
 pub use context::{site_of, Release};
 pub use driver::{abort, resume, start};
 pub use journal::pending_release_note;
+pub use online::check as check_online;
 pub use step::Step;
 pub use up::up;
 pub use watch::watch;

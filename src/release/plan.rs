@@ -6,11 +6,73 @@
 use super::journal::Journal;
 use super::step::{Effect, Step};
 use super::ReleaseError;
-use crate::config::Color;
+use crate::config::{Color, Flow};
 
-/// A new release walks all six steps.
-pub fn start_plan() -> &'static [Step] {
-    &Step::ALL
+/// A new release walks all six steps (freeze), or the eight of the online flow.
+pub fn start_plan(flow: Flow) -> &'static [Step] {
+    match flow {
+        Flow::Online => &Step::ONLINE,
+        Flow::Freeze | Flow::Auto => &Step::ALL,
+    }
+}
+
+/// What the running database said about the change log the online flow reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binlog {
+    /// `@@log_bin`
+    pub on: bool,
+    /// `@@binlog_format` (ROW, MIXED, STATEMENT)
+    pub format: String,
+}
+
+impl Binlog {
+    /// What the online flow misses, each with what to do; empty when it can run.
+    pub fn missing(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.on {
+            out.push("the binary log is off (log_bin = OFF): start mariadbd with --log-bin (and --server-id=1), or put log_bin and server_id in its my.cnf".to_string());
+        }
+        if !self.format.eq_ignore_ascii_case("ROW") {
+            out.push(format!("binlog_format is {}, the online flow needs ROW (replaying statements is not exact): start mariadbd with --binlog-format=ROW", self.format));
+        }
+        out
+    }
+}
+
+/// Which flow runs and why, in one line for `release --plan` and the release's first lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    /// Freeze or Online (never Auto).
+    pub flow: Flow,
+    pub why: String,
+}
+
+/// Chooses the flow from the config's `flow` and what the active database said (`Err`: it could
+/// not be asked, and why). `online` that cannot run is refused (nothing changed); `auto` falls
+/// back to freeze and says why.
+pub fn choose(asked: Flow, db: Result<&Binlog, &str>) -> Result<Choice, String> {
+    let missing = match db {
+        Ok(b) => b.missing(),
+        Err(e) => vec![format!("the active database could not be asked ({e})")],
+    };
+    let choice = |flow, why: String| Ok(Choice { flow, why });
+    match asked {
+        Flow::Freeze => choice(Flow::Freeze, "flow = \"freeze\" (the default): read-only for the backup, restore and migration".into()),
+        _ if missing.is_empty() => choice(Flow::Online, format!("flow = \"{asked}\" and the active database has the binary log on in ROW format: copy and catch up while writable, read-only only for the last delta")),
+        Flow::Online => Err(format!("flow = \"online\", but {}. Nothing was changed; fix the database, or set flow = \"auto\" (falls back to freeze) or \"freeze\"", missing.join("; and "))),
+        Flow::Auto => choice(Flow::Freeze, format!("flow = \"auto\" falls back to freeze: {}", missing.join("; and "))),
+    }
+}
+
+/// The `Retry-After` (seconds) of the freeze flow's window, from how long the newest backup set
+/// took to take (`None`: there is none): the window is that backup again, a restore (about three
+/// times as long for a database) and the migration and switch; 60 s when nothing is known,
+/// between 30 s and an hour.
+pub fn freeze_retry_after_s(last_backup: Option<std::time::Duration>) -> u64 {
+    match last_backup {
+        None => 60,
+        Some(d) => (d.as_secs() * 4 + 10).clamp(30, 3600),
+    }
 }
 
 /// What `release --resume` does.
@@ -26,11 +88,13 @@ pub enum Resume {
 }
 
 impl Resume {
-    pub fn plan(self) -> &'static [Step] {
+    /// The steps to walk; a restart walks its flow's plan again. A set of the online flow is
+    /// complete (dump, every delta, the volumes) once recorded, so it restores like any other.
+    pub fn plan(self, flow: Flow) -> &'static [Step] {
         match self {
             Resume::Finish => &[Step::Switch],
             Resume::FromRestore => &[Step::Create, Step::Restore, Step::Migrate, Step::Switch],
-            Resume::Restart => &Step::ALL,
+            Resume::Restart => start_plan(flow),
         }
     }
 }
@@ -114,6 +178,93 @@ mod tests {
         j
     }
 
+    /// Resume from a crash at every step of the online flow: before its set is recorded (the
+    /// copy, the catch-up, read-only, the last delta) it starts over; after, with read-only still
+    /// on and the set verifying, a fresh env restores the whole set (dump and deltas).
+    #[test]
+    fn resume_from_every_online_step() {
+        let online = start_plan(Flow::Online);
+        assert_eq!(online, &Step::ONLINE);
+        for &at in online {
+            for read_only in [true, false] {
+                for verifies in [true, false] {
+                    let j = journal_at(online, at, true);
+                    let got = resume(&j, BLUE, read_only, verifies).ok();
+                    let want = if at > Step::Backup && read_only && verifies {
+                        Resume::FromRestore
+                    } else {
+                        Resume::Restart
+                    };
+                    assert_eq!(
+                        got,
+                        Some(want),
+                        "crash at {at}, read-only {read_only}, set ok {verifies}"
+                    );
+                    // The online steps before read-only leave only the new env to undo.
+                    let mut undo_want = vec![EmptyNewPool, StopNewEnv];
+                    if at >= Step::ReadOnly {
+                        undo_want.extend([AppReadOnlyOff, ReadOnlyOff]);
+                    }
+                    assert_eq!(undo(&j, Some(BLUE)), undo_want, "undo at {at}");
+                }
+            }
+            assert_eq!(
+                resume(&journal_at(online, at, false), GREEN, true, false).ok(),
+                Some(Resume::Finish)
+            );
+        }
+        assert_eq!(Resume::Restart.plan(Flow::Online), &Step::ONLINE);
+        assert_eq!(
+            Resume::FromRestore.plan(Flow::Online),
+            &[Step::Create, Step::Restore, Step::Migrate, Step::Switch]
+        );
+    }
+
+    #[test]
+    fn the_flow_is_chosen_from_the_config_and_the_database() {
+        let row = Binlog {
+            on: true,
+            format: "ROW".into(),
+        };
+        let mixed = Binlog {
+            on: true,
+            format: "MIXED".into(),
+        };
+        let off = Binlog {
+            on: false,
+            format: "ROW".into(),
+        };
+        let flow = |asked, db| choose(asked, db).map(|c| c.flow);
+        assert_eq!(flow(Flow::Freeze, Ok(&row)), Ok(Flow::Freeze));
+        assert_eq!(flow(Flow::Online, Ok(&row)), Ok(Flow::Online));
+        assert_eq!(flow(Flow::Auto, Ok(&row)), Ok(Flow::Online));
+        assert_eq!(flow(Flow::Auto, Ok(&mixed)), Ok(Flow::Freeze));
+        assert_eq!(flow(Flow::Auto, Err("no such container")), Ok(Flow::Freeze));
+        let e = choose(Flow::Online, Ok(&off)).err().unwrap_or_default();
+        assert!(
+            e.contains("log_bin = OFF") && e.contains("Nothing was changed"),
+            "{e}"
+        );
+        let e = choose(Flow::Online, Ok(&mixed)).err().unwrap_or_default();
+        assert!(e.contains("binlog_format is MIXED"), "{e}");
+        let why = choose(Flow::Auto, Ok(&off))
+            .map(|c| c.why)
+            .unwrap_or_default();
+        assert!(
+            why.contains("falls back to freeze") && why.contains("--log-bin"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn the_freeze_window_is_guessed_from_the_last_backup() {
+        use std::time::Duration;
+        assert_eq!(freeze_retry_after_s(None), 60);
+        assert_eq!(freeze_retry_after_s(Some(Duration::from_secs(1))), 30);
+        assert_eq!(freeze_retry_after_s(Some(Duration::from_secs(35))), 150);
+        assert_eq!(freeze_retry_after_s(Some(Duration::from_secs(5000))), 3600);
+    }
+
     #[test]
     fn steps_are_ordered_and_named() {
         assert_eq!(
@@ -130,19 +281,19 @@ mod tests {
 
     #[test]
     fn a_release_walks_the_six_steps_creating_first() {
-        assert_eq!(start_plan(), &Step::ALL);
-        assert_eq!(start_plan()[0], Step::Create);
-        assert_eq!(start_plan()[2], Step::Backup);
+        assert_eq!(start_plan(Flow::Freeze), &Step::ALL);
+        assert_eq!(start_plan(Flow::Freeze)[0], Step::Create);
+        assert_eq!(start_plan(Flow::Freeze)[2], Step::Backup);
     }
 
     #[test]
     fn entering_a_step_records_what_it_may_leave_behind() {
-        let j = journal_at(start_plan(), Step::Create, true);
+        let j = journal_at(start_plan(Flow::Freeze), Step::Create, true);
         assert_eq!(j.step, Step::Create);
         assert!(j.did(Effect::NewEnv) && !j.did(Effect::ReadOnly));
-        let j = journal_at(start_plan(), Step::ReadOnly, true);
+        let j = journal_at(start_plan(Flow::Freeze), Step::ReadOnly, true);
         assert!(j.did(Effect::ReadOnly) && j.did(Effect::AppReadOnly));
-        let j = journal_at(start_plan(), Step::Switch, false);
+        let j = journal_at(start_plan(Flow::Freeze), Step::Switch, false);
         assert!(j.did(Effect::ReadOnly) && !j.did(Effect::AppReadOnly));
     }
 
@@ -153,7 +304,7 @@ mod tests {
         for at in Step::ALL {
             for read_only in [true, false] {
                 for verifies in [true, false] {
-                    let j = journal_at(start_plan(), at, true);
+                    let j = journal_at(start_plan(Flow::Freeze), at, true);
                     let got = resume(&j, BLUE, read_only, verifies).ok();
                     // Only once the backup is recorded (after step 3) can it be restored again.
                     let want = if at > Step::Backup && read_only && verifies {
@@ -169,9 +320,9 @@ mod tests {
                 }
             }
         }
-        assert_eq!(Resume::Restart.plan(), &Step::ALL);
+        assert_eq!(Resume::Restart.plan(Flow::Freeze), &Step::ALL);
         assert_eq!(
-            Resume::FromRestore.plan(),
+            Resume::FromRestore.plan(Flow::Freeze),
             &[Step::Create, Step::Restore, Step::Migrate, Step::Switch]
         );
     }
@@ -180,7 +331,7 @@ mod tests {
     /// turned on does not say that no write came in before it.
     #[test]
     fn resume_needs_read_only_of_its_own() {
-        let mut j = journal_at(start_plan(), Step::Restore, true);
+        let mut j = journal_at(start_plan(Flow::Freeze), Step::Restore, true);
         j.effects.remove(&Effect::ReadOnly);
         assert_eq!(resume(&j, BLUE, true, true).ok(), Some(Resume::Restart));
     }
@@ -188,9 +339,9 @@ mod tests {
     /// A resumed release that crashes again resumes the same way.
     #[test]
     fn resume_of_a_resumed_release() {
-        let first = journal_at(start_plan(), Step::Migrate, true);
+        let first = journal_at(start_plan(Flow::Freeze), Step::Migrate, true);
         let mut j = first.clone();
-        for &s in Resume::FromRestore.plan() {
+        for &s in Resume::FromRestore.plan(Flow::Freeze) {
             j.enter(s, true);
             assert_eq!(
                 resume(&j, BLUE, true, true).ok(),
@@ -204,19 +355,19 @@ mod tests {
     fn resume_after_the_switch_finishes() {
         for at in Step::ALL {
             for read_only in [true, false] {
-                let j = journal_at(start_plan(), at, true);
+                let j = journal_at(start_plan(Flow::Freeze), at, true);
                 assert_eq!(
                     resume(&j, GREEN, read_only, false).ok(),
                     Some(Resume::Finish)
                 );
             }
         }
-        assert_eq!(Resume::Finish.plan(), &[Step::Switch]);
+        assert_eq!(Resume::Finish.plan(Flow::Freeze), &[Step::Switch]);
     }
 
     #[test]
     fn resume_refuses_a_journal_that_does_not_match() {
-        let mut j = journal_at(start_plan(), Step::Backup, true);
+        let mut j = journal_at(start_plan(Flow::Freeze), Step::Backup, true);
         j.to = BLUE;
         assert!(resume(&j, GREEN, true, true).is_err());
     }
@@ -227,7 +378,7 @@ mod tests {
         let env = [EmptyNewPool, StopNewEnv];
         for app in [true, false] {
             for at in Step::ALL {
-                let j = journal_at(start_plan(), at, app);
+                let j = journal_at(start_plan(Flow::Freeze), at, app);
                 let mut want = env.to_vec();
                 if at >= Step::ReadOnly {
                     if app {
@@ -247,16 +398,16 @@ mod tests {
     /// Once the switch happened the new env serves: it is left alone, read-only still goes.
     #[test]
     fn undo_after_the_switch_keeps_the_new_env() {
-        let j = journal_at(start_plan(), Step::Switch, true);
+        let j = journal_at(start_plan(Flow::Freeze), Step::Switch, true);
         assert_eq!(undo(&j, Some(GREEN)), vec![AppReadOnlyOff, ReadOnlyOff]);
     }
 
     /// When the daemon does not answer, nobody can tell which env serves: leave both alone.
     #[test]
     fn undo_without_the_daemon_keeps_the_envs() {
-        let j = journal_at(start_plan(), Step::Restore, false);
+        let j = journal_at(start_plan(Flow::Freeze), Step::Restore, false);
         assert_eq!(undo(&j, None), vec![ReadOnlyOff]);
-        let j = journal_at(start_plan(), Step::Create, false);
+        let j = journal_at(start_plan(Flow::Freeze), Step::Create, false);
         assert_eq!(undo(&j, None), vec![]);
     }
 
@@ -270,7 +421,7 @@ mod tests {
     /// Resumed from the restore, the effects of the first attempt still count.
     #[test]
     fn undo_of_a_resumed_release() {
-        let mut j = journal_at(start_plan(), Step::Migrate, true);
+        let mut j = journal_at(start_plan(Flow::Freeze), Step::Migrate, true);
         j.enter(Step::Create, true);
         assert_eq!(
             undo(&j, Some(BLUE)),

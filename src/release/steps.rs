@@ -10,8 +10,10 @@ use super::backup;
 use super::context::Release;
 use super::docker::EnvId;
 use super::journal::{self, Journal};
+use super::online;
 use super::step::{Effect, Step};
 use super::{human_bytes, secs, ReleaseError};
+use crate::config::Flow;
 
 /// One walk of a plan: the release, its journal (the state of the release), the active ("old")
 /// and the new environment, and how long this walk kept the site read-only (for the summary).
@@ -22,6 +24,11 @@ pub struct Run<'a> {
     pub new: EnvId,
     pub read_only_since: Option<Instant>,
     pub read_only_window: Option<std::time::Duration>,
+    /// The online flow's set in the making and log position (from its copy step on).
+    pub online: Option<online::State>,
+    /// The new db already holds the set's dump and deltas (copied online): step 4 restores only
+    /// the volumes.
+    pub db_copied: bool,
 }
 
 impl<'a> Run<'a> {
@@ -33,6 +40,8 @@ impl<'a> Run<'a> {
             journal,
             read_only_since: None,
             read_only_window: None,
+            online: None,
+            db_copied: false,
         }
     }
 
@@ -59,6 +68,8 @@ impl<'a> Run<'a> {
 pub async fn run(step: Step, run: &mut Run<'_>) -> Result<(), ReleaseError> {
     match step {
         Step::Create => create(run).await,
+        Step::Copy => online::flow::copy(run).await,
+        Step::CatchUp => online::flow::catch_up(run).await,
         Step::ReadOnly => read_only(run).await,
         Step::Backup => backup(run).await,
         Step::Restore => restore(run).await,
@@ -95,17 +106,24 @@ async fn create(run: &mut Run<'_>) -> Result<(), ReleaseError> {
 }
 
 /// 2: read-only on at the edge (answers once no write is in flight), then `app_read_only.on`
-/// in the active web.
+/// in the active web. `Retry-After` is the expected rest of the window when the online flow
+/// can tell it, else 60 s.
 async fn read_only(run: &mut Run<'_>) -> Result<(), ReleaseError> {
     let (r, t) = (run.r, Instant::now());
-    let answer = r.read_only(true, &run.journal.to_version).await?;
+    let retry = match &run.online {
+        Some(o) => o.retry_after_s(),
+        None => super::plan::freeze_retry_after_s(last_backup_took(r)),
+    };
+    let answer = r
+        .read_only_for(true, &run.journal.to_version, retry)
+        .await?;
     run.read_only_since = Some(Instant::now());
     if let Some((on, _)) = &r.rel.app_read_only {
         r.run_ok(&run.old.container(&r.rel.web), on, "app_read_only.on")
             .await?;
     }
     r.progress.line(format_args!(
-        "{} done in {} (writes in flight drained in {} ms)",
+        "{} done in {} (writes in flight drained in {} ms; Retry-After {retry} s)",
         Step::ReadOnly,
         secs(t.elapsed()),
         answer.drained_ms
@@ -113,11 +131,38 @@ async fn read_only(run: &mut Run<'_>) -> Result<(), ReleaseError> {
     Ok(())
 }
 
+/// How long the newest set of the site took to take (its manifest's first to last time).
+fn last_backup_took(r: &Release<'_>) -> Option<std::time::Duration> {
+    let sets = backup::list(r.rel, r.name()).ok()?;
+    let m = sets.iter().find_map(|s| s.manifest.as_ref().ok())?;
+    let from = humantime::parse_rfc3339_weak(&m.taken_at).ok()?;
+    let to = humantime::parse_rfc3339_weak(&m.verified_at).ok()?;
+    to.duration_since(from).ok()
+}
+
 /// 3: a verified backup set of the active environment (the dump and every data volume), and what
-/// `verify_restore` prints on the active database.
+/// `verify_restore` prints on the active database. In the online flow the set already holds the
+/// dump and the deltas: the last delta is shipped, the tables compared, then the volumes taken.
 async fn backup(run: &mut Run<'_>) -> Result<(), ReleaseError> {
     let (r, t) = (run.r, Instant::now());
-    let set = backup::take::take(&r.engine, r.rel, &run.old, &r.progress, true).await?;
+    let set = match run.journal.flow {
+        Flow::Online => {
+            let tables = online::flow::last_delta(run).await?;
+            let mut st = run.online.take().ok_or_else(|| {
+                ReleaseError::Failed("the online copy was not made in this run; run `release --abort` and start again".into())
+            })?;
+            let volumes: Vec<_> = backup::take::plan(r.rel)
+                .into_iter()
+                .filter(|p| p.kind == backup::MemberKind::Volume)
+                .collect();
+            st.set.take(&r.engine, &volumes, &r.progress).await?;
+            let verify = backup::take::expected_verify(&r.engine, r.rel, &run.old).await;
+            st.set.finish(true, Some(tables), verify)?
+        }
+        Flow::Freeze | Flow::Auto => {
+            backup::take::take(&r.engine, r.rel, &run.old, &r.progress, true).await?
+        }
+    };
     run.journal.backup = Some(set.id.clone());
     if let Some(v) = &r.rel.verify_restore {
         let db = r.db()?;
@@ -184,7 +229,15 @@ async fn restore(run: &mut Run<'_>) -> Result<(), ReleaseError> {
     })?;
     // A resume after a crash in step 3 comes here without step 3's copy: `required` still holds.
     backup::offsite::for_release(r, Some(&set.id)).await?;
-    let restored = backup::restore::restore(&r.engine, r.rel, &run.new, &set, &r.progress).await?;
+    let restored = backup::restore::restore_parts(
+        &r.engine,
+        r.rel,
+        &run.new,
+        &set,
+        &r.progress,
+        !run.db_copied,
+    )
+    .await?;
     let mut checked = String::new();
     if let Some(v) = &r.rel.verify_restore {
         let db = r.db()?;

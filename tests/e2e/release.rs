@@ -71,7 +71,7 @@ pub(crate) fn repo() -> &'static str {
     })
 }
 
-fn mariadb() -> bool {
+pub(crate) fn mariadb() -> bool {
     static DONE: OnceLock<()> = OnceLock::new();
     if !testapp() {
         return false;

@@ -13,6 +13,10 @@
 # so `docker exec C mariadb-dump --all-databases` and `docker exec -i C mariadb`
 # need no password), then execs `mariadbd --user=mysql --bind-address=0.0.0.0`.
 # If MARIADB_ROOT_PASSWORD is set at first start, root@'%' is created with it.
+# The binary log is on in ROW format (CMD passes --log-bin --binlog-format=ROW
+# --server-id=1 to mariadbd), so the online release flow (issue 18) can copy the
+# database while it takes writes and catch up from its binlog; the image carries
+# ENV SY_MARIADB_BINLOG=ROW, and an image without it is rebuilt.
 set -euo pipefail
 
 IMAGE="${IMAGE:-sy-mariadb:bookworm}"
@@ -29,8 +33,11 @@ command -v docker >/dev/null 2>&1 || die "docker CLI not found"
 docker info >/dev/null 2>&1 || die "docker engine not reachable (is dockerd running?)"
 
 if [ -z "${FORCE:-}" ] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
-    log "$IMAGE already exists, nothing to do (FORCE=1 to rebuild) [$(elapsed)]"
-    exit 0
+    if docker image inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$IMAGE" | grep -qx 'SY_MARIADB_BINLOG=ROW'; then
+        log "$IMAGE already exists, nothing to do (FORCE=1 to rebuild) [$(elapsed)]"
+        exit 0
+    fi
+    log "$IMAGE has no binary log configured (built before issue 18): re-importing it"
 fi
 
 # The first Debian mirror of apt's configuration (deb822 .sources or one-line .list).
@@ -132,8 +139,9 @@ log "docker import -> $IMAGE [$(elapsed)]"
 docker import \
     -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     -c 'ENV LANG=C.UTF-8' \
+    -c 'ENV SY_MARIADB_BINLOG=ROW' \
     -c 'EXPOSE 3306' \
-    -c 'CMD ["/usr/local/bin/entrypoint.sh"]' \
+    -c 'CMD ["/usr/local/bin/entrypoint.sh", "--log-bin=mysql-bin", "--binlog-format=ROW", "--server-id=1"]' \
     -m "switchyard test image: debootstrap $SUITE + mariadb-server" \
     "$TARBALL" "$IMAGE" >/dev/null
 log "built $IMAGE ($(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')) in $(elapsed)"

@@ -36,6 +36,18 @@ pub async fn check(
     set: &Set,
     progress: &Progress,
 ) -> Result<Vec<(String, Listing)>, ReleaseError> {
+    check_parts(rel, set, progress, true).await
+}
+
+/// [`check`]; without `db`, the database members are not re-hashed (the online flow read each
+/// back as it wrote it and has applied them already: hashing a big dump again would only
+/// lengthen the read-only window).
+async fn check_parts(
+    rel: &ReleaseConfig,
+    set: &Set,
+    progress: &Progress,
+    db: bool,
+) -> Result<Vec<(String, Listing)>, ReleaseError> {
     let refuse = |why: String| {
         ReleaseError::Failed(format!(
             "backup set {} cannot be restored: {why}. Nothing was restored",
@@ -53,9 +65,14 @@ pub async fn check(
     }
     let planned = plan(rel);
     for mem in &m.members {
+        // A delta belongs with the dump it follows.
+        let kind = match mem.kind {
+            MemberKind::DbDelta => MemberKind::Db,
+            k => k,
+        };
         if !planned
             .iter()
-            .any(|p| p.kind == mem.kind && p.volume == mem.volume.as_deref())
+            .any(|p| p.kind == kind && p.volume == mem.volume.as_deref())
         {
             return Err(refuse(format!(
                 "its member {} has no place in this config (no db service, or `{}` is not in any service's `data_volumes`)",
@@ -64,9 +81,23 @@ pub async fn check(
             )));
         }
     }
+    if let Some(why) = set::broken_chain(m) {
+        return Err(refuse(why));
+    }
     let t = Instant::now();
     let report = |name: &str, n: u64| progress.bytes(&format!("verify {name}"), t, n);
-    let checks = set::verify(set, true, &report).await.map_err(refuse)?;
+    let volumes_only;
+    let to_hash = if db {
+        set
+    } else {
+        let mut v = set.clone();
+        if let Ok(m) = v.manifest.as_mut() {
+            m.members.retain(|x| x.kind == MemberKind::Volume);
+        }
+        volumes_only = v;
+        &volumes_only
+    };
+    let checks = set::verify(to_hash, true, &report).await.map_err(refuse)?;
     if let Some(bad) = set::first_bad(&checks) {
         return Err(refuse(format!("{bad}; it is corrupt, do not use it")));
     }
@@ -85,7 +116,20 @@ pub async fn restore(
     set: &Set,
     progress: &Progress,
 ) -> Result<Restored, ReleaseError> {
-    let listings = check(rel, set, progress).await?;
+    restore_parts(engine, rel, env, set, progress, true).await
+}
+
+/// [`restore`], with the database left out when `db` is false (the online flow has copied it
+/// into `env` already, full dump and every delta).
+pub async fn restore_parts(
+    engine: &Engine,
+    rel: &ReleaseConfig,
+    env: &EnvId,
+    set: &Set,
+    progress: &Progress,
+    db: bool,
+) -> Result<Restored, ReleaseError> {
+    let listings = check_parts(rel, set, progress, db).await?;
     let m = set
         .manifest
         .as_ref()
@@ -100,7 +144,10 @@ pub async fn restore(
         let what = format!("restore {}", mem.name);
         let t = Instant::now();
         match p.kind {
-            MemberKind::Db => {
+            MemberKind::Db | MemberKind::DbDelta if !db => {
+                out.lines.push(format!("{} copied online", mem.name));
+            }
+            MemberKind::Db | MemberKind::DbDelta => {
                 let cmd = p.service.restore.clone().ok_or_else(|| {
                     ReleaseError::Failed(format!(
                         "service `{}` has no `restore` command",
@@ -131,6 +178,12 @@ pub async fn restore(
                 out.bytes += o.stdin_bytes;
                 out.lines
                     .push(format!("{} {}", mem.name, human_bytes(o.stdin_bytes)));
+                let deltas = deltas(engine, rel, &container, set, progress).await?;
+                if deltas.0 > 0 {
+                    out.bytes += deltas.1;
+                    out.lines
+                        .push(format!("{} delta(s) {}", deltas.0, human_bytes(deltas.1)));
+                }
             }
             MemberKind::Volume => {
                 let mount = p.mount.unwrap_or("/").trim_end_matches('/');
@@ -177,6 +230,83 @@ pub async fn restore(
         }
     }
     Ok(out)
+}
+
+/// Applies every db-delta member of `set`, in list order, into the db `container`: (how many,
+/// bytes).
+async fn deltas(
+    engine: &Engine,
+    rel: &ReleaseConfig,
+    container: &str,
+    set: &Set,
+    progress: &Progress,
+) -> Result<(usize, u64), ReleaseError> {
+    let Ok(m) = &set.manifest else {
+        return Ok((0, 0));
+    };
+    let (mut n, mut bytes) = (0, 0);
+    for mem in m.members.iter().filter(|m| m.kind == MemberKind::DbDelta) {
+        let path = set.path_of(mem);
+        bytes += apply_delta(engine, rel, container, &path, &mem.name, progress).await?;
+        n += 1;
+    }
+    Ok((n, bytes))
+}
+
+/// Feeds one delta file to the online flow's apply command (`mariadb --binary-mode`) in
+/// `container`: the bytes applied.
+pub async fn apply_delta(
+    engine: &Engine,
+    rel: &ReleaseConfig,
+    container: &str,
+    path: &std::path::Path,
+    name: &str,
+    progress: &Progress,
+) -> Result<u64, ReleaseError> {
+    let what = format!("applying delta {name}");
+    feed(
+        engine,
+        container,
+        &rel.online.apply(),
+        path,
+        &what,
+        progress,
+    )
+    .await
+}
+
+/// Runs `cmd` in `container` with the file at `path` on its stdin; it must exit 0 (`what` names
+/// it in the error). The bytes fed.
+pub async fn feed(
+    engine: &Engine,
+    container: &str,
+    cmd: &[String],
+    path: &std::path::Path,
+    what: &str,
+    progress: &Progress,
+) -> Result<u64, ReleaseError> {
+    let f = tokio::fs::File::open(path)
+        .await
+        .map_err(|source| ReleaseError::Io {
+            what: "open the backup member".into(),
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let t = Instant::now();
+    let o = engine
+        .exec(container, cmd, Some(f), None::<tokio::io::Sink>, |n| {
+            progress.bytes(what, t, n)
+        })
+        .await?;
+    if o.code != 0 {
+        return Err(ReleaseError::Command {
+            what: what.into(),
+            container: container.into(),
+            code: o.code,
+            output: o.output_tail,
+        });
+    }
+    Ok(o.stdin_bytes)
 }
 
 /// Streams the archive at `path` into `dir` of `container`, printing progress while it goes.

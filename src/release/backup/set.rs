@@ -30,6 +30,9 @@ pub enum MemberKind {
     /// A tar archive of a data volume, as the engine's archive API gives it (top entry: the
     /// mount folder).
     Volume,
+    /// The changes the database made after the member named in `follows` (the online flow: a
+    /// binlog delta as `mariadb-binlog` printed it), applied in list order after the full dump.
+    DbDelta,
 }
 
 /// One member of a set.
@@ -52,6 +55,12 @@ pub struct Member {
     /// Kind volume: what the archive holds, for checking a restore against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<Files>,
+    /// Kind db-delta: the member this one continues (the full dump or the previous delta).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follows: Option<String>,
+    /// Online flow: the change-log position the member ends at (`FILE:POS` of the binlog).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<String>,
 }
 
 /// The content of a volume archive.
@@ -89,6 +98,10 @@ pub struct Manifest {
     /// print the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_restore: Option<String>,
+    /// Online flow: `CHECKSUM TABLE` of every table at the switch (`db.table` → checksum), equal
+    /// on both sides; what a restore of the set must give again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl Manifest {
@@ -178,7 +191,7 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, String> {
     }
     if let Some(kinds) = v.get("members").and_then(|m| m.as_array()) {
         for k in kinds.iter().filter_map(|m| m.get("kind")?.as_str()) {
-            if !matches!(k, "db" | "volume") {
+            if !matches!(k, "db" | "volume" | "db-delta") {
                 return Err(format!(
                     "{} has a member of kind `{k}` that this switchyard does not know (upgrade switchyard to restore it)",
                     p.display()
@@ -214,8 +227,11 @@ fn legacy_manifest(site_dir: &Path, stem: &str) -> Result<Manifest, String> {
             size: m.size,
             sha256: m.sha256,
             files: None,
+            follows: None,
+            position: None,
         }],
         verify_restore: None,
+        tables: None,
     })
 }
 
@@ -296,6 +312,9 @@ pub async fn verify(
     progress: &(dyn Fn(&str, u64) + Sync),
 ) -> Result<Vec<MemberCheck>, String> {
     let m = set.manifest.as_ref().map_err(|e| e.clone())?;
+    if let Some(why) = broken_chain(m) {
+        return Err(why);
+    }
     let mut out = Vec::new();
     for mem in &m.members {
         let path = set.path_of(mem);
@@ -343,6 +362,31 @@ pub async fn verify(
         });
     }
     Ok(out)
+}
+
+/// Why the deltas of a set do not form one chain after its dump (each must name the member
+/// before it in `follows`), if they do not.
+pub fn broken_chain(m: &Manifest) -> Option<String> {
+    let mut before: Option<&str> = None;
+    for mem in &m.members {
+        match mem.kind {
+            MemberKind::Db => before = Some(&mem.name),
+            MemberKind::DbDelta => {
+                let follows = mem.follows.as_deref();
+                if before.is_none() || follows != before {
+                    return Some(format!(
+                        "its delta {} follows {}, but the member before it is {}; the deltas are out of order or one is missing",
+                        mem.name,
+                        follows.unwrap_or("nothing"),
+                        before.unwrap_or("no dump")
+                    ));
+                }
+                before = Some(&mem.name);
+            }
+            MemberKind::Volume => {}
+        }
+    }
+    None
 }
 
 /// The first member that does not verify, as one line (`member NAME (FILE): WHY`), if any.
@@ -443,6 +487,53 @@ mod tests {
             .is_some());
     }
 
+    /// The deltas of an online set form one chain after the dump; one out of order or missing
+    /// breaks the set (`backups verify` and a restore refuse it).
+    #[test]
+    fn deltas_follow_the_dump_in_order() {
+        let member = |name: &str, kind: MemberKind, follows: Option<&str>| Member {
+            name: name.into(),
+            kind,
+            service: "db".into(),
+            volume: None,
+            mount: None,
+            file: format!("{name}.sql"),
+            size: 1,
+            sha256: "x".into(),
+            files: None,
+            follows: follows.map(str::to_string),
+            position: None,
+        };
+        let mut m = Manifest {
+            format: FORMAT,
+            site: "w".into(),
+            color: "blue".into(),
+            version: "1".into(),
+            prefix: String::new(),
+            taken_at: "t".into(),
+            verified_at: "t".into(),
+            read_only: true,
+            members: vec![
+                member("db", MemberKind::Db, None),
+                member("db-delta-1", MemberKind::DbDelta, Some("db")),
+                member("db-delta-2", MemberKind::DbDelta, Some("db-delta-1")),
+            ],
+            tables: None,
+            verify_restore: None,
+        };
+        assert_eq!(broken_chain(&m), None);
+        m.members.swap(1, 2);
+        let why = broken_chain(&m).unwrap_or_default();
+        assert!(
+            why.contains("db-delta-2 follows db-delta-1, but the member before it is db"),
+            "{why}"
+        );
+        m.members.remove(1);
+        assert!(broken_chain(&m).is_none());
+        m.members[1].follows = Some("db-delta-0".into());
+        assert!(broken_chain(&m).is_some());
+    }
+
     #[test]
     fn refuses_what_it_cannot_restore() {
         let t = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -451,9 +542,9 @@ mod tests {
         assert!(read_manifest(d).unwrap_err().contains("format 2"));
         std::fs::write(
             d.join(MANIFEST),
-            br#"{"format":1,"site":"w","color":"blue","version":"1","taken_at":"t","verified_at":"t","members":[{"name":"b","kind":"db-delta","service":"db","file":"b","size":1,"sha256":"x"}]}"#,
+            br#"{"format":1,"site":"w","color":"blue","version":"1","taken_at":"t","verified_at":"t","members":[{"name":"b","kind":"wal","service":"db","file":"b","size":1,"sha256":"x"}]}"#,
         )
         .unwrap_or_default();
-        assert!(read_manifest(d).unwrap_err().contains("db-delta"));
+        assert!(read_manifest(d).unwrap_err().contains("`wal`"));
     }
 }

@@ -5,6 +5,8 @@
 # At first start, when set: MARIADB_DATABASE is created, and MARIADB_USER with MARIADB_PASSWORD
 # gets all rights on it (from any address: the web container of the same environment).
 # The port opens only after the init file ran, so "port open" means "ready".
+# The binary log is on in ROW format (kept 7 days), so switchyard's online release flow
+# (flow = "online"/"auto", issue 18) can copy the database while the wiki takes edits.
 set -eu
 DATADIR=/var/lib/mysql
 mkdir -p /run/mysqld "$DATADIR"
@@ -26,4 +28,5 @@ if [ ! -d "$DATADIR/mysql" ]; then
     chown mysql:mysql /run/mysqld/init.sql
     set -- --init-file=/run/mysqld/init.sql "$@"
 fi
-exec mariadbd --user=mysql --datadir="$DATADIR" --bind-address=0.0.0.0 "$@"
+exec mariadbd --user=mysql --datadir="$DATADIR" --bind-address=0.0.0.0 \
+    --log-bin=mysql-bin --binlog-format=ROW --server-id=1 --expire-logs-days=7 "$@"
