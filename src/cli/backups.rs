@@ -163,6 +163,9 @@ pub async fn backups(cfg: &Config, what: &BackupsCmd) -> anyhow::Result<()> {
             for (s, why) in &r.broken {
                 println!("BROKEN  {s}: {why} (left for you to inspect)");
             }
+            for s in &r.unsent {
+                println!("kept {s}: not off-site yet (`switchyard backups offsite copy {site}`)");
+            }
             println!(
                 "kept {} verified backup set(s) of {site} (keep_backups = {keep})",
                 r.kept.len()

@@ -344,11 +344,12 @@ async fn switch(run: &mut Run<'_>) -> Result<(), ReleaseError> {
 pub async fn finish(run: &mut Run<'_>) -> Result<(), ReleaseError> {
     let (r, j) = (run.r, &run.journal);
     journal::remove(r.cfg, r.name())?;
-    match backup::prune(r.rel, r.name(), r.rel.keep_backups).await {
-        Ok(p) if !p.removed.is_empty() => r.progress.line(format_args!(
-            "pruned {} old backup set(s), kept {}",
+    match backup::prune(r.cfg, r.rel, r.name(), r.rel.keep_backups).await {
+        Ok(p) if !p.removed.is_empty() || !p.unsent.is_empty() => r.progress.line(format_args!(
+            "pruned {} old backup set(s), kept {} (and {} not off-site yet)",
             p.removed.len(),
-            p.kept.len()
+            p.kept.len(),
+            p.unsent.len()
         )),
         Ok(_) => {}
         Err(e) => r

@@ -270,6 +270,13 @@ fn issue_21_completions_and_man_page() {
     let o = std::process::Command::new(BIN).arg("man").output().unwrap();
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains(".TH switchyard 1"));
+    // The committed copy follows the CLI: `switchyard man > docs/switchyard.1` after changing it.
+    let committed = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/switchyard.1"))
+        .unwrap_or_default();
+    assert!(
+        committed == o.stdout,
+        "docs/switchyard.1 is not what `switchyard man` prints; run `switchyard man > docs/switchyard.1`"
+    );
 }
 
 /// Headless Chromium from Debian, if it is there (required with CI=true).

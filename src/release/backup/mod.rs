@@ -166,11 +166,18 @@ pub async fn verify_all(
 
 /// After a release: [`set::prune`] to `keep_backups`.
 pub async fn prune(
+    cfg: &Config,
     rel: &ReleaseConfig,
     site: &str,
     keep: usize,
 ) -> Result<PruneReport, ReleaseError> {
-    set::prune(&site_dir(rel, site), keep, false).await
+    set::prune(&site_dir(rel, site), keep, false, &unsent(cfg)).await
+}
+
+/// With `[backups.offsite]`, a set without an off-site copy yet; without it, none.
+fn unsent(cfg: &Config) -> impl Fn(&Set) -> bool {
+    let offsite = cfg.offsite.is_some();
+    move |s: &Set| offsite && offsite::record::copied(s).is_none()
 }
 
 /// `backups prune SITE`: [`prune`] to `keep_backups` (returned with the report), under the
@@ -184,5 +191,6 @@ pub async fn prune_now(
     let (_, rel) = site_of(cfg, site)?;
     let _lock = journal::lock(cfg, site, "backups prune")?;
     let keep = rel.keep_backups;
-    Ok((set::prune(&site_dir(rel, site), keep, dry_run).await?, keep))
+    let r = set::prune(&site_dir(rel, site), keep, dry_run, &unsent(cfg)).await?;
+    Ok((r, keep))
 }

@@ -404,16 +404,21 @@ pub struct PruneReport {
     pub kept: Vec<String>,
     pub removed: Vec<String>,
     pub broken: Vec<(String, String)>,
+    /// Verified sets past `keep` that are kept because they are not off-site yet.
+    pub unsent: Vec<String>,
 }
 
 /// Keeps the newest `keep` sets that verify whole, removes older verified ones and leftover
 /// `.partial` folders and files; sets that do not verify are reported and left for a person.
 /// Never removes the only verified set (`keep` is at least 1, and one is kept before any goes).
-/// With `dry_run` nothing is removed: `removed` lists what would be.
+/// With `dry_run` nothing is removed: `removed` lists what would be. `unsent` says which sets
+/// have no off-site copy yet (with `[backups.offsite]`): those are kept past `keep` until they are
+/// copied, so a long outage of the repository never prunes a set that exists nowhere else.
 pub async fn prune(
     site_dir: &Path,
     keep: usize,
     dry_run: bool,
+    unsent: &dyn Fn(&Set) -> bool,
 ) -> Result<PruneReport, ReleaseError> {
     let mut r = PruneReport::default();
     let keep = keep.max(1);
@@ -424,6 +429,7 @@ pub async fn prune(
         };
         match bad {
             None if r.kept.len() < keep => r.kept.push(set.id),
+            None if unsent(&set) => r.unsent.push(set.id),
             None if dry_run => r.removed.push(set.id),
             None => {
                 set.remove(site_dir).map_err(|source| ReleaseError::Io {
@@ -485,6 +491,30 @@ mod tests {
             .ok()
             .flatten()
             .is_some());
+    }
+
+    /// Past `keep`, a set without an off-site copy is kept (reported as unsent), the others go.
+    #[tokio::test]
+    async fn prune_keeps_sets_not_off_site_yet() {
+        let t = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let d = t.path();
+        for day in ["01", "02", "03"] {
+            let id = format!("202501{day}T000000.000Z-blue-1");
+            std::fs::write(d.join(format!("{id}.dump")), b"x").unwrap_or_default();
+            std::fs::write(
+                d.join(format!("{id}.manifest.json")),
+                format!(r#"{{"file":"{id}.dump","site":"w","color":"blue","version":"1","created":"t","size":1,"sha256":"2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","verified_at":"t"}}"#),
+            )
+            .unwrap_or_default();
+        }
+        let oldest = "20250101T000000.000Z-blue-1";
+        let r = prune(d, 1, false, &|s: &Set| s.id == oldest)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.kept, ["20250103T000000.000Z-blue-1"]);
+        assert_eq!(r.removed, ["20250102T000000.000Z-blue-1"]);
+        assert_eq!(r.unsent, [oldest]);
+        assert_eq!(list(d).map(|l| l.len()).unwrap_or_default(), 2);
     }
 
     /// The deltas of an online set form one chain after the dump; one out of order or missing
