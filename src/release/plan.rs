@@ -178,6 +178,27 @@ mod tests {
         j
     }
 
+    /// A crash at `at`, with read-only still on or lifted and the set verifying or not: only
+    /// once the set is recorded (after the backup step), with read-only on and the set
+    /// verifying, can a fresh env restore it; otherwise the release starts over.
+    fn check_resume_at(plan: &[Step], at: Step) {
+        let j = journal_at(plan, at, true);
+        for read_only in [true, false] {
+            for verifies in [true, false] {
+                let want = if at > Step::Backup && read_only && verifies {
+                    Resume::FromRestore
+                } else {
+                    Resume::Restart
+                };
+                assert_eq!(
+                    resume(&j, BLUE, read_only, verifies).ok(),
+                    Some(want),
+                    "crash at {at}, read-only {read_only}, set ok {verifies}"
+                );
+            }
+        }
+    }
+
     /// Resume from a crash at every step of the online flow: before its set is recorded (the
     /// copy, the catch-up, read-only, the last delta) it starts over; after, with read-only still
     /// on and the set verifying, a fresh env restores the whole set (dump and deltas).
@@ -186,28 +207,17 @@ mod tests {
         let online = start_plan(Flow::Online);
         assert_eq!(online, &Step::ONLINE);
         for &at in online {
-            for read_only in [true, false] {
-                for verifies in [true, false] {
-                    let j = journal_at(online, at, true);
-                    let got = resume(&j, BLUE, read_only, verifies).ok();
-                    let want = if at > Step::Backup && read_only && verifies {
-                        Resume::FromRestore
-                    } else {
-                        Resume::Restart
-                    };
-                    assert_eq!(
-                        got,
-                        Some(want),
-                        "crash at {at}, read-only {read_only}, set ok {verifies}"
-                    );
-                    // The online steps before read-only leave only the new env to undo.
-                    let mut undo_want = vec![EmptyNewPool, StopNewEnv];
-                    if at >= Step::ReadOnly {
-                        undo_want.extend([AppReadOnlyOff, ReadOnlyOff]);
-                    }
-                    assert_eq!(undo(&j, Some(BLUE)), undo_want, "undo at {at}");
-                }
+            check_resume_at(online, at);
+            // The online steps before read-only leave only the new env to undo.
+            let mut undo_want = vec![EmptyNewPool, StopNewEnv];
+            if at >= Step::ReadOnly {
+                undo_want.extend([AppReadOnlyOff, ReadOnlyOff]);
             }
+            assert_eq!(
+                undo(&journal_at(online, at, true), Some(BLUE)),
+                undo_want,
+                "undo at {at}"
+            );
             assert_eq!(
                 resume(&journal_at(online, at, false), GREEN, true, false).ok(),
                 Some(Resume::Finish)
@@ -302,23 +312,7 @@ mod tests {
     #[test]
     fn resume_from_every_step() {
         for at in Step::ALL {
-            for read_only in [true, false] {
-                for verifies in [true, false] {
-                    let j = journal_at(start_plan(Flow::Freeze), at, true);
-                    let got = resume(&j, BLUE, read_only, verifies).ok();
-                    // Only once the backup is recorded (after step 3) can it be restored again.
-                    let want = if at > Step::Backup && read_only && verifies {
-                        Resume::FromRestore
-                    } else {
-                        Resume::Restart
-                    };
-                    assert_eq!(
-                        got,
-                        Some(want),
-                        "crash at {at}, read-only {read_only}, backup ok {verifies}"
-                    );
-                }
-            }
+            check_resume_at(start_plan(Flow::Freeze), at);
         }
         assert_eq!(Resume::Restart.plan(Flow::Freeze), &Step::ALL);
         assert_eq!(

@@ -111,12 +111,7 @@ impl Setup {
     }
 
     async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.p.metrics.unwrap()))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        self.p.metrics_get("/metrics").await
     }
 
     /// A request to `host` over HTTPS, trusting only Pebble's root.
@@ -359,12 +354,7 @@ async fn issue_21_ca_down_keeps_the_old_certificate_and_says_so() {
         Some(1.0),
         "{m}"
     );
-    let page = reqwest::get(format!("http://{}/", s.p.metrics.unwrap()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = s.p.metrics_get("/").await;
     assert!(
         page.contains("Certificates") && page.contains("failing"),
         "{page}"

@@ -268,15 +268,7 @@ async fn issue_19_switches_through_any_edge_under_load() {
         assert!(out.contains(id), "{out}");
     }
     assert!(out.contains("ok"), "{out}");
-    let http = reqwest::Client::new();
-    let m = http
-        .get(format!("http://{}/metrics", s.edges[0].metrics.unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = s.edges[0].metrics_get("/metrics").await;
     for name in [
         "switchyard_cluster_applied_revision",
         "switchyard_cluster_fresh 1",
@@ -287,14 +279,7 @@ async fn issue_19_switches_through_any_edge_under_load() {
     ] {
         assert!(m.contains(name), "/metrics has no {name}");
     }
-    let page = http
-        .get(format!("http://{}/", s.edges[0].metrics.unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = s.edges[0].metrics_get("/").await;
     assert!(
         page.contains("<h2>Cluster") && page.contains("<td>e2</td>"),
         "{page}"
@@ -493,8 +478,20 @@ async fn issue_19_cut_off_edge_refuses_writes_before_the_barrier_answers() {
         .filter_map(|x| x.as_str())
         .collect();
     assert_eq!(bounded, ["e2"], "the cut edge is counted by its bound: {v}");
-    // Keep the writers going a moment past the answer: nothing may get through anywhere.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Keep the writers going past the answer, until every edge has answered a few more writes:
+    // nothing may get through anywhere.
+    wait_until_async(
+        Duration::from_secs(10),
+        "5 writes answered on every edge after the barrier",
+        || {
+            let done = {
+                let a = answers.lock().unwrap();
+                (0..3).all(|i| a.iter().filter(|x| x.0 == i && x.3 > answered).count() >= 5)
+            };
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();

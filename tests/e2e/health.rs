@@ -11,12 +11,7 @@ fn with_health(s: String) -> String {
 }
 
 async fn metrics(p: &Proxy) -> String {
-    reqwest::get(format!("http://{}/metrics", p.metrics.unwrap()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    p.metrics_get("/metrics").await
 }
 
 /// The value of one exposition line (`name{labels} value`), 0 when absent.
@@ -244,12 +239,7 @@ async fn metrics_and_status_page() {
         .await
         .unwrap();
     assert_eq!(h.status(), 200);
-    let page = reqwest::get(format!("http://{}/", p.metrics.unwrap()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = p.metrics_get("/").await;
     assert!(
         page.contains("wiki") && page.contains("green") && page.contains("maintenance window"),
         "{page}"

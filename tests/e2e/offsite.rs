@@ -434,12 +434,7 @@ async fn issue_17_offsite_rest_server_wrong_password_and_down() {
         2,
         "{st}"
     );
-    let metrics = reqwest::get(format!("http://{}/metrics", s.p.metrics.unwrap()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.p.metrics_get("/metrics").await;
     assert!(
         metrics.contains(&format!(
             "switchyard_backup_last_ok{{site=\"{SITE}\",kind=\"offsite\"}} 0"
@@ -459,12 +454,7 @@ async fn issue_17_offsite_rest_server_wrong_password_and_down() {
         "{metrics}"
     );
 
-    let page = reqwest::get(format!("http://{}/", s.p.metrics.unwrap()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = s.p.metrics_get("/").await;
     assert!(
         page.contains("off-site copy FAILED")
             && page.contains("cannot reach the off-site repository"),

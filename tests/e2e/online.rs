@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::release::{mariadb, sh, text, wait_line, window_of, Stack, HOST, SITE};
+use crate::support::{wait_until, wait_until_async};
 
 /// The web: one forked child per connection; POST /w?id=N inserts N, GET /health answers ok.
 const WEB: &str = r#"use IO::Socket::INET; $SIG{CHLD} = 'IGNORE';
@@ -176,18 +177,18 @@ fn newest_set(s: &Stack) -> (std::path::PathBuf, serde_json::Value) {
 }
 
 /// Waits until the db in `container` answers a query.
-fn wait_db(s: &Stack, container: &str) {
-    let end = Instant::now() + Duration::from_secs(60);
-    while Command::new("docker")
-        .args(["exec", container, "mariadb", "-e", "select 1"])
-        .output()
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < end, "{container} never answered");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let _ = s;
+fn wait_db(container: &str) {
+    wait_until(
+        Duration::from_secs(60),
+        &format!("{container} to answer a query"),
+        || {
+            Command::new("docker")
+                .args(["exec", container, "mariadb", "-e", "select 1"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+                .then_some(())
+        },
+    );
 }
 
 /// The set's dump, then its deltas in order, into a fresh MariaDB: the checksums the manifest
@@ -199,7 +200,7 @@ fn restore_set_elsewhere(s: &Stack, dir: &std::path::Path, m: &serde_json::Value
         s.prefix
     ));
     assert!(o.status.success(), "{}", text(&o));
-    wait_db(s, &c);
+    wait_db(&c);
     for mem in m["members"].as_array().unwrap() {
         let kind = mem["kind"].as_str().unwrap();
         if kind == "volume" {
@@ -267,7 +268,16 @@ async fn issue_18_online_release_under_writes() {
     assert!(status.success(), "{out}\n{err}");
     let took = t.elapsed();
     // A few writes to the new env after the switch, then stop.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after_switch = seen.lock().unwrap().ok.len();
+    wait_until_async(
+        Duration::from_secs(20),
+        "5 writes accepted after the switch",
+        || {
+            let n = seen.lock().unwrap().ok.len();
+            async move { (n >= after_switch + 5).then_some(()) }
+        },
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     task.await.unwrap();
     println!("{out}");
@@ -378,7 +388,7 @@ async fn issue_18_fault_old_db_dies_during_copy() {
     assert_eq!(s.site_status()["read_only"], false);
     let o = sh(&format!("docker start {}", db(&s, "blue")));
     assert!(o.status.success(), "{}", text(&o));
-    wait_db(&s, &db(&s, "blue"));
+    wait_db(&db(&s, "blue"));
     let none = Arc::new(Mutex::new(Writes::default()));
     recovered(&s, &none).await;
 }

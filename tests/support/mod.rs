@@ -231,6 +231,14 @@ impl Proxy {
         serde_json::from_str(&self.ok(&["status", "--json"])).unwrap()
     }
 
+    /// GET `path` on the metrics listener (`/metrics`, the dashboard `/`), the body as text.
+    pub async fn metrics_get(&self, path: &str) -> String {
+        let addr = self.metrics.expect("the proxy has a metrics listener");
+        let r = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+        assert_eq!(r.status(), 200, "GET {path} on the metrics listener");
+        r.text().await.unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http.unwrap())
     }
