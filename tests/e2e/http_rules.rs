@@ -206,6 +206,46 @@ async fn issue_16_h2_authority_and_host_must_agree() {
     assert_eq!(a.seen.requests.load(Ordering::SeqCst), 1);
 }
 
+/// See: issue 22. A bodiless HTTP/2 request's head is written straight from hyper's headers:
+/// cookie crumbs reach an HTTP/1.1 backend as one `cookie` line (RFC 9113 8.2.3), `te` and a
+/// client's `x-read-only` do not reach it, Host is the one routed by, and the rest passes as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_22_h2_head_joins_cookies_and_drops_what_the_edge_owns() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let p = two_sites(&a, &b, "");
+    let tcp = tokio::net::TcpStream::connect(p.http.unwrap())
+        .await
+        .unwrap();
+    let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("http://a.test/headers?q=1")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .header("te", "trailers")
+        .header("x-read-only", "1")
+        .header("x-custom", "kept")
+        .body(())
+        .unwrap();
+    let mut h2 = h2.ready().await.unwrap();
+    let (resp, _) = h2.send_request(req, true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    let h: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(h["cookie"], "a=1; b=2", "{h}");
+    assert_eq!(h["host"], "a.test", "{h}");
+    assert_eq!(h["x-custom"], "kept", "{h}");
+    assert!(h.get("te").is_none() && h.get("x-read-only").is_none(), "{h}");
+    assert_eq!(h["forwarded"], "for=127.0.0.1;proto=http;host=a.test", "{h}");
+}
+
 /// See: issue 16. By default the edge passes on none of what a client claims in its forwarding
 /// headers; from a `trusted_proxies` peer it keeps and extends them. Both front ends, h1 and h2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,8 +17,8 @@ mod response;
 
 pub use chunked::{Chunked, Decoded};
 pub use request::{
-    forwarded_element, parse_request, write_head, write_upstream_head, Added, ReqParsed,
-    MAX_REQ_HEADERS,
+    forwarded_element, parse_request, write_h2_head, write_head, write_upstream_head, Added,
+    ReqParsed, MAX_REQ_HEADERS,
 };
 pub use response::{
     parse_response, write_client_head, BadResponse, Framing, RespHead, RespParsed, MAX_RESP_HEADERS,

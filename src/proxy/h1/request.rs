@@ -175,29 +175,103 @@ pub struct Added<'a> {
 }
 
 /// The values of every `name` line, in order (empty ones left out).
-fn values<'h>(req: &'h ReqHead<'_, '_>, name: &'h str) -> impl Iterator<Item = &'h [u8]> + 'h {
-    req.headers
-        .iter()
-        .filter(move |h| is(h.name, name))
-        .map(|h| h.value.trim_ascii())
+fn values<'h, I>(headers: I, name: &'h str) -> impl Iterator<Item = &'h [u8]> + 'h
+where
+    I: Iterator<Item = (&'h str, &'h [u8])> + 'h,
+{
+    headers
+        .filter(move |(n, _)| is(n, name))
+        .map(|(_, v)| v.trim_ascii())
         .filter(|v| !v.is_empty() && std::str::from_utf8(v).is_ok())
 }
 
-/// Writes the head the backend gets.
+/// Writes the head the backend gets from a request the fast path took.
 pub fn write_upstream_head(out: &mut Vec<u8>, req: &ReqHead<'_, '_>, add: &Added<'_>) {
-    out.extend_from_slice(req.method.as_str().as_bytes());
+    let lines = || req.headers.iter().map(|h| (h.name, h.value));
+    let head = Head {
+        method: req.method.as_str(),
+        target: req.target,
+        host: req.host.as_bytes(),
+        h2: false,
+    };
+    write_head_with(out, &head, lines, add);
+}
+
+/// Writes the head the backend gets from a bodiless HTTP/2 request, straight from the headers
+/// hyper parsed (nothing is rewritten in the map first). `host`: the Host the request was routed
+/// by (its Host header, else `:authority`).
+pub fn write_h2_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    host: &[u8],
+    headers: &HeaderMap,
+    add: &Added<'_>,
+) {
+    let lines = || headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
+    let head = Head {
+        method: method.as_str(),
+        target,
+        host,
+        h2: true,
+    };
+    write_head_with(out, &head, lines, add);
+}
+
+/// The request line's parts and where the lines come from.
+struct Head<'a> {
+    method: &'a str,
+    target: &'a str,
+    host: &'a [u8],
+    /// From HTTP/2: `host: HOST` is written first and the client's Host lines skipped (the
+    /// authority may have come from `:authority`), and cookie crumbs are joined into one line
+    /// (RFC 9113 8.2.3: an HTTP/1.1 backend expects one Cookie header).
+    h2: bool,
+}
+
+/// The one writer of a backend request head: the request line, the client's lines but those the
+/// edge owns (hop-by-hop, forwarding, `X-Read-Only`), then the edge's own. `lines` gives the
+/// client's header lines in order, afresh at each call.
+fn write_head_with<'h, I>(
+    out: &mut Vec<u8>,
+    head: &Head<'_>,
+    lines: impl Fn() -> I,
+    add: &Added<'_>,
+) where
+    I: Iterator<Item = (&'h str, &'h [u8])> + 'h,
+{
+    out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
-    out.extend_from_slice(req.target.as_bytes());
+    out.extend_from_slice(head.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for h in req.headers {
-        if !skip_request_header(h.name) {
-            line(out, h.name.as_bytes(), h.value);
+    if head.h2 {
+        line(out, b"host", head.host);
+    }
+    let mut cookies = 0;
+    for (name, value) in lines() {
+        if head.h2 && (is(name, "host") || is(name, "cookie")) {
+            cookies += usize::from(is(name, "cookie"));
+            continue;
         }
+        if !skip_request_header(name) {
+            line(out, name.as_bytes(), value);
+        }
+    }
+    if cookies > 0 {
+        out.extend_from_slice(b"cookie: ");
+        let crumbs = lines().filter(|(n, _)| is(n, "cookie"));
+        for (i, (_, v)) in crumbs.enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b"; ");
+            }
+            out.extend_from_slice(v);
+        }
+        out.extend_from_slice(b"\r\n");
     }
     // A trusted proxy's chains are extended with its address; anyone else's are replaced.
     out.extend_from_slice(b"x-forwarded-for: ");
     if add.trusted {
-        for v in values(req, "x-forwarded-for") {
+        for v in values(lines(), "x-forwarded-for") {
             out.extend_from_slice(v);
             out.extend_from_slice(b", ");
         }
@@ -205,27 +279,29 @@ pub fn write_upstream_head(out: &mut Vec<u8>, req: &ReqHead<'_, '_>, add: &Added
     out.extend_from_slice(add.ip);
     out.extend_from_slice(b"\r\nforwarded: ");
     if add.trusted {
-        for v in values(req, "forwarded") {
+        for v in values(lines(), "forwarded") {
             out.extend_from_slice(v);
             out.extend_from_slice(b", ");
         }
     }
-    forwarded_element(out, add.ip, add.https, req.host.as_bytes());
+    forwarded_element(out, add.ip, add.https, head.host);
     out.extend_from_slice(b"\r\n");
     match add
         .trusted
-        .then(|| values(req, "x-forwarded-proto").next())
+        .then(|| values(lines(), "x-forwarded-proto").next())
         .flatten()
     {
         Some(v) => line(out, b"x-forwarded-proto", v),
         None if add.https => out.extend_from_slice(b"x-forwarded-proto: https\r\n"),
         None => out.extend_from_slice(b"x-forwarded-proto: http\r\n"),
     }
-    let host = add.trusted.then(|| values(req, "x-forwarded-host").next());
+    let host = add
+        .trusted
+        .then(|| values(lines(), "x-forwarded-host").next());
     line(
         out,
         b"x-forwarded-host",
-        host.flatten().unwrap_or(req.host.as_bytes()),
+        host.flatten().unwrap_or(head.host),
     );
     if add.read_only {
         out.extend_from_slice(b"x-read-only: 1\r\n");

@@ -33,6 +33,8 @@ use super::upstream::client::{self, ReqBody};
 use super::upstream::raw::{self, RawBody};
 use super::upstream::{self, Attempt, Failed, Settings};
 use super::{Conn, Edge};
+use crate::config::Color;
+use crate::routing::SiteRoute;
 
 /// hyper's server settings for both protocols.
 pub fn builder(edge: &Edge) -> auto::Builder<TokioExecutor> {
@@ -94,10 +96,9 @@ fn req_host<B>(req: &Request<B>) -> Option<&str> {
 
 async fn forward(
     conn: &Arc<Conn>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     x: &mut Exchange,
 ) -> Result<Response<RespBody>, ProxyError> {
-    let edge = &*conn.edge;
     let (host_value, asterisk) = target(&req)?;
     let host = host_value
         .to_str()
@@ -110,7 +111,7 @@ async fn forward(
         req.headers().get(CONTENT_LENGTH),
         x,
     )?;
-    let (site, color, mark_read_only, trusted) = match decided {
+    let r = match decided {
         Decision::Redirect(port) => {
             let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
             return Ok(request::redirect(host, port, target).map(RespBody::full));
@@ -121,24 +122,135 @@ async fn forward(
             color,
             mark_read_only,
             trusted,
-        } => (site, color, mark_read_only, trusted),
+        } => Routed {
+            site,
+            color,
+            host: host_value,
+            asterisk,
+            mark_read_only,
+            trusted,
+        },
     };
-    let pool = site.pool(color);
+    let is_write = !super::gate::is_safe(req.method());
+    let bodiless_h2 =
+        req.version() == Version::HTTP_2 && http_body::Body::is_end_stream(req.body());
+    let mut resp = if bodiless_h2 {
+        via_raw(conn, &r, req, x).await?
+    } else {
+        via_hyper(conn, &r, req, x).await?
+    };
+    if is_write {
+        request::count_write(&r.site, r.color);
+    }
+    if let (Some(v), true) = (&r.site.hsts, conn.https) {
+        resp.headers_mut()
+            .insert(http::header::STRICT_TRANSPORT_SECURITY, v.clone());
+    }
+    Ok(resp)
+}
 
-    // The request as the backend gets it.
+/// Where a forwarded request goes, and what the edge adds to it.
+struct Routed {
+    site: Arc<SiteRoute>,
+    color: Color,
+    /// The Host it was routed by and is forwarded with.
+    host: HeaderValue,
+    /// `OPTIONS *`.
+    asterisk: bool,
+    mark_read_only: bool,
+    /// The client is a trusted proxy (its forwarding headers are kept and extended).
+    trusted: bool,
+}
+
+impl Routed {
+    /// The origin-form target the backend gets.
+    fn target<'a>(&self, uri: &'a Uri) -> &'a str {
+        match uri.path_and_query() {
+            _ if self.asterisk => "*",
+            Some(pq) => pq.as_str(),
+            None => "/",
+        }
+    }
+}
+
+fn no_answer() -> ProxyError {
+    ProxyError::Upstream("the backend exchange ended without an answer".into())
+}
+
+/// The common HTTP/2 request, one without a body: its head written straight from hyper's
+/// headers (nothing rewritten in the map, no request rebuilt for a retry), sent on a raw
+/// connection. HTTP/2 has no `Connection` header to name more hop-by-hop ones.
+async fn via_raw(
+    conn: &Arc<Conn>,
+    r: &Routed,
+    req: Request<Incoming>,
+    x: &mut Exchange,
+) -> Result<Response<RespBody>, ProxyError> {
+    let edge = &*conn.edge;
+    let add = h1::Added {
+        ip: conn.ip_value().as_bytes(),
+        https: conn.https,
+        trusted: r.trusted,
+        read_only: r.mark_read_only,
+    };
+    let mut head = Vec::with_capacity(512);
+    let target = r.target(req.uri());
+    h1::write_h2_head(
+        &mut head,
+        req.method(),
+        target,
+        r.host.as_bytes(),
+        req.headers(),
+        &add,
+    );
+    let mut attempt = RawTry {
+        settings: &edge.upstream,
+        head,
+        method: req.method().clone(),
+        answer: None,
+    };
+    drop(req);
+    let retryable = request::retryable(&attempt.method, false);
+    let pool = r.site.pool(r.color);
+    upstream::send(
+        &edge.upstream,
+        &edge.metrics,
+        pool,
+        retryable,
+        &mut x.backend,
+        &mut attempt,
+    )
+    .await?;
+    attempt.answer.ok_or_else(no_answer)
+}
+
+/// Any other request, through hyper's client side when it has a body to stream or asks for an
+/// upgrade: the headers are rewritten in the map (an HTTP/1.1 `Connection` may name more to drop).
+async fn via_hyper(
+    conn: &Arc<Conn>,
+    r: &Routed,
+    mut req: Request<Incoming>,
+    x: &mut Exchange,
+) -> Result<Response<RespBody>, ProxyError> {
+    let edge = &*conn.edge;
+    let pool = r.site.pool(r.color);
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let target = PathAndQuery::from_maybe_shared(bytes::Bytes::copy_from_slice(
+        r.target(req.uri()).as_bytes(),
+    ))
+    .map_err(|_| ProxyError::BadRequest("the request target is not valid"))?;
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::add_forwarded(
         &mut parts.headers,
         conn.ip_value(),
         conn.https,
-        &host_value,
-        trusted,
+        &r.host,
+        r.trusted,
     );
-    parts.headers.insert(HOST, host_value);
-    if mark_read_only {
+    parts.headers.insert(HOST, r.host.clone());
+    if r.mark_read_only {
         parts
             .headers
             .insert(&headers::X_READ_ONLY, HeaderValue::from_static("1"));
@@ -146,18 +258,12 @@ async fn forward(
         parts.headers.remove(&headers::X_READ_ONLY);
     }
     parts.version = Version::HTTP_11;
-    let target = match parts.uri.path_and_query() {
-        _ if asterisk => PathAndQuery::from_static("*"),
-        Some(pq) => pq.clone(),
-        None => PathAndQuery::from_static("/"),
-    };
     parts.uri = Uri::from(target.clone());
     let body = ReqBody::new(body, edge.limits.max_body_bytes);
     let retryable = request::retryable(&parts.method, !matches!(body, ReqBody::Empty));
     // What a retry on another backend needs to rebuild the request (only when there is one).
     let again = (retryable && pool.backends.len() > 1)
         .then(|| (parts.method.clone(), parts.headers.clone(), target));
-    let is_write = !super::gate::is_safe(&parts.method);
     let mut attempt = HyperTry {
         settings: &edge.upstream,
         first: Some(Request::from_parts(parts, body)),
@@ -174,23 +280,14 @@ async fn forward(
         &mut attempt,
     )
     .await?;
-    let mut resp = attempt.answer.ok_or_else(|| {
-        ProxyError::Upstream("the backend exchange ended without an answer".into())
-    })?;
-    if is_write {
-        request::count_write(&site, color);
-    }
+    let mut resp = attempt.answer.ok_or_else(no_answer)?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tunnel::spawn(client_upgrade, upstream_upgrade, &site, color);
+            tunnel::spawn(client_upgrade, upstream_upgrade, &r.site, r.color);
         }
     } else {
         headers::strip_hop_by_hop(resp.headers_mut(), false);
-    }
-    if let (Some(v), true) = (&site.hsts, conn.https) {
-        resp.headers_mut()
-            .insert(http::header::STRICT_TRANSPORT_SECURITY, v.clone());
     }
     Ok(resp)
 }
@@ -307,12 +404,38 @@ async fn send_raw(
     let mut out = Vec::with_capacity(512);
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     h1::write_head(&mut out, &parts.method, target, &parts.headers);
+    exchange_raw(settings, addr, &out, &parts.method).await
+}
+
+/// One try of a bodiless request whose head is written already.
+struct RawTry<'a> {
+    settings: &'a Settings,
+    head: Vec<u8>,
+    method: Method,
+    answer: Option<Response<RespBody>>,
+}
+
+impl Attempt for RawTry<'_> {
+    async fn send(&mut self, addr: SocketAddr, _again: bool) -> Result<(), Failed> {
+        self.answer = Some(exchange_raw(self.settings, addr, &self.head, &self.method).await?);
+        Ok(())
+    }
+}
+
+/// Sends a written request head on a raw pooled connection; the response head parsed in place,
+/// the body read straight off the socket.
+async fn exchange_raw(
+    settings: &Settings,
+    addr: SocketAddr,
+    out: &[u8],
+    method: &Method,
+) -> Result<Response<RespBody>, Failed> {
     let mut head = None;
     let answer = raw::exchange(
         addr,
-        &out,
-        &parts.method,
-        super::gate::is_safe(&parts.method),
+        out,
+        method,
+        super::gate::is_safe(method),
         settings,
         &mut |h: &h1::RespHead<'_, '_>| {
             head = Some(response_head(h)?);
