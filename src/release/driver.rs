@@ -63,8 +63,12 @@ pub async fn start(
         .get(&from)
         .map(|p| p.iter().map(|b| b.addr.as_str()).collect())
         .unwrap_or_default();
-    if let Some(a) = env.web_addr {
-        if !pool.contains(&a.to_string().as_str()) {
+    let serving = env
+        .web_addrs
+        .iter()
+        .any(|a| pool.contains(&a.to_string().as_str()));
+    if let (Some(a), false) = (env.web_addr, serving) {
+        {
             return Err(ReleaseError::Failed(format!(
                 "the active pool of {site} ({from}: {}) does not point at {}-{from}-{} ({a}); the environment to back up is not the one serving. Fix the pool (`switchyard pool set`) or pass the right --prefix",
                 if pool.is_empty() { "empty".to_string() } else { pool.join(" ") },
