@@ -28,6 +28,8 @@ pub struct SwarmEngine {
     swarm: Swarm,
     web: String,
     web_port: u16,
+    /// How long a started service may take to run its tasks (`health_timeout`).
+    ready_timeout: std::time::Duration,
 }
 
 impl Engine {
@@ -39,6 +41,7 @@ impl Engine {
                 swarm: Swarm::connect(cfg).await?,
                 web: rel.web.clone(),
                 web_port: rel.web_port,
+                ready_timeout: rel.health_timeout,
             }))),
         }
     }
@@ -81,7 +84,12 @@ impl Engine {
     pub async fn start_service(&self, id: &EnvId, service: &str) -> Result<(), ReleaseError> {
         match self {
             Engine::Local(d) => d.start_service(id, service).await,
-            Engine::Swarm(s) => s.swarm.start_service(id, service).await,
+            // A scaled-up service runs its tasks a moment later; the next step execs in them.
+            Engine::Swarm(s) => {
+                s.swarm.start_service(id, service).await?;
+                let deadline = Instant::now() + s.ready_timeout;
+                s.swarm.wait_ready(id, service, deadline).await
+            }
         }
     }
 

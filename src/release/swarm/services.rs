@@ -285,7 +285,9 @@ impl Swarm {
                 }
             }
         }
+        // The swarm reports a host port once per address family.
         out.sort();
+        out.dedup();
         out
     }
 
