@@ -274,6 +274,8 @@ impl<'a> Release<'a> {
         let host = self.probe_host();
         let deadline = Instant::now() + self.rel.health_timeout;
         loop {
+            // A node that stops answering meanwhile stops the wait (and the release) at once.
+            self.engine.check_nodes().await?;
             let addrs = self.engine.web_addrs(id, self.rel).await?;
             let mut healthy = 0;
             let mut last = format!("{} web task(s) running", addrs.len());

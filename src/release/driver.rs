@@ -270,6 +270,7 @@ async fn drive(r: &Release<'_>, journal: Journal, plan: &[Step]) -> Result<(), R
 async fn walk(run: &mut Run<'_>, plan: &[Step]) -> Result<(), ReleaseError> {
     for &step in plan {
         run.enter(step)?;
+        run.r.engine.check_nodes().await?;
         steps::run(step, run).await?;
     }
     steps::finish(run).await

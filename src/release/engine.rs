@@ -58,6 +58,15 @@ impl Engine {
         }
     }
 
+    /// On a swarm: every node engine that answered at the start still does (see
+    /// [`Swarm::check_nodes`]); nothing to check on the local engine.
+    pub async fn check_nodes(&self) -> Result<(), ReleaseError> {
+        match self {
+            Engine::Local(_) => Ok(()),
+            Engine::Swarm(s) => s.swarm.check_nodes().await,
+        }
+    }
+
     pub async fn check_images(
         &self,
         rel: &ReleaseConfig,

@@ -291,3 +291,78 @@ async fn issue_20_swarm_missing_image_on_a_node_refused_and_pool_follows_tasks()
         t0.elapsed().as_secs_f64()
     );
 }
+
+/// The worker's engine stops while the release waits for the new web replicas: the release
+/// stops before the switch, the old environment serves, read-only is lifted; once the engine is
+/// back, a release goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_20_swarm_worker_engine_stopped_mid_release() {
+    let t0 = Instant::now();
+    let Some(sw) = swarm("flt") else { return };
+    // The web listens 4 s after it starts: the release is inside step 6 for that long.
+    let s = Stack::start("swflt", |p| {
+        swarm_release(p, &sw).replace(
+            "command = [\"web\"]\n",
+            "command = [\"web\"]\nenv = { STARTUP_DELAY_MS = \"4000\" }\n",
+        )
+    });
+    s.ok(&["up", SITE, "--version", "1"]);
+    for i in 0..3 {
+        assert_eq!(s.post_note(&format!("before {i}")).await.status(), 201);
+    }
+    let (mut child, rx, err) = s.spawn(&["release", SITE, "--version", "2"]);
+    let mut seen = Vec::new();
+    crate::release::wait_line(&rx, "6/6 switch", &mut seen);
+    sw.stop_engine(1);
+    let status = child.wait().expect("release exits");
+    seen.extend(rx.try_iter());
+    let out = format!(
+        "{}\n{}",
+        seen.join("\n"),
+        err.join().unwrap_or_default().join("\n")
+    );
+    assert!(!status.success(), "the release must stop: {out}");
+    assert!(
+        out.contains("failed at step 6/6 switch")
+            && out.contains("swarm node n2")
+            && out.contains("stopped answering"),
+        "{out}"
+    );
+    let st = s.site_status();
+    assert_eq!(st["active"], "blue", "{st}");
+    assert_eq!(st["read_only"], false, "{st}");
+    // The old environment serves (its task on node 2 is gone; the proxy's checks drop it).
+    crate::support::wait_until_async(Duration::from_secs(30), "blue serving v1 again", || async {
+        let r = s
+            .http
+            .get(s.p.url("/version"))
+            .header("host", HOST)
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    assert_eq!(s.version().await, "1");
+    assert_eq!(s.notes().await.len(), 3);
+    // A failure whose clean-up worked leaves no journal; else --abort finishes it.
+    if s.p.dir.join(format!("release-{SITE}.json")).exists() {
+        s.ok(&["release", SITE, "--abort"]);
+    }
+    sw.start_engine(1);
+    let again = wait_until(
+        Duration::from_secs(120),
+        "a release once node 2 is back",
+        || {
+            let o = s.release("2");
+            o.status.success().then_some(o)
+        },
+    );
+    assert!(text(&again).contains("done"), "{}", text(&again));
+    assert_eq!(s.version().await, "2");
+    assert_eq!(s.notes().await.len(), 3);
+    eprintln!(
+        "issue_20 swarm worker stopped: whole test {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+}

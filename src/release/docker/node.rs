@@ -51,6 +51,15 @@ impl Engine {
         }
     }
 
+    /// Whether the engine still answers (within 5 s).
+    pub async fn answers(&self) -> Result<(), String> {
+        match tokio::time::timeout(Duration::from_secs(5), self.d.ping()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 5s".into()),
+        }
+    }
+
     /// This engine's node in its swarm; Err when it is in none.
     pub async fn identity(&self) -> Result<NodeIdentity, ReleaseError> {
         let info = self.d.info().await.map_err(docker_err("report its info"))?;

@@ -175,6 +175,23 @@ impl Swarm {
         })
     }
 
+    /// Every node engine that answered at the start still answers: a release stops at the next
+    /// step when one stops (it could not check, exec or clean up there), with the old
+    /// environment serving.
+    pub async fn check_nodes(&self) -> Result<(), ReleaseError> {
+        for n in &self.nodes {
+            if let Ok((e, _)) = &n.conn {
+                if let Err(why) = e.answers().await {
+                    return Err(ReleaseError::Failed(format!(
+                        "the engine of swarm node {} ({}) stopped answering: {why}; start it again (the release can be run again once it answers)",
+                        n.name, n.addr
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The nodes and their engines, for `envs list`.
     pub fn node_names(&self) -> BTreeMap<String, String> {
         self.nodes
