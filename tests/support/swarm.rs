@@ -74,7 +74,9 @@ impl TestSwarm {
         let pid = std::process::id();
         let n = pid % 100_000;
         // Tests of one run share the pid: the tag keeps their subnets apart.
-        let salt = tag.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+        let salt = tag
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
         let key = pid.wrapping_add(salt.wrapping_mul(7919));
         let net = format!("10.{}.{}", 200 + (key % 50), (key / 50) % 250);
         let root = PathBuf::from(format!("/tmp/sysw-{tag}-{n}"));
