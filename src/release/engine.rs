@@ -181,7 +181,9 @@ impl Engine {
             Engine::Local(d) => d.exec(container, cmd, stdin, stdout, progress).await,
             Engine::Swarm(s) => {
                 let (e, cid) = s.swarm.locate(container).await?;
-                e.exec(&cid, cmd, stdin, stdout, progress).await
+                e.exec(&cid, cmd, stdin, stdout, progress)
+                    .await
+                    .map_err(|err| task_named(err, &cid, container))
             }
         }
     }
@@ -214,7 +216,9 @@ impl Engine {
             Engine::Local(d) => d.upload(container, dir, body).await,
             Engine::Swarm(s) => {
                 let (e, cid) = s.swarm.locate(container).await?;
-                e.upload(&cid, dir, body).await
+                e.upload(&cid, dir, body)
+                    .await
+                    .map_err(|err| task_named(err, &cid, container))
             }
         }
     }
@@ -229,8 +233,24 @@ impl Engine {
             Engine::Local(d) => d.check_volume_mount(container, volume, mount).await,
             Engine::Swarm(s) => {
                 let (e, cid) = s.swarm.locate(container).await?;
-                e.check_volume_mount(&cid, volume, mount).await
+                e.check_volume_mount(&cid, volume, mount)
+                    .await
+                    .map_err(|err| task_named(err, &cid, container))
             }
         }
+    }
+}
+
+/// An error about a task's container, worded with the service people know it by.
+fn task_named(err: ReleaseError, cid: &str, service: &str) -> ReleaseError {
+    let short: String = cid.chars().take(12).collect();
+    let name = format!("{service} (task container {short})");
+    match err {
+        ReleaseError::Docker { what, source } => ReleaseError::Docker {
+            what: what.replace(cid, &name),
+            source,
+        },
+        ReleaseError::Failed(m) => ReleaseError::Failed(m.replace(cid, &name)),
+        other => other,
     }
 }
