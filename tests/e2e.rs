@@ -56,3 +56,6 @@ mod fuzz_regressions;
 mod offsite;
 #[path = "e2e/online.rs"]
 mod online;
+
+#[path = "e2e/swarm.rs"]
+mod swarm;

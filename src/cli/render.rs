@@ -144,7 +144,7 @@ pub fn status(s: &Status) -> String {
 /// `envs list`: one row per environment, its containers under it.
 pub fn envs(l: &Listing) -> String {
     if l.envs.is_empty() {
-        return "no environments on this Docker engine\n".into();
+        return "no environments on this Docker engine (or swarm)\n".into();
     }
     let mut s = format!(
         "{:<20} {:<6} {:<12} {:<8} {:<22} {}\n",
@@ -152,10 +152,16 @@ pub fn envs(l: &Listing) -> String {
     );
     for e in &l.envs {
         let state = if e.running() { "running" } else { "stopped" };
-        let web = e
-            .web_addr
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "-".into());
+        let web = match (e.web_addrs.len(), e.web_addr) {
+            (0, None) => "-".to_string(),
+            (0 | 1, Some(a)) => a.to_string(),
+            _ => e
+                .web_addrs
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
         let role = match l.role(e) {
             None => "?",
             Some(Role::Active) => "active",
@@ -174,7 +180,24 @@ pub fn envs(l: &Listing) -> String {
             web,
         );
         for (svc, (name, state)) in &e.containers {
-            let _ = writeln!(s, "    {svc:<10} {name} ({state})");
+            match e.replicas.get(svc) {
+                // A swarm service: its tasks running/desired and the nodes they run on.
+                Some(r) => {
+                    let nodes = if r.nodes.is_empty() {
+                        "-".to_string()
+                    } else {
+                        r.nodes.join(",")
+                    };
+                    let _ = writeln!(
+                        s,
+                        "    {svc:<10} {name} ({state}) replicas {}/{} on {nodes}",
+                        r.running, r.desired
+                    );
+                }
+                None => {
+                    let _ = writeln!(s, "    {svc:<10} {name} ({state})");
+                }
+            }
         }
     }
     s

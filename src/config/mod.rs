@@ -7,6 +7,7 @@
 mod online;
 pub mod perms;
 mod raw;
+mod swarm;
 pub mod units;
 mod validate;
 
@@ -18,6 +19,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub use swarm::{EndpointMode, EngineKind, SwarmConfig};
 pub use validate::parse_config;
 
 /// One of the two environments of a site.
@@ -480,6 +482,8 @@ pub struct ReleaseConfig {
     pub flow: Flow,
     /// The online flow's settings (defaults when `[site.release.online]` is left out).
     pub online: OnlineConfig,
+    /// Which engine runs the environments (issue 20): the local one, or a Docker Swarm.
+    pub engine: EngineKind,
     pub services: Vec<ServiceConfig>,
 }
 
@@ -543,6 +547,10 @@ pub struct ServiceConfig {
     pub backup: Option<Vec<String>>,
     pub restore: Option<Vec<String>>,
     pub migrate: Option<Vec<String>>,
+    /// Swarm: how many tasks run it (1 on the local engine).
+    pub replicas: u32,
+    /// Swarm: placement constraints (`node.labels.db==1`); none on the local engine.
+    pub constraints: Vec<String>,
 }
 
 impl ReleaseConfig {

@@ -186,8 +186,24 @@ pub struct RawRelease {
     /// `freeze`, `online` or `auto` (issue 18): how the database reaches the new environment.
     pub flow: Option<S<String>>,
     pub online: Option<S<RawOnline>>,
+    /// `local` (the default) or `swarm` (issue 20): which engine runs the environments.
+    pub engine: Option<S<String>>,
+    pub swarm: Option<S<RawSwarm>>,
     #[serde(default)]
     pub services: Vec<S<RawService>>,
+}
+
+/// `[site.release.swarm]`: how to reach the cluster's engines (issue 20).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSwarm {
+    /// The key in `nodes` of the manager whose engine takes the service calls.
+    pub manager: Option<S<String>>,
+    /// Each node's engine: a name (for messages) → `unix:///path.sock` or `tcp://host:port`.
+    #[serde(default)]
+    pub nodes: BTreeMap<String, S<String>>,
+    pub endpoint_mode: Option<S<String>>,
+    pub min_healthy_web: Option<S<i64>>,
 }
 
 /// `[site.release.online]`: how the online flow copies and catches up the database.
@@ -229,4 +245,8 @@ pub struct RawService {
     pub backup: Option<Vec<String>>,
     pub restore: Option<Vec<String>>,
     pub migrate: Option<Vec<String>>,
+    /// Swarm only: how many tasks (default 1).
+    pub replicas: Option<S<i64>>,
+    /// Swarm only: placement constraints, as `docker service create --constraint`.
+    pub constraints: Option<S<Vec<String>>>,
 }

@@ -13,6 +13,7 @@ mod backups;
 mod cluster;
 mod proxy;
 mod release;
+mod swarm;
 
 struct Ctx<'a> {
     file: String,

@@ -7,9 +7,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::bindings;
-use super::docker::{Engine, EnvId, EnvInfo, ExecOutcome};
+use super::docker::{EnvId, EnvInfo, ExecOutcome};
+use super::engine::Engine;
 use super::{secs, Progress, ReleaseError};
-use crate::config::{Color, Config, HealthConfig, ReleaseConfig, ServiceConfig, SiteConfig};
+use crate::config::{
+    Color, Config, EngineKind, HealthConfig, ReleaseConfig, ServiceConfig, SiteConfig,
+};
 use crate::control::api::*;
 use crate::control::client::{Client, ControlError};
 
@@ -67,7 +70,7 @@ impl<'a> Release<'a> {
             site,
             rel,
             client,
-            engine: Engine::connect().await?,
+            engine: Engine::connect(rel).await?,
             progress: Progress::default(),
             prefix,
         })
@@ -227,12 +230,7 @@ impl<'a> Release<'a> {
     /// Polls the web's health on its published port until it passes or `health_timeout` ends.
     pub async fn wait_healthy(&self, addr: SocketAddr) -> Result<(), ReleaseError> {
         let hc = self.health();
-        let host = self
-            .site
-            .hosts
-            .first()
-            .map(|h| h.to_string().replace("*.", "x."))
-            .unwrap_or_else(|| "localhost".into());
+        let host = self.probe_host();
         let deadline = Instant::now() + self.rel.health_timeout;
         loop {
             let why = match crate::health::probe(addr, &host, Some(&hc)).await {
@@ -251,6 +249,65 @@ impl<'a> Release<'a> {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Waits until the web of `id` answers its health check where it runs, and returns where
+    /// that is: its one address on the local engine; on a swarm, every running web task's, once
+    /// `min_healthy_web` of them (default: every replica) pass.
+    pub async fn web_ready(&self, id: &EnvId) -> Result<Vec<SocketAddr>, ReleaseError> {
+        let EngineKind::Swarm(sw) = &self.rel.engine else {
+            let addrs = self.engine.web_addrs(id, self.rel).await?;
+            for a in &addrs {
+                self.wait_healthy(*a).await?;
+            }
+            return Ok(addrs);
+        };
+        let replicas = self
+            .rel
+            .services
+            .iter()
+            .find(|s| s.name == self.rel.web)
+            .map(|s| s.replicas)
+            .unwrap_or(1);
+        let need = sw.min_healthy_web.unwrap_or(replicas) as usize;
+        let hc = self.health();
+        let host = self.probe_host();
+        let deadline = Instant::now() + self.rel.health_timeout;
+        loop {
+            // A node that stops answering meanwhile stops the wait (and the release) at once.
+            self.engine.check_nodes().await?;
+            let addrs = self.engine.web_addrs(id, self.rel).await?;
+            let mut healthy = 0;
+            let mut last = format!("{} web task(s) running", addrs.len());
+            for a in &addrs {
+                match crate::health::probe(*a, &host, Some(&hc)).await {
+                    Ok(()) => healthy += 1,
+                    Err(e) => last = format!("{a}: {e}"),
+                }
+            }
+            if healthy >= need && !addrs.is_empty() {
+                return Ok(addrs);
+            }
+            if Instant::now() >= deadline {
+                return Err(ReleaseError::NotReady {
+                    what: format!("the web of {}", id.container(&self.rel.web)),
+                    why: format!(
+                        "{healthy} of {need} needed replica(s) passed {} within health_timeout {} (last: {last})",
+                        hc.path,
+                        secs(self.rel.health_timeout)
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn probe_host(&self) -> String {
+        self.site
+            .hosts
+            .first()
+            .map(|h| h.to_string().replace("*.", "x."))
+            .unwrap_or_else(|| "localhost".into())
     }
 
     /// Switches, retrying while the daemon's own checks have not yet seen the target healthy.

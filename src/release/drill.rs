@@ -212,9 +212,14 @@ async fn exercise(
         checks.push(line);
     }
     r.engine.start_service(env, &r.rel.web).await?;
-    let addr = r.engine.web_addr(env, r.rel).await?;
     let t = Instant::now();
-    r.wait_healthy(addr).await?;
+    let addr = r
+        .web_ready(env)
+        .await?
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
     let line = format!(
         "{} healthy at {addr} after {} (never in a pool)",
         env.container(&r.rel.web),

@@ -63,15 +63,18 @@ pub async fn start(
         .get(&from)
         .map(|p| p.iter().map(|b| b.addr.as_str()).collect())
         .unwrap_or_default();
-    if let Some(a) = env.web_addr {
-        if !pool.contains(&a.to_string().as_str()) {
-            return Err(ReleaseError::Failed(format!(
-                "the active pool of {site} ({from}: {}) does not point at {}-{from}-{} ({a}); the environment to back up is not the one serving. Fix the pool (`switchyard pool set`) or pass the right --prefix",
-                if pool.is_empty() { "empty".to_string() } else { pool.join(" ") },
-                r.prefix,
-                r.rel.web
-            )));
-        }
+    // On a swarm the env's web answers on several addresses: one of them in the pool will do.
+    let serving = env
+        .web_addrs
+        .iter()
+        .any(|a| pool.contains(&a.to_string().as_str()));
+    if let (Some(a), false) = (env.web_addr, serving) {
+        return Err(ReleaseError::Failed(format!(
+            "the active pool of {site} ({from}: {}) does not point at {}-{from}-{} ({a}); the environment to back up is not the one serving. Fix the pool (`switchyard pool set`) or pass the right --prefix",
+            if pool.is_empty() { "empty".to_string() } else { pool.join(" ") },
+            r.prefix,
+            r.rel.web
+        )));
     }
     // Every data volume must be there to be backed up, before anything changes.
     let old = r.env(from, &env.version);
@@ -266,6 +269,7 @@ async fn drive(r: &Release<'_>, journal: Journal, plan: &[Step]) -> Result<(), R
 async fn walk(run: &mut Run<'_>, plan: &[Step]) -> Result<(), ReleaseError> {
     for &step in plan {
         run.enter(step)?;
+        run.r.engine.check_nodes().await?;
         steps::run(step, run).await?;
     }
     steps::finish(run).await

@@ -3,7 +3,8 @@
 //! never one that is in a pool of the proxy.
 
 use super::context::{site_of, Release};
-use super::docker::{Engine, EnvId, EnvInfo};
+use super::docker::{EnvId, EnvInfo};
+use super::engine::Engine;
 use super::journal;
 use super::ReleaseError;
 use crate::config::{Color, Config};
@@ -29,7 +30,7 @@ pub enum Role {
 /// `[site.release]`: its env of the active color counts as active even when it is not running.
 pub fn role(e: &EnvInfo, st: &SiteStatus, config_prefix: &str) -> Role {
     let in_pool = |c: Color| {
-        e.web_addr.is_some_and(|a| {
+        e.web_addr.iter().chain(&e.web_addrs).any(|a| {
             st.pools
                 .get(&c)
                 .is_some_and(|p| p.iter().any(|b| b.addr == a.to_string()))
@@ -84,7 +85,7 @@ pub async fn list(
     prefix: Option<&str>,
 ) -> Result<Listing, ReleaseError> {
     let (_, rel) = site_of(cfg, site)?;
-    let envs = Engine::connect().await?.list(site, prefix).await?;
+    let envs = Engine::connect(rel).await?.list(site, prefix).await?;
     let status = match client.status().await {
         Ok(s) => s
             .sites
@@ -162,6 +163,8 @@ mod tests {
             version: "1".into(),
             containers: BTreeMap::new(),
             web_addr: port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
+            web_addrs: Vec::new(),
+            replicas: BTreeMap::new(),
         }
     }
 

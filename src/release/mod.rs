@@ -26,12 +26,14 @@ mod context;
 pub mod docker;
 pub mod drill;
 mod driver;
+pub mod engine;
 pub mod envs;
 pub mod journal;
 mod online;
 mod plan;
 pub mod step;
 mod steps;
+mod swarm;
 pub mod sync;
 mod unwind;
 mod up;
@@ -69,6 +71,8 @@ pub enum ReleaseError {
     },
     #[error("image(s) not on this Docker engine: {}. Nothing was changed; build or load them first (switchyard never pulls)", .images.join(", "))]
     MissingImages { images: Vec<String> },
+    #[error("image(s) missing on swarm nodes: {}. Nothing was changed; load each image on its node (`docker save IMAGE | docker -H ENGINE load`): there is no registry and switchyard never pulls", .missing.join(", "))]
+    MissingOnNodes { missing: Vec<String> },
     #[error("the daemon refused to {what}: {source}")]
     Control { what: String, source: ControlError },
     #[error("another release, backup or prune of {site} is running ({holder}); wait for it, or if none is running remove {path}")]

@@ -307,10 +307,11 @@ async fn switch(run: &mut Run<'_>) -> Result<(), ReleaseError> {
     let (from, to) = (run.journal.from, run.journal.to);
     let st = r.status().await?;
     if st.active != to {
-        let addr = r.engine.web_addr(&run.new, r.rel).await?;
-        r.wait_healthy(addr).await?;
+        let addrs = r.web_ready(&run.new).await?;
         let healthy_in = t.elapsed();
-        r.set_pool(to, vec![addr.to_string()]).await?;
+        let pool: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+        let addr = pool.join(" ");
+        r.set_pool(to, pool).await?;
         // The writes the active color took are all in the backup restored into the new env
         // (read-only has been on since before it was taken), so none is discarded.
         r.switch(to, true).await?;

@@ -101,6 +101,32 @@ pub fn decide(pool: &[(String, Seen)], web: &Web, releasing: bool) -> Outcome {
     }
 }
 
+/// The decision for one color on a swarm: the pool is the web's running tasks' addresses (a
+/// rescheduled task, a replica added or gone); never emptied, never filled from empty. `to` of
+/// [`Outcome::Set`] lists the addresses separated by spaces.
+pub fn follow_tasks(pool: &[String], tasks: &[SocketAddr], releasing: bool) -> Outcome {
+    if pool.is_empty() {
+        return Outcome::Empty;
+    }
+    let mut have: Vec<String> = pool.to_vec();
+    have.sort();
+    let mut want: Vec<String> = tasks.iter().map(|a| a.to_string()).collect();
+    want.sort();
+    if have == want {
+        return Outcome::Unchanged;
+    }
+    if releasing {
+        return Outcome::Releasing;
+    }
+    if want.is_empty() {
+        return Outcome::NotRunning { taken_by: None };
+    }
+    Outcome::Set {
+        to: want.join(" "),
+        taken_by: None,
+    }
+}
+
 /// One color of a sync: the pool as it was, the web it follows, and what was done.
 #[derive(Debug, Clone)]
 pub struct ColorSync {
@@ -274,16 +300,22 @@ pub async fn heal(r: &Release<'_>, pinned: bool) -> Result<SyncReport, ReleaseEr
             state: found.map(|(_, s)| s.clone()),
             addr: env.and_then(|e| e.web_addr),
         };
-        let mut seen = Vec::new();
-        for a in &pool {
-            seen.push((a.clone(), classify(a, &web, &published).await));
-        }
         let active = color == st.active;
-        let outcome = decide(&seen, &web, releasing && !active);
+        let outcome = if r.engine.is_swarm() {
+            let addrs = env.map(|e| e.web_addrs.clone()).unwrap_or_default();
+            follow_tasks(&pool, &addrs, releasing && !active)
+        } else {
+            let mut seen = Vec::new();
+            for a in &pool {
+                seen.push((a.clone(), classify(a, &web, &published).await));
+            }
+            decide(&seen, &web, releasing && !active)
+        };
         if let Outcome::Set { to, .. } = &outcome {
+            let backends: Vec<String> = to.split(' ').map(str::to_string).collect();
             let resp = r
                 .client
-                .set_pool_if(site, color, vec![to.clone()], Some(version))
+                .set_pool_if(site, color, backends, Some(version))
                 .await
                 .map_err(|source| ReleaseError::Control {
                     what: format!("set the {color} pool of {site} to {to} (if the state moved on while syncing, nothing was overwritten: run `switchyard envs sync {site}` again)"),
@@ -352,6 +384,33 @@ mod tests {
             .enumerate()
             .map(|(i, s)| (format!("127.0.0.1:{}", 40000 + i), s.clone()))
             .collect()
+    }
+
+    #[test]
+    fn a_swarm_pool_follows_the_tasks() {
+        let a = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let tasks = [a("10.0.0.1:30001"), a("10.0.0.2:30002")];
+        let pool = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            follow_tasks(&pool(&["10.0.0.2:30002", "10.0.0.1:30001"]), &tasks, false),
+            Outcome::Unchanged
+        );
+        assert_eq!(
+            follow_tasks(&pool(&["10.0.0.2:30009", "10.0.0.1:30001"]), &tasks, false),
+            Outcome::Set {
+                to: "10.0.0.1:30001 10.0.0.2:30002".into(),
+                taken_by: None
+            }
+        );
+        assert_eq!(follow_tasks(&[], &tasks, false), Outcome::Empty);
+        assert_eq!(
+            follow_tasks(&pool(&["10.0.0.1:30001"]), &[], false),
+            Outcome::NotRunning { taken_by: None }
+        );
+        assert_eq!(
+            follow_tasks(&pool(&["10.0.0.1:30001"]), &tasks, true),
+            Outcome::Releasing
+        );
     }
 
     #[test]

@@ -36,12 +36,13 @@ pub async fn up(
         "created {}-{color}-* with version {version}",
         r.prefix
     ));
-    let addr = r.engine.web_addr(&id, r.rel).await?;
-    r.wait_healthy(addr).await?;
-    r.set_pool(color, vec![addr.to_string()]).await?;
+    let addrs = r.web_ready(&id).await?;
+    let pool: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    r.set_pool(color, pool.clone()).await?;
     p.line(format_args!(
-        "{} healthy at {addr}; it is now the {color} pool of {site}",
-        id.container(&r.rel.web)
+        "{} healthy at {}; it is now the {color} pool of {site}",
+        id.container(&r.rel.web),
+        pool.join(" ")
     ));
     let active_empty = st.pools.get(&st.active).is_none_or(|v| v.is_empty());
     if color != st.active && active_empty {

@@ -3,7 +3,8 @@
 //! reboot) it waits for it, opens the event stream again and syncs everything: containers that
 //! their restart policy started before the stream was back are caught that way. A long-running
 //! client of the engine and the daemon, like `release`: never on the request path, and the proxy
-//! serves whether it runs or not. It never exits on a failure, only on Ctrl-C or SIGTERM.
+//! serves whether it runs or not. It never exits on a failure, only on Ctrl-C or SIGTERM. With a
+//! swarm site (issue 20) the full sync runs every health interval of that site (at most `every`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -43,7 +44,25 @@ pub async fn watch(
             "no site of the config has a [site.release] section: nothing to watch".into(),
         ));
     }
+    // A swarm reschedules a task without an event on this engine: its sites are synced every
+    // health interval, so a pool follows its tasks about as fast as the health checks notice.
+    let swarm_every = sites
+        .iter()
+        .filter_map(|s| cfg.site(s))
+        .filter(|s| {
+            s.release
+                .as_ref()
+                .is_some_and(|r| matches!(r.engine, crate::config::EngineKind::Swarm(_)))
+        })
+        .map(|s| {
+            s.health
+                .as_ref()
+                .map(|h| h.interval)
+                .unwrap_or(Duration::from_secs(1))
+        })
+        .min();
     let every = every.max(Duration::from_secs(1));
+    let every = swarm_every.map_or(every, |s| every.min(s.max(Duration::from_millis(200))));
     say(format_args!(
         "envs watch: following {} (a sync at every container start, and every {})",
         sites.join(", "),

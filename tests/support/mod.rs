@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod pebble;
+pub mod swarm;
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};

@@ -81,6 +81,12 @@ pub(super) fn release(cx: &mut Ctx, rr: &S<RawRelease>, site: &str) -> ReleaseCo
             backup: s_ref.backup.clone(),
             restore: s_ref.restore.clone(),
             migrate: s_ref.migrate.clone(),
+            replicas: cx.count(&s_ref.replicas, "replicas", 1, 100, 1) as u32,
+            constraints: s_ref
+                .constraints
+                .as_ref()
+                .map(|c| c.get_ref().clone())
+                .unwrap_or_default(),
         });
     }
     if services.is_empty() {
@@ -130,6 +136,7 @@ pub(super) fn release(cx: &mut Ctx, rr: &S<RawRelease>, site: &str) -> ReleaseCo
         .as_deref()
         .and_then(|d| services.iter().find(|s| s.name == d));
     let online = online(cx, r.online.as_ref(), flow, db_svc, rr.span().start);
+    let engine = super::swarm::engine(cx, rr, site, &services, &web, db.as_deref());
     ReleaseConfig {
         prefix,
         backups: cx.path(
@@ -154,6 +161,7 @@ pub(super) fn release(cx: &mut Ctx, rr: &S<RawRelease>, site: &str) -> ReleaseCo
         ),
         flow,
         online,
+        engine,
         services,
     }
 }

@@ -18,7 +18,8 @@ use super::set::{self, MemberKind, Set};
 use super::take::plan;
 use super::tarlist::{self, Lister, Listing};
 use crate::config::ReleaseConfig;
-use crate::release::docker::{Engine, EnvId};
+use crate::release::docker::EnvId;
+use crate::release::engine::Engine;
 use crate::release::{human_bytes, Progress, ReleaseError};
 
 /// What a restore did, one line per member, for the step's summary.

@@ -15,7 +15,8 @@ use super::files::{self, HashWriter};
 use super::set::{self, Files, Manifest, Member, MemberKind, Set};
 use super::tarlist::Lister;
 use crate::config::{ReleaseConfig, ServiceConfig};
-use crate::release::docker::{Engine, EnvId};
+use crate::release::docker::EnvId;
+use crate::release::engine::Engine;
 use crate::release::{Progress, ReleaseError};
 
 /// One member a set of this config holds, before it is taken.

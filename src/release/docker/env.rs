@@ -30,6 +30,18 @@ pub struct EnvInfo {
     pub containers: BTreeMap<String, (String, String)>,
     /// The web port published on 127.0.0.1, when running.
     pub web_addr: Option<SocketAddr>,
+    /// Every address the web answers on (a swarm: each running web task's node and port).
+    pub web_addrs: Vec<SocketAddr>,
+    /// A swarm's services: tasks running and desired, and the nodes they run on.
+    pub replicas: BTreeMap<String, Replicas>,
+}
+
+/// One swarm service's tasks.
+#[derive(Debug, Clone, Default)]
+pub struct Replicas {
+    pub running: u32,
+    pub desired: u32,
+    pub nodes: Vec<String>,
 }
 
 impl EnvInfo {
@@ -313,6 +325,8 @@ impl Engine {
                 version: labels.get(LABEL_VERSION).cloned().unwrap_or_default(),
                 containers: BTreeMap::new(),
                 web_addr: None,
+                web_addrs: Vec::new(),
+                replicas: BTreeMap::new(),
             });
             let name = c
                 .names
@@ -324,7 +338,9 @@ impl Engine {
             for port in c.ports.unwrap_or_default() {
                 if let (Some(ip), Some(public)) = (port.ip.as_deref(), port.public_port) {
                     if ip == "127.0.0.1" {
-                        e.web_addr = Some(SocketAddr::from(([127, 0, 0, 1], public)));
+                        let a = SocketAddr::from(([127, 0, 0, 1], public));
+                        e.web_addr = Some(a);
+                        e.web_addrs = vec![a];
                     }
                 }
             }

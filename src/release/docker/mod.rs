@@ -7,6 +7,7 @@
 //! - `exec.rs`: a command in a container, with stdin/stdout streamed.
 //! - `archive.rs`: files out of and into a container's folders (tar streams, no helper image).
 //! - `ready.rs`: waiting until a service is ready (HEALTHCHECK, else its TCP port).
+//! - `node.rs`: an engine named by address (a swarm node's): who it is, its images, volumes.
 //! - `events.rs`: container starts as they happen, and the host ports running containers publish.
 
 mod archive;
@@ -14,15 +15,17 @@ mod env;
 mod events;
 mod exec;
 mod names;
+mod node;
 mod ready;
 
 use bollard::errors::Error as DockerError;
 use bollard::Docker;
 
-pub use env::EnvInfo;
+pub use env::{EnvInfo, Replicas};
 pub use events::Published;
 pub use exec::ExecOutcome;
 pub use names::*;
+pub use node::{ContainerHealth, NodeIdentity};
 
 use super::ReleaseError;
 use crate::config::ReleaseConfig;

@@ -30,7 +30,7 @@ impl EnvId {
     pub fn volume(&self, vol: &str) -> String {
         format!("{}-{}-{vol}", self.prefix, self.color)
     }
-    pub(super) fn labels(&self) -> HashMap<String, String> {
+    pub fn labels(&self) -> HashMap<String, String> {
         HashMap::from([
             (LABEL_SITE.to_string(), self.site.clone()),
             (LABEL_COLOR.to_string(), self.color.to_string()),

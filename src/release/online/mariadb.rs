@@ -7,7 +7,7 @@ use std::fmt;
 
 use crate::config::OnlineConfig;
 use crate::release::context::Release;
-use crate::release::docker::Engine;
+use crate::release::engine::Engine;
 use crate::release::plan::Binlog;
 use crate::release::ReleaseError;
 

@@ -26,7 +26,7 @@ pub mod mariadb;
 use std::time::Duration;
 
 use super::backup::take::Partial;
-use super::docker::Engine;
+use super::engine::Engine;
 use crate::config::{Config, Flow};
 use mariadb::Position;
 
@@ -45,16 +45,17 @@ pub async fn check(cfg: &Config) -> (Vec<String>, Vec<String>) {
     if sites.is_empty() {
         return (problems, notes);
     }
-    let engine = match Engine::connect().await {
-        Ok(e) => e,
-        Err(e) => {
-            notes.push(format!(
-                "note: the online flow's database settings were not checked: {e}"
-            ));
-            return (problems, notes);
-        }
-    };
     for (site, rel) in sites {
+        let engine = match Engine::connect(rel).await {
+            Ok(e) => e,
+            Err(e) => {
+                notes.push(format!(
+                    "note: site `{}`: the online flow's database settings were not checked: {e}",
+                    site.name
+                ));
+                continue;
+            }
+        };
         let Some(db) = rel.db.as_deref() else {
             continue;
         };
