@@ -242,8 +242,14 @@ async fn issue_22_h2_head_joins_cookies_and_drops_what_the_edge_owns() {
     assert_eq!(h["cookie"], "a=1; b=2", "{h}");
     assert_eq!(h["host"], "a.test", "{h}");
     assert_eq!(h["x-custom"], "kept", "{h}");
-    assert!(h.get("te").is_none() && h.get("x-read-only").is_none(), "{h}");
-    assert_eq!(h["forwarded"], "for=127.0.0.1;proto=http;host=a.test", "{h}");
+    assert!(
+        h.get("te").is_none() && h.get("x-read-only").is_none(),
+        "{h}"
+    );
+    assert_eq!(
+        h["forwarded"], "for=127.0.0.1;proto=http;host=a.test",
+        "{h}"
+    );
 }
 
 /// See: issue 16. By default the edge passes on none of what a client claims in its forwarding
