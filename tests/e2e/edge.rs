@@ -747,6 +747,58 @@ async fn plain_http_redirects_to_https_with_port_and_path() {
 // ---------------------------------------------------------------------------------------------
 // Errors the proxy makes itself.
 
+/// See: issue 20. A backend that accepts connections and closes them without answering (what a
+/// host's port forwarder does for a container that is gone): every GET still gets 200 from the
+/// other backend, on HTTP/1.1 and HTTP/2 alike, and the broken one is ejected; a POST, which may
+/// not be repeated, gets 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_20_a_backend_that_closes_unanswered_is_skipped_for_repeatable_requests() {
+    let good = Backend::start("good").await;
+    let closer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closer_addr = closer.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = closer.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    let p = Proxy::start(
+        "",
+        &site("w", &["w.test"], &[closer_addr, good.addr], &[], ""),
+    );
+    let c = client(&p, &["w.test"]);
+    let h1 = reqwest::Client::builder().http1_only().build().unwrap();
+    for i in 0..20 {
+        let r = c.get(p.surl("w.test", "/")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "h2 GET {i}");
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        let r = h1
+            .get(p.url("/"))
+            .header("host", "w.test")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "h1 GET {i}");
+    }
+    let tried = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&tried),
+        "the closing backend is ejected after its first unanswered close (tried {tried} times)"
+    );
+    // A POST is not repeated elsewhere: with the closing backend alone, it gets 502.
+    let p2 = Proxy::start("", &site("w", &["w.test"], &[closer_addr], &[], ""));
+    let r = h1
+        .post(p2.url("/echo"))
+        .header("host", "w.test")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_refused_is_502_and_slow_is_504_with_json_on_request() {
     let a = Backend::start("a").await;

@@ -460,8 +460,13 @@ async fn issue_20_swarm_killed_web_task_pool_follows_under_reads() {
         reads.load(Ordering::Relaxed),
         failed.len()
     );
-    // Reads fail (502) only until the proxy's health check drops the dead address (fall 2 ×
-    // 200 ms here): the proxy does not retry a refused connect on another backend. None after.
+    // A read fails only if the task died in the middle of answering it: at most one per killed
+    // connection (two readers: two). A connection the node's port forwarder accepts and closes
+    // for the gone task counts as unanswered, so a GET goes to the other node.
+    assert!(
+        failed.len() <= 2,
+        "more than one failed read per killed connection: {failed:?}"
+    );
     assert_eq!(
         failed.len(),
         failed_at_heal,

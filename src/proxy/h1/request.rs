@@ -192,9 +192,8 @@ pub fn write_upstream_head(out: &mut Vec<u8>, req: &ReqHead<'_, '_>, add: &Added
         method: req.method.as_str(),
         target: req.target,
         host: req.host.as_bytes(),
-        h2: false,
     };
-    write_head_with(out, &head, lines, add);
+    write_head_with::<false, _>(out, &head, lines, add);
 }
 
 /// Writes the head the backend gets from a bodiless HTTP/2 request, straight from the headers
@@ -213,26 +212,24 @@ pub fn write_h2_head(
         method: method.as_str(),
         target,
         host,
-        h2: true,
     };
-    write_head_with(out, &head, lines, add);
+    write_head_with::<true, _>(out, &head, lines, add);
 }
 
-/// The request line's parts and where the lines come from.
+/// The request line's parts.
 struct Head<'a> {
     method: &'a str,
     target: &'a str,
     host: &'a [u8],
-    /// From HTTP/2: `host: HOST` is written first and the client's Host lines skipped (the
-    /// authority may have come from `:authority`), and cookie crumbs are joined into one line
-    /// (RFC 9113 8.2.3: an HTTP/1.1 backend expects one Cookie header).
-    h2: bool,
 }
 
 /// The one writer of a backend request head: the request line, the client's lines but those the
 /// edge owns (hop-by-hop, forwarding, `X-Read-Only`), then the edge's own. `lines` gives the
-/// client's header lines in order, afresh at each call.
-fn write_head_with<'h, I>(
+/// client's header lines in order, afresh at each call. `H2`: the request came over HTTP/2, so
+/// `host: HOST` is written first and the client's Host lines skipped (the authority may have
+/// come from `:authority`), and cookie crumbs are joined into one line (RFC 9113 8.2.3: an
+/// HTTP/1.1 backend expects one Cookie header). A constant: the fast path's copy has none of it.
+fn write_head_with<'h, const H2: bool, I>(
     out: &mut Vec<u8>,
     head: &Head<'_>,
     lines: impl Fn() -> I,
@@ -244,12 +241,12 @@ fn write_head_with<'h, I>(
     out.push(b' ');
     out.extend_from_slice(head.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if head.h2 {
+    if H2 {
         line(out, b"host", head.host);
     }
     let mut cookies = 0;
     for (name, value) in lines() {
-        if head.h2 && (is(name, "host") || is(name, "cookie")) {
+        if H2 && (is(name, "host") || is(name, "cookie")) {
             cookies += usize::from(is(name, "cookie"));
             continue;
         }

@@ -1,9 +1,9 @@
 //! Talking to backends: the one place a request is sent, retried and timed out.
 //!
 //! - `mod.rs` (here): [`send`], the loop every request goes through: pick a backend of the pool,
-//!   try it within the upstream timeout, eject it for a while when it refuses the connection,
-//!   and try a second backend when the request may be repeated (a GET/HEAD/OPTIONS without a
-//!   body, of which nothing reached the first). [`connect`] is the one connect path.
+//!   try it within the upstream timeout, eject it for a while when it refuses the connection
+//!   (or closes a fresh one unanswered), and try a second backend when the request may be
+//!   repeated (a GET/HEAD/OPTIONS without a body). [`connect`] is the one connect path.
 //! - `raw.rs`: raw backend connections (bytes in, response head parsed in place, the body read
 //!   straight off the socket), for every request without a body and the fast path's small ones.
 //! - `client.rs`: hyper's HTTP/1.1 client connection, for request bodies that stream and for
@@ -57,7 +57,9 @@ impl Settings {
 /// Why a try gave no response head.
 #[derive(Debug)]
 pub struct Failed {
-    /// Nothing reached the backend (it refused the connection): another backend may be tried.
+    /// Nothing came back: the backend refused the connection, or closed a fresh one without a
+    /// byte of answer. It is ejected for a while, and a request that may be repeated goes to
+    /// another backend (RFC 9110 9.2.2; nginx's `proxy_next_upstream error`).
     pub connect: bool,
     pub err: ProxyError,
 }
@@ -68,6 +70,14 @@ impl Failed {
         Failed {
             connect: false,
             err: ProxyError::Upstream(why.into()),
+        }
+    }
+
+    /// A fresh connection closed before any byte of an answer.
+    fn unanswered() -> Failed {
+        Failed {
+            connect: true,
+            err: ProxyError::Upstream("the backend closed the connection without answering".into()),
         }
     }
 

@@ -68,8 +68,10 @@ pub struct Answer {
 /// How one try on one connection went.
 enum Try {
     Answer(Answer),
-    /// A reused connection broke before any answer: the request may go to a fresh one.
-    Stale,
+    /// The connection broke before any byte of an answer: a reused one was stale (the request
+    /// may go to a fresh one), a fresh one means a broken backend (or a port forwarder that
+    /// accepts for a container that is gone: the request may go to another backend).
+    Unanswered,
     Failed(Failed),
 }
 
@@ -89,11 +91,11 @@ where
     H: FnMut(&RespHead<'_, '_>) -> Result<(), h1::BadResponse>,
 {
     if let Some(conn) = take(addr, settings.idle_timeout) {
-        match send_on(conn, request, method, settings, on_head, true).await {
+        match send_on(conn, request, method, settings, on_head).await {
             Try::Answer(a) => return Ok(a),
             Try::Failed(f) => return Err(f),
-            Try::Stale if retry_stale => {}
-            Try::Stale => return Err(Failed::closed()),
+            Try::Unanswered if retry_stale => {}
+            Try::Unanswered => return Err(Failed::closed()),
         }
     }
     // Boxed: the connect future is large and rarely needed; inline it would grow (and be
@@ -104,10 +106,10 @@ where
         stream,
         buf: BytesMut::with_capacity(BUF),
     };
-    match send_on(conn, request, method, settings, on_head, false).await {
+    match send_on(conn, request, method, settings, on_head).await {
         Try::Answer(a) => Ok(a),
         Try::Failed(f) => Err(f),
-        Try::Stale => Err(Failed::closed()),
+        Try::Unanswered => Err(Failed::unanswered()),
     }
 }
 
@@ -117,17 +119,12 @@ async fn send_on<H>(
     method: &Method,
     settings: &Settings,
     on_head: &mut H,
-    reused: bool,
 ) -> Try
 where
     H: FnMut(&RespHead<'_, '_>) -> Result<(), h1::BadResponse>,
 {
     if conn.stream.write_all(request).await.is_err() {
-        return if reused {
-            Try::Stale
-        } else {
-            Try::Failed(Failed::closed())
-        };
+        return Try::Unanswered;
     }
     let mut got_any = false;
     loop {
@@ -176,7 +173,7 @@ where
             conn.buf.reserve(BUF);
         }
         match conn.stream.read_buf(&mut conn.buf).await {
-            Ok(0) | Err(_) if reused && !got_any => return Try::Stale,
+            Ok(0) | Err(_) if !got_any => return Try::Unanswered,
             Ok(0) | Err(_) => return Try::Failed(Failed::closed()),
             Ok(_) => got_any = true,
         }
