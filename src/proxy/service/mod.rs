@@ -236,10 +236,11 @@ async fn via_hyper(
     let pool = r.site.pool(r.color);
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let target = PathAndQuery::from_maybe_shared(bytes::Bytes::copy_from_slice(
-        r.target(req.uri()).as_bytes(),
-    ))
-    .map_err(|_| ProxyError::BadRequest("the request target is not valid"))?;
+    let target = match req.uri().path_and_query() {
+        _ if r.asterisk => PathAndQuery::from_static("*"),
+        Some(pq) => pq.clone(),
+        None => PathAndQuery::from_static("/"),
+    };
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::add_forwarded(
