@@ -65,6 +65,40 @@ fn swarm(tag: &str) -> Option<TestSwarm> {
     Some(sw)
 }
 
+/// Two readers of `/notes` through the proxy until `stop`: answered reads counted, failures kept.
+fn readers(
+    s: &Arc<Stack>,
+    stop: &Arc<AtomicBool>,
+    reads: &Arc<AtomicU64>,
+    failed: &Arc<Mutex<Vec<String>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..2)
+        .map(|_| {
+            let (s, stop, reads, failed) = (s.clone(), stop.clone(), reads.clone(), failed.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match s
+                        .http
+                        .get(s.p.url("/notes"))
+                        .header("host", HOST)
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status() == 200 => {
+                            reads.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => failed
+                            .lock()
+                            .unwrap()
+                            .push(format!("status {}", r.status())),
+                        Err(e) => failed.lock().unwrap().push(e.to_string()),
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
 fn pool_of(s: &Stack, color: &str) -> Vec<String> {
     let st = s.site_status();
     let mut v: Vec<String> = st["pools"][color]
@@ -139,31 +173,7 @@ async fn issue_20_swarm_up_release_under_load_then_guarded_rollback() {
     let reads = Arc::new(AtomicU64::new(0));
     let failed_reads = Arc::new(Mutex::new(Vec::<String>::new()));
     let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
-    let mut tasks = Vec::new();
-    for _ in 0..2 {
-        let (s, stop, reads, failed) =
-            (s.clone(), stop.clone(), reads.clone(), failed_reads.clone());
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match s
-                    .http
-                    .get(s.p.url("/notes"))
-                    .header("host", HOST)
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status() == 200 => {
-                        reads.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(r) => failed
-                        .lock()
-                        .unwrap()
-                        .push(format!("status {}", r.status())),
-                    Err(e) => failed.lock().unwrap().push(e.to_string()),
-                }
-            }
-        }));
-    }
+    let mut tasks = readers(&s, &stop, &reads, &failed_reads);
     {
         let (s, stop, accepted) = (s.clone(), stop.clone(), accepted.clone());
         tasks.push(tokio::spawn(async move {
@@ -382,30 +392,7 @@ async fn issue_20_swarm_killed_web_task_pool_follows_under_reads() {
     let stop = Arc::new(AtomicBool::new(false));
     let reads = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(Mutex::new(Vec::<String>::new()));
-    let mut tasks = Vec::new();
-    for _ in 0..2 {
-        let (s, stop, reads, failed) = (s.clone(), stop.clone(), reads.clone(), failed.clone());
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match s
-                    .http
-                    .get(s.p.url("/notes"))
-                    .header("host", HOST)
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status() == 200 => {
-                        reads.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(r) => failed
-                        .lock()
-                        .unwrap()
-                        .push(format!("status {}", r.status())),
-                    Err(e) => failed.lock().unwrap().push(e.to_string()),
-                }
-            }
-        }));
-    }
+    let tasks = readers(&s, &stop, &reads, &failed);
     crate::support::wait_until_async(Duration::from_secs(30), "reads through the proxy", || {
         let n = reads.load(Ordering::Relaxed);
         async move { (n >= 50).then_some(()) }
