@@ -216,20 +216,10 @@ impl Clock {
     }
 }
 
-/// Decimal digits without `core::fmt` (which costs ~10x more per number).
+/// Decimal digits by itoa (two per step), not `core::fmt` (which costs ~10x more per number).
 #[inline]
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {

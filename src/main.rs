@@ -10,9 +10,9 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 
 /// Arenas committed as they are used, not whole: idle RSS doubled otherwise (18 -> 37 MiB,
-/// benches/README.md, "The allocator"). The option must be set before the first allocation makes
-/// the first arena, and the Rust runtime allocates before `main`: so it runs as an ELF
-/// constructor, which the C runtime calls before any Rust code.
+/// benches/README.md, "The allocator"). The option must be set before the first arena is made,
+/// which happens before `main` (set at the top of `main` it changed nothing): so it runs as an
+/// ELF constructor, which the C runtime calls before any Rust code.
 extern "C" fn arena_commit_on_demand() {
     // SAFETY: sets a process-wide option; one thread, no allocation yet.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };

@@ -117,7 +117,9 @@ pub struct Route {
 
 #[derive(Debug, Default)]
 pub struct RoutingTable {
-    exact: HashMap<Box<str>, Route>,
+    /// foldhash rather than SipHash: the keys are the configuration's host names, so no client
+    /// can fill the table with colliding keys, and the lookup runs on every request.
+    exact: HashMap<Box<str>, Route, foldhash::fast::RandomState>,
     /// (suffix with leading dot, route), longest suffix first.
     wildcard: Vec<(Box<str>, Route)>,
     pub sites: Vec<Arc<SiteRoute>>,
