@@ -13,7 +13,9 @@
 #   h2      h2load -c8 -m10 https://        (hyper's h2 server)
 #   h2post  h2load -c8 -m10 -d 1KiB https:// (HTTP/2 with a request body: the streamed path)
 # Prints "route instructions/request" lines (Ir of every thread, summed) and a Markdown row.
-# Knobs: N=3000 (measured requests per route), WARM=500, ROUTES="h1 https h2 h2post", KEEP_TMP=1.
+# Knobs: N=3000 (measured requests per route), WARM=500, ROUTES="h1 https h2 h2post", KEEP_TMP=1,
+# PROXY=haproxy (measure haproxy instead, same upstream and loads, 2 threads as in compare.py: the
+# reference for what a request costs elsewhere).
 # All traffic on 127.0.0.1.
 set -uo pipefail
 
@@ -29,7 +31,12 @@ die() { log "FATAL: $*"; exit 1; }
 for b in nginx h2load valgrind callgrind_control openssl ss; do
   command -v "$b" >/dev/null || die "missing $b (apt-get install -y nginx nghttp2-client valgrind openssl)"
 done
-[[ -x $BIN ]] || die "no binary at $BIN (cargo build --profile dist)"
+PROXY=${PROXY:-switchyard}
+case $PROXY in
+  switchyard) [[ -x $BIN ]] || die "no binary at $BIN (cargo build --profile dist)" ;;
+  haproxy) command -v haproxy >/dev/null || die "missing haproxy (apt-get install -y haproxy)" ;;
+  *) die "PROXY is switchyard or haproxy" ;;
+esac
 
 TMP=$(mktemp -d /tmp/switchyard-callgrind.XXXXXX)
 PIDS=()
@@ -92,6 +99,28 @@ redirect_http = false
 blue = ["$L:$UP"]
 TOML
 
+cat "$TMP/certs/localhost.crt" "$TMP/certs/localhost.key" >"$TMP/certs/combined.pem"
+cat >"$TMP/haproxy.cfg" <<CFG
+global
+  nbthread 2
+  maxconn 8000
+  ssl-default-bind-options ssl-min-ver TLSv1.2
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 60s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind $L:$HTTP
+  bind $L:$HTTPS ssl crt $TMP/certs/combined.pem alpn h2,http/1.1
+  default_backend be
+backend be
+  server up $L:$UP
+CFG
+
 head -c 1024 /dev/zero | tr '\0' 'p' >"$TMP/post.body"
 run_load() { # run_load ROUTE COUNT
   local n=$2
@@ -107,13 +136,20 @@ run_load() { # run_load ROUTE COUNT
 
 row=""
 for route in $ROUTES; do
-  SWITCHYARD_WORKERS=2 valgrind --tool=callgrind ${CG_OPTS:-} --callgrind-out-file="$TMP/cg.$route.%p" \
-    "$BIN" serve --config "$TMP/switchyard.toml" >"$TMP/serve.$route.log" 2>&1 &
-  pid=$!
-  # Ready once it says so (everything started, the TLS ticketer's entropy included), not once a
-  # port listens: otherwise that start-up work lands in the measured window.
-  for _ in $(seq 1 600); do grep -q "switchyard ready" "$TMP/serve.$route.log" && break; kill -0 $pid 2>/dev/null || break; sleep 0.1; done
-  grep -q "switchyard ready" "$TMP/serve.$route.log" || die "switchyard did not start under valgrind (see $TMP/serve.$route.log)"
+  if [[ $PROXY == haproxy ]]; then
+    valgrind --tool=callgrind ${CG_OPTS:-} --callgrind-out-file="$TMP/cg.$route.%p" \
+      haproxy -db -f "$TMP/haproxy.cfg" >"$TMP/serve.$route.log" 2>&1 &
+    pid=$!
+    { wait_port $HTTP $pid 60 && wait_port $HTTPS $pid 60; } || die "haproxy did not start under valgrind (see $TMP/serve.$route.log)"
+  else
+    SWITCHYARD_WORKERS=2 valgrind --tool=callgrind ${CG_OPTS:-} --callgrind-out-file="$TMP/cg.$route.%p" \
+      "$BIN" serve --config "$TMP/switchyard.toml" >"$TMP/serve.$route.log" 2>&1 &
+    pid=$!
+    # Ready once it says so (everything started, the TLS ticketer's entropy included), not once a
+    # port listens: otherwise that start-up work lands in the measured window.
+    for _ in $(seq 1 600); do grep -q "switchyard ready" "$TMP/serve.$route.log" && break; kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+    grep -q "switchyard ready" "$TMP/serve.$route.log" || die "switchyard did not start under valgrind (see $TMP/serve.$route.log)"
+  fi
   run_load "$route" "$WARM" || die "warm-up of $route failed: $(tail -5 "$TMP/h2load.$route.log")"
   callgrind_control -z $pid >/dev/null
   run_load "$route" "$N" || die "$route failed: $(tail -5 "$TMP/h2load.$route.log")"
@@ -125,4 +161,6 @@ for route in $ROUTES; do
   row="$row | $per"
   [[ ${KEEP_TMP:-0} == 1 ]] || rm -f "$TMP"/cg.$route.$pid*
 done
-echo "| $(git -C "$(dirname "$0")" rev-parse --short HEAD 2>/dev/null || echo build)$row |"
+if [[ $PROXY == haproxy ]]; then label="haproxy $(haproxy -v | awk 'NR==1 {print $3}')"
+else label=$(git -C "$(dirname "$0")" rev-parse --short HEAD 2>/dev/null || echo build); fi
+echo "| $label$row |"
