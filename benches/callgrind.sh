@@ -14,7 +14,7 @@
 #   h2post  h2load -c8 -m10 -d 1KiB https:// (HTTP/2 with a request body: the streamed path)
 # Prints "route instructions/request" lines (Ir of every thread, summed) and a Markdown row.
 # Knobs: N=3000 (measured requests per route), WARM=500, ROUTES="h1 https h2 h2post", KEEP_TMP=1,
-# PROXY=haproxy (measure haproxy instead, same upstream and loads, 2 threads as in compare.py: the
+# PROXY=haproxy (measure haproxy instead, same upstream and loads, configured by compare.py: the
 # reference for what a request costs elsewhere).
 # All traffic on 127.0.0.1.
 set -uo pipefail
@@ -99,27 +99,12 @@ redirect_http = false
 blue = ["$L:$UP"]
 TOML
 
-cat "$TMP/certs/localhost.crt" "$TMP/certs/localhost.key" >"$TMP/certs/combined.pem"
-cat >"$TMP/haproxy.cfg" <<CFG
-global
-  nbthread 2
-  maxconn 8000
-  ssl-default-bind-options ssl-min-ver TLSv1.2
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  timeout http-keep-alive 60s
-  option http-keep-alive
-  http-reuse always
-frontend fe
-  bind $L:$HTTP
-  bind $L:$HTTPS ssl crt $TMP/certs/combined.pem alpn h2,http/1.1
-  default_backend be
-backend be
-  server up $L:$UP
-CFG
+if [[ $PROXY == haproxy ]]; then
+  # haproxy configured exactly as compare.py runs it (one configuration for both benchmarks).
+  cat "$TMP/certs/localhost.crt" "$TMP/certs/localhost.key" >"$TMP/combined.pem"
+  HAPROXY_CMD=$(cd "$(dirname "$0")" && python3 -c 'import sys, compare; print(" ".join(compare.haproxy_cmd(*sys.argv[1:])))' \
+    "$TMP" haproxy $HTTP $HTTPS $UP) || die "cannot write the haproxy configuration"
+fi
 
 head -c 1024 /dev/zero | tr '\0' 'p' >"$TMP/post.body"
 run_load() { # run_load ROUTE COUNT
@@ -138,7 +123,7 @@ row=""
 for route in $ROUTES; do
   if [[ $PROXY == haproxy ]]; then
     valgrind --tool=callgrind ${CG_OPTS:-} --callgrind-out-file="$TMP/cg.$route.%p" \
-      haproxy -db -f "$TMP/haproxy.cfg" >"$TMP/serve.$route.log" 2>&1 &
+      $HAPROXY_CMD >"$TMP/serve.$route.log" 2>&1 &
     pid=$!
     { wait_port $HTTP $pid 60 && wait_port $HTTPS $pid 60; } || die "haproxy did not start under valgrind (see $TMP/serve.$route.log)"
   else
