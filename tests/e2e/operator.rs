@@ -279,6 +279,24 @@ fn issue_21_completions_and_man_page() {
     );
 }
 
+/// See: issue 22. The binary runs on mimalloc with its arenas committed as they are used (the
+/// idle RSS): that option is set by its number in mimalloc's list, so a mimalloc whose list
+/// changed fails here rather than silently doubling the memory.
+#[test]
+fn issue_22_allocator_commits_arenas_on_demand() {
+    let o = std::process::Command::new(BIN)
+        .arg("--version")
+        .env("MIMALLOC_VERBOSE", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let verbose = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        verbose.contains("option 'arena_eager_commit': 0"),
+        "mimalloc's options at start:\n{verbose}"
+    );
+}
+
 /// Headless Chromium from Debian, if it is there (required with CI=true).
 fn chromium() -> Option<&'static str> {
     let found = ["chromium", "chromium-browser"].into_iter().find(|c| {
