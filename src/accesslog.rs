@@ -165,7 +165,7 @@ pub struct Record {
 impl Record {
     /// The line, once the body has ended with `bytes` sent.
     #[inline]
-    pub fn finish(self, bytes: u64, complete: bool) -> Line {
+    pub fn finish(self: Box<Self>, bytes: u64, complete: bool) -> Line {
         Line {
             time: SystemTime::now(),
             took: self.start.elapsed(),
@@ -178,7 +178,8 @@ impl Record {
 
 /// A finished record, formatted by the writer thread.
 pub struct Line {
-    rec: Record,
+    /// Boxed from the request's start: a request's state (and every move of it) stays small.
+    rec: Box<Record>,
     time: SystemTime,
     took: Duration,
     bytes: u64,
@@ -326,7 +327,7 @@ mod tests {
 
     #[test]
     fn line_shape() {
-        let r = Record {
+        let r = Box::new(Record {
             start: Instant::now(),
             client: "127.0.0.1:5000".parse().unwrap(),
             host: "w.test".into(),
@@ -335,7 +336,7 @@ mod tests {
             status: 201,
             color: Some("green"),
             backend: Some("127.0.0.1:81".parse().unwrap()),
-        };
+        });
         let line = r.finish(12, true);
         let mut j = Vec::new();
         line.json_into(&mut j, &mut Clock::default());
@@ -377,7 +378,7 @@ mod tests {
                 crate::config::canonical_ip(ip).to_string()
             );
         }
-        let mut r = Record {
+        let mut r = Box::new(Record {
             start: Instant::now(),
             client: "127.0.0.1:1".parse().unwrap(),
             host: "".into(),
@@ -386,7 +387,7 @@ mod tests {
             status: 200,
             color: None,
             backend: None,
-        }
+        })
         .finish(0, true);
         for (ns, s) in [
             (0u64, "0.0000"),
@@ -403,7 +404,7 @@ mod tests {
     #[test]
     fn long_path_and_aborted() {
         let long = "/".repeat(200);
-        let r = Record {
+        let r = Box::new(Record {
             start: Instant::now(),
             client: "[::1]:5000".parse().unwrap(),
             host: "h2.test:8443".into(),
@@ -412,7 +413,7 @@ mod tests {
             status: 200,
             color: None,
             backend: None,
-        };
+        });
         let l = r.finish(3, false).to_line();
         let f: Vec<&str> = l.split_whitespace().collect();
         assert_eq!(

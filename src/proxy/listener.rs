@@ -10,7 +10,6 @@
 //! checks, metrics page) stays on the main multi-threaded runtime.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,10 +18,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio_rustls::TlsAcceptor;
@@ -30,7 +29,8 @@ use tokio_rustls::TlsAcceptor;
 mod proxy_protocol;
 
 use super::linger::Linger;
-use super::service::gather::{next_pass, Gather, Passes};
+use super::request_body::InBody;
+use super::service::gather::{Gather, Passes};
 use super::watchdog::{Verdict, Watchdog};
 use super::{fast, service, Conn, Edge};
 
@@ -278,7 +278,7 @@ async fn connection(
     tls: Option<TlsAcceptor>,
     proxy_header: bool,
     edge: Arc<Edge>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<http1::Builder>,
     shutdown: watch::Receiver<bool>,
 ) {
     if proxy_header && edge.table.load().trusts(peer.ip()) {
@@ -336,13 +336,13 @@ async fn connection(
 async fn serve<IO>(
     io: IO,
     conn: Arc<Conn>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<http1::Builder>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // HTTP/1.1 connections start on the fast path; hyper takes over the first request the fast
-    // path does not take, and serves HTTP/2.
+    // path does not take.
     let fast_phase = Arc::new(AtomicBool::new(!conn.h2));
     let io = Reads {
         inner: Linger::new(io, !conn.h2),
@@ -382,41 +382,54 @@ async fn serve<IO>(
     }
 }
 
-/// The requests of one connection: the fast path first (HTTP/1.1), then hyper.
+/// The requests of one connection: the fast path first (HTTP/1.1), then HTTP/2 when the client
+/// speaks it (chosen by ALPN, or with prior knowledge on either listener), else hyper's HTTP/1.1.
 async fn run<IO>(
     io: IO,
     conn: Arc<Conn>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<http1::Builder>,
     mut shutdown: watch::Receiver<bool>,
     fast_phase: Arc<AtomicBool>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // h2's writes are gathered per pass of the connection future (see `service/gather.rs`).
-    let passes = Passes::default();
-    let io = if fast_phase.load(Ordering::Relaxed) {
+    let (mut io, mut prefix) = if fast_phase.load(Ordering::Relaxed) {
         match fast::serve(io, &conn).await {
             fast::Outcome::Closed => return,
             fast::Outcome::Handoff(io, prefix) => {
                 fast_phase.store(false, Ordering::Relaxed);
-                Prefixed {
-                    prefix,
-                    inner: Gather::new(io, None),
-                }
+                (io, prefix)
             }
         }
     } else {
-        Prefixed {
-            prefix: BytesMut::new(),
-            inner: Gather::new(io, conn.h2.then(|| passes.clone())),
-        }
+        (io, BytesMut::new())
+    };
+    let h2 = match speaks_h2(&mut io, &mut prefix).await {
+        Ok(h2) => h2,
+        Err(_) => return,
+    };
+    if h2 {
+        // h2's writes are gathered per pass of the connection (see `service/gather.rs`).
+        let passes = Passes::default();
+        let io = Prefixed {
+            prefix,
+            inner: Gather::new(io, Some(passes.clone())),
+        };
+        return service::h2::serve(io, conn, passes, shutdown).await;
+    }
+    let io = Prefixed {
+        prefix,
+        inner: Gather::new(io, None),
     };
     let c2 = conn.clone();
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let conn = c2.clone();
+        let req = req.map(InBody::H1);
         async move { Ok::<_, Infallible>(service::handle(conn, req).await) }
     });
-    let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let c = builder
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
     tokio::pin!(c);
     let mut draining = *shutdown.borrow();
     if draining {
@@ -424,10 +437,7 @@ async fn run<IO>(
     }
     loop {
         tokio::select! {
-            r = std::future::poll_fn(|cx| {
-                next_pass(&passes);
-                c.as_mut().poll(cx)
-            }) => {
+            r = c.as_mut() => {
                 if let Err(e) = r {
                     tracing::trace!(peer = %conn.peer, error = %e, "connection ended with an error");
                 }
@@ -438,6 +448,26 @@ async fn run<IO>(
                 draining = true;
                 c.as_mut().graceful_shutdown();
             }
+        }
+    }
+}
+
+/// What an HTTP/2 client sends first (RFC 9113 3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client's first bytes (in `prefix`, read on until they tell) are the HTTP/2
+/// preface. A client that chose h2 by ALPN and then speaks HTTP/1.1 is served as HTTP/1.1.
+async fn speaks_h2<IO: AsyncRead + Unpin>(io: &mut IO, prefix: &mut BytesMut) -> io::Result<bool> {
+    loop {
+        let n = prefix.len().min(PREFACE.len());
+        if prefix[..n] != PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == PREFACE.len() {
+            return Ok(true);
+        }
+        if io.read_buf(prefix).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
         }
     }
 }
@@ -536,3 +566,41 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Reads<IO> {
 }
 
 delegate_write!(Reads);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn the_first_bytes_choose_the_protocol() {
+        // The preface in two pieces: read on until it is whole.
+        let (mut a, mut b) = tokio::io::duplex(1 << 10);
+        b.write_all(&PREFACE[..10]).await.unwrap();
+        let writer = tokio::spawn(async move {
+            b.write_all(&PREFACE[10..]).await.unwrap();
+            b
+        });
+        let mut prefix = BytesMut::new();
+        assert!(speaks_h2(&mut a, &mut prefix).await.unwrap());
+        assert_eq!(&prefix[..], PREFACE, "the preface stays for h2 to read");
+        drop(writer.await.unwrap());
+
+        // HTTP/1.1 after ALPN h2, or what the fast path handed over: decided on the first byte
+        // that differs, nothing more read.
+        let (mut a, mut b) = tokio::io::duplex(1 << 10);
+        b.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let mut prefix = BytesMut::new();
+        assert!(!speaks_h2(&mut a, &mut prefix).await.unwrap());
+        assert_eq!(&prefix[..], b"GET / HTTP/1.1\r\n");
+        let mut prefix = BytesMut::from(&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..]);
+        assert!(speaks_h2(&mut a, &mut prefix).await.unwrap());
+
+        // A client that leaves halfway through the preface.
+        let (mut a, mut b) = tokio::io::duplex(1 << 10);
+        b.write_all(&PREFACE[..5]).await.unwrap();
+        drop(b);
+        let mut prefix = BytesMut::new();
+        assert!(speaks_h2(&mut a, &mut prefix).await.is_err());
+    }
+}

@@ -9,12 +9,13 @@
 //! - `tls.rs`: rustls config, the certificate chosen by SNI, reloads.
 //! - front ends, which never import each other:
 //!   - `fast.rs`: plain HTTP/1.1 requests proxied on bytes;
-//!   - `service/`: hyper's HTTP/2 (and HTTP/1.1 the fast path hands over), the response body,
-//!     h2 write gathering, upgraded tunnels.
+//!   - `service/`: HTTP/2 (the `h2` crate's server) and the HTTP/1.1 the fast path hands over
+//!     (hyper's), the response body, h2 write gathering, upgraded tunnels.
 //! - `h1/`: the HTTP/1.1 codec on bytes (heads, framing, chunked), for the fast path and the raw
 //!   backend connections.
 //! - `request.rs`: one request whichever front end brought it: route, HTTPS redirect, body limit,
 //!   read-only gate (`gate.rs`), write counting, and its bookkeeping at the end.
+//! - `request_body.rs`: the client's request body from either front end.
 //! - `headers.rs`: hop-by-hop and forwarding headers on hyper's `HeaderMap`.
 //! - `upstream/`: the one send-and-retry loop, raw pooled connections, hyper's client, the pool.
 //! - `error_page.rs`: the responses the edge makes itself.
@@ -31,6 +32,7 @@ pub mod headers;
 mod linger;
 pub mod listener;
 mod request;
+mod request_body;
 mod service;
 pub mod tls;
 mod upstream;

@@ -34,7 +34,8 @@ pub(crate) struct Exchange {
     /// The site wants this path's error pages in JSON (`json_errors`).
     pub json_errors: bool,
     /// The access-log line (None with the log off).
-    record: Option<Record>,
+    /// Boxed: inline it would make every request's state (and each move of it) ~340 bytes larger.
+    record: Option<Box<Record>>,
     inflight: Inflight,
 }
 
@@ -44,15 +45,17 @@ impl Exchange {
     pub fn begin(conn: &Arc<Conn>, method: &Method, host: &[u8], target: &[u8]) -> Exchange {
         let inflight = Inflight::enter(conn.clone());
         let start = Instant::now();
-        let record = conn.edge.log.enabled().then(|| Record {
-            start,
-            client: conn.peer,
-            host: Text::new(host),
-            method: method.clone(),
-            path: Text::new(target),
-            status: 0,
-            color: None,
-            backend: None,
+        let record = conn.edge.log.enabled().then(|| {
+            Box::new(Record {
+                start,
+                client: conn.peer,
+                host: Text::new(host),
+                method: method.clone(),
+                path: Text::new(target),
+                status: 0,
+                color: None,
+                backend: None,
+            })
         });
         Exchange {
             start,

@@ -57,6 +57,11 @@ impl Activity {
         self.reads.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Socket reads so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
     /// A body still arriving made progress.
     #[inline]
     pub fn progress(&self) {

@@ -21,7 +21,8 @@ pub use request::{
     ReqParsed, MAX_REQ_HEADERS,
 };
 pub use response::{
-    parse_response, write_client_head, BadResponse, Framing, RespHead, RespParsed, MAX_RESP_HEADERS,
+    http_date, parse_response, write_client_head, BadResponse, Framing, RespHead, RespParsed,
+    MAX_RESP_HEADERS,
 };
 
 /// `name` equals the lowercase `lower`, ignoring ASCII case.

@@ -229,8 +229,15 @@ pub fn write_client_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Appends `date: <now as an HTTP date>`; formatted at most once a second per thread.
+/// Appends `date: <now as an HTTP date>`.
 fn date_line(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(&http_date());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Now as an HTTP date (RFC 9110 5.6.7); formatted at most once a second per thread.
+pub fn http_date() -> [u8; 29] {
     use std::cell::Cell;
     use std::time::{SystemTime, UNIX_EPOCH};
     thread_local! {
@@ -246,9 +253,7 @@ fn date_line(out: &mut Vec<u8>) {
             DATE.set((secs, text));
         }
     }
-    out.extend_from_slice(b"date: ");
-    out.extend_from_slice(&text);
-    out.extend_from_slice(b"\r\n");
+    text
 }
 
 #[cfg(test)]

@@ -51,21 +51,13 @@ pub(crate) struct Gather<IO: AsyncWrite + Unpin> {
     sent: usize,
     /// The pass in which a flush was held back; the buffer goes out in a later one.
     held: Option<u64>,
-    /// Whether the first bytes read have been checked for the HTTP/2 preface.
-    checked: bool,
 }
 
-/// What an HTTP/2 client sends first.
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
 impl<IO: AsyncWrite + Unpin> Gather<IO> {
-    /// Gathers when `passes` is given, once the client's first bytes are the HTTP/2 preface (a
-    /// client that chose h2 by ALPN and then speaks HTTP/1 is served by hyper's HTTP/1, whose
-    /// upgraded tunnels must not wait for a pass that will not come).
+    /// Gathers when `passes` is given (HTTP/2 connections).
     pub(crate) fn new(inner: IO, passes: Option<Passes>) -> Gather<IO> {
         Gather {
             inner,
-            checked: passes.is_none(),
             passes,
             buf: Vec::new(),
             sent: 0,
@@ -111,17 +103,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Gather<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if !self.checked && buf.filled().len() > before {
-            self.checked = true;
-            let got = &buf.filled()[before..];
-            let n = got.len().min(PREFACE.len());
-            if got[..n] != PREFACE[..n] {
-                self.passes = None;
-            }
-        }
-        r
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
@@ -282,31 +264,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn http1_after_h2_alpn_writes_through_and_held_bytes_leave_on_drop() {
-        // A client that chose h2 and speaks HTTP/1: nothing is held back.
-        let (a, mut b) = tokio::io::duplex(1 << 16);
-        let mut g = Gather::new(
-            Counting {
-                inner: a,
-                writes: 0,
-            },
-            Some(Passes::default()),
-        );
-        b.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-        let mut first = [0u8; 64];
-        let n = g.read(&mut first).await.unwrap();
-        assert_eq!(&first[..n], b"GET / HTTP/1.1\r\n");
-        g.write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(g.inner.writes, 1, "written at once");
-
-        // An h2 client: held back, and still sent when the connection is dropped.
+    async fn held_bytes_leave_on_drop() {
         let (a, mut b) = tokio::io::duplex(1 << 16);
         let mut g = Gather::new(a, Some(Passes::default()));
-        b.write_all(PREFACE).await.unwrap();
-        let n = g.read(&mut first).await.unwrap();
-        assert_eq!(&first[..n], PREFACE);
         g.write_all(b"frames").await.unwrap();
         flush_now(&mut g);
         drop(g);

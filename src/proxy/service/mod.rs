@@ -1,27 +1,27 @@
-//! hyper's front end: HTTP/2 from the start, and HTTP/1.1 from the first request the fast path
-//! does not take. One request: route and gate it (`request.rs`), rewrite its headers
+//! The front end for what the fast path does not take: HTTP/2 (the `h2` crate's server, `h2.rs`)
+//! and HTTP/1.1 from the first request the fast path hands over (hyper's server). One request: route and gate it (`request.rs`), rewrite its headers
 //! (`headers.rs`), send it (`upstream::send`: a bodiless request on a raw connection, one with a
 //! body through hyper's client, an upgrade on a connection of its own), stream the answer back
 //! (`body.rs`). Only `Arc`s of the site and backend are held across the upstream call.
 //!
 //! - `body.rs`: the response body to the client, which ends the request's bookkeeping.
+//! - `h2.rs`: the HTTP/2 connection, its streams served in its own task.
 //! - `gather.rs`: HTTP/2 writes gathered into one TLS record per pass of the connection.
 //! - `tunnel.rs`: upgraded connections (WebSocket), copied both ways.
 
 mod body;
 pub(crate) mod gather;
+pub(crate) mod h2;
 mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::header::{ACCEPT, CONTENT_LENGTH, HOST};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioTimer;
 
 pub use body::RespBody;
 
@@ -29,6 +29,7 @@ use super::error_page::{wants_json, ProxyError};
 use super::h1;
 use super::headers;
 use super::request::{self, Decision, Exchange};
+use super::request_body::InBody;
 use super::upstream::client::{self, ReqBody};
 use super::upstream::raw::{self, RawBody};
 use super::upstream::{self, Attempt, Failed, Settings};
@@ -36,29 +37,20 @@ use super::{Conn, Edge};
 use crate::config::Color;
 use crate::routing::SiteRoute;
 
-/// hyper's server settings for both protocols.
-pub fn builder(edge: &Edge) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
+/// hyper's server settings (HTTP/1.1).
+pub fn builder(edge: &Edge) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
         // Off: hyper's timer also runs between keep-alive requests, which would cap the idle
         // timeout at the header timeout. The watchdog enforces both.
         .header_read_timeout(None)
         .max_buf_size(edge.limits.max_header_bytes.max(8192))
         .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(250)
-        .max_header_list_size(edge.limits.max_header_bytes as u32)
-        .max_pending_accept_reset_streams(50)
-        .max_local_error_reset_streams(Some(1024))
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
     b
 }
 
 /// Serves one request.
-pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<RespBody> {
+pub async fn handle(conn: Arc<Conn>, req: Request<InBody>) -> Response<RespBody> {
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let host = req_host(&req).unwrap_or("");
     let mut x = Exchange::begin(&conn, req.method(), host.as_bytes(), target.as_bytes());
@@ -96,7 +88,7 @@ fn req_host<B>(req: &Request<B>) -> Option<&str> {
 
 async fn forward(
     conn: &Arc<Conn>,
-    req: Request<Incoming>,
+    req: Request<InBody>,
     x: &mut Exchange,
 ) -> Result<Response<RespBody>, ProxyError> {
     let (host_value, asterisk) = target(&req)?;
@@ -137,7 +129,9 @@ async fn forward(
     let mut resp = if bodiless_h2 {
         via_raw(conn, &r, req, x).await?
     } else {
-        via_hyper(conn, &r, req, x).await?
+        // Boxed: hyper's client futures are large; inline they would grow (and be copied with)
+        // every request's future, the common bodiless HTTP/2 one too.
+        Box::pin(via_hyper(conn, &r, req, x)).await?
     };
     if is_write {
         request::count_write(&r.site, r.color);
@@ -183,7 +177,7 @@ fn no_answer() -> ProxyError {
 async fn via_raw(
     conn: &Arc<Conn>,
     r: &Routed,
-    req: Request<Incoming>,
+    req: Request<InBody>,
     x: &mut Exchange,
 ) -> Result<Response<RespBody>, ProxyError> {
     let edge = &*conn.edge;
@@ -229,7 +223,7 @@ async fn via_raw(
 async fn via_hyper(
     conn: &Arc<Conn>,
     r: &Routed,
-    mut req: Request<Incoming>,
+    mut req: Request<InBody>,
     x: &mut Exchange,
 ) -> Result<Response<RespBody>, ProxyError> {
     let edge = &*conn.edge;
@@ -298,7 +292,7 @@ async fn via_hyper(
 /// reverse proxy); more than one Host; an authority-form target; `*` with another method; an
 /// absolute-form target of another scheme; on HTTP/2, a Host that names another authority than
 /// `:authority`. An HTTP/1.1 absolute-form target is routed by its authority, not by Host.
-fn target(req: &Request<Incoming>) -> Result<(HeaderValue, bool), ProxyError> {
+fn target(req: &Request<InBody>) -> Result<(HeaderValue, bool), ProxyError> {
     let bad = ProxyError::BadRequest;
     if req.method() == Method::CONNECT {
         return Err(ProxyError::NotImplemented(

@@ -34,19 +34,20 @@ use tokio::net::TcpStream;
 use super::pool::IdlePool;
 use super::{connect, BodyError, Failed, Settings};
 use crate::proxy::error_page::ProxyError;
+use crate::proxy::request_body::InBody;
 
 /// The client's request body on its way to the backend, held to the size limit as it streams.
 pub enum ReqBody {
     Empty,
     Stream {
-        inner: Incoming,
+        inner: InBody,
         remaining: u64,
         limit: u64,
     },
 }
 
 impl ReqBody {
-    pub fn new(inner: Incoming, limit: u64) -> ReqBody {
+    pub fn new(inner: InBody, limit: u64) -> ReqBody {
         if inner.is_end_stream() {
             ReqBody::Empty
         } else {
@@ -84,7 +85,7 @@ impl Body for ReqBody {
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
@@ -341,7 +342,7 @@ fn classify(mut src: Option<&(dyn std::error::Error + 'static)>, connect: bool) 
         match s.downcast_ref::<BodyError>() {
             Some(BodyError::TooLarge(n)) => return ProxyError::BodyTooLarge(*n),
             // The client's own body broke (bad chunk framing, cut off): its fault, not the backend's.
-            Some(BodyError::Hyper(_) | BodyError::Upstream(_)) => {
+            Some(BodyError::Hyper(_) | BodyError::H2(_) | BodyError::Upstream(_)) => {
                 return ProxyError::BadRequest("the request body is malformed or was cut off")
             }
             None => {}

@@ -93,6 +93,9 @@ pub enum BodyError {
     TooLarge(u64),
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
+    /// The client's HTTP/2 stream broke off.
+    #[error(transparent)]
+    H2(#[from] h2::Error),
     /// The backend's body broke off or its framing was bad.
     #[error("{0}")]
     Upstream(&'static str),
