@@ -29,8 +29,6 @@ use super::Conn;
 use crate::config::Color;
 use crate::routing::SiteRoute;
 
-/// Larger request bodies go to hyper, which streams them.
-const MAX_BODY: u64 = 64 * 1024;
 /// The client connection's read buffer.
 const READ_BUF: usize = 8 * 1024;
 /// Response bytes gathered into one write with the head.
@@ -80,7 +78,7 @@ where
 {
     let edge = &*conn.edge;
     let max_head = edge.limits.max_header_bytes;
-    let max_body = MAX_BODY.min(edge.limits.max_body_bytes);
+    let max_body = request::INLINE_BODY.min(edge.limits.max_body_bytes);
     let mut buf = BytesMut::with_capacity(READ_BUF);
     // The request as the backend gets it, and the response head as the client gets it.
     let mut upstream_msg: Vec<u8> = Vec::new();

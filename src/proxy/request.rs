@@ -302,6 +302,11 @@ fn reg_name(b: &[u8]) -> bool {
     true
 }
 
+/// A request body up to this size (with its length known up front) is read whole and sent
+/// with the head in one write on a raw backend connection, by either front end; larger ones are
+/// streamed through hyper's client.
+pub(crate) const INLINE_BODY: u64 = 64 * 1024;
+
 /// Whether a request may go to a second backend when the first refused the connection: one that
 /// is safe to repeat and has no body to replay.
 #[inline]

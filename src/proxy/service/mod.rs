@@ -16,6 +16,7 @@ mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{ACCEPT, CONTENT_LENGTH, HOST};
 use http::uri::{PathAndQuery, Scheme};
@@ -124,9 +125,7 @@ async fn forward(
         },
     };
     let is_write = !super::gate::is_safe(req.method());
-    let bodiless_h2 =
-        req.version() == Version::HTTP_2 && http_body::Body::is_end_stream(req.body());
-    let mut resp = if bodiless_h2 {
+    let mut resp = if inline_h2(&req, &conn.edge) {
         via_raw(conn, &r, req, x).await?
     } else {
         // Boxed: hyper's client futures are large; inline they would grow (and be copied with)
@@ -171,9 +170,21 @@ fn no_answer() -> ProxyError {
     ProxyError::Upstream("the backend exchange ended without an answer".into())
 }
 
-/// The common HTTP/2 request, one without a body: its head written straight from hyper's
-/// headers (nothing rewritten in the map, no request rebuilt for a retry), sent on a raw
-/// connection. HTTP/2 has no `Connection` header to name more hop-by-hop ones.
+/// An HTTP/2 request the raw path takes: one without a body, or with a body of known length up
+/// to [`request::INLINE_BODY`] (as the fast path takes them on HTTP/1.1).
+fn inline_h2(req: &Request<InBody>, edge: &Edge) -> bool {
+    let body = req.body();
+    req.version() == Version::HTTP_2
+        && (http_body::Body::is_end_stream(body)
+            || http_body::Body::size_hint(body)
+                .exact()
+                .is_some_and(|n| n <= request::INLINE_BODY.min(edge.limits.max_body_bytes)))
+}
+
+/// The common HTTP/2 request: its head written straight from the h2 request's headers (nothing
+/// rewritten in the map, no request rebuilt for a retry), a small body read whole after it, all
+/// sent in one write on a raw connection. HTTP/2 has no `Connection` header to name more
+/// hop-by-hop ones.
 async fn via_raw(
     conn: &Arc<Conn>,
     r: &Routed,
@@ -197,14 +208,18 @@ async fn via_raw(
         req.headers(),
         &add,
     );
+    let (parts, body) = req.into_parts();
+    let has_body = !http_body::Body::is_end_stream(&body);
+    if has_body {
+        read_whole(body, &mut head, edge.limits.header_timeout).await?;
+    }
+    let retryable = request::retryable(&parts.method, has_body);
     let mut attempt = RawTry {
         settings: &edge.upstream,
         head,
-        method: req.method().clone(),
+        method: parts.method,
         answer: None,
     };
-    drop(req);
-    let retryable = request::retryable(&attempt.method, false);
     let pool = r.site.pool(r.color);
     upstream::send(
         &edge.upstream,
@@ -216,6 +231,34 @@ async fn via_raw(
     )
     .await?;
     attempt.answer.ok_or_else(no_answer)
+}
+
+/// Appends a small request body, read whole within `deadline` (the client's body, like its head,
+/// must arrive in time: nothing is sent to the backend until it has). h2 holds the stream to its
+/// Content-Length; trailers are dropped, as an HTTP/1.1 body with a length cannot carry them.
+async fn read_whole(
+    mut body: InBody,
+    out: &mut Vec<u8>,
+    deadline: Duration,
+) -> Result<(), ProxyError> {
+    use http_body_util::BodyExt;
+    out.reserve(http_body::Body::size_hint(&body).lower() as usize);
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| {
+                ProxyError::BadRequest("the request body is malformed or was cut off")
+            })?;
+            if let Some(data) = frame.data_ref() {
+                out.extend_from_slice(data);
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(deadline, read)
+        .await
+        .unwrap_or(Err(ProxyError::BadRequest(
+            "the request body did not arrive within the header timeout",
+        )))
 }
 
 /// Any other request, through hyper's client side when it has a body to stream or asks for an
