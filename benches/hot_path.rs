@@ -105,15 +105,17 @@ fn read_only(c: &mut Criterion) {
 }
 
 fn access_log(c: &mut Criterion) {
-    let record = || switchyard::accesslog::Record {
-        start: Instant::now(),
-        client: "192.0.2.7:51234".parse().expect("addr"),
-        host: "wiki.example.org".into(),
-        method: Method::GET,
-        path: "/wiki/Main_Page?action=history".into(),
-        status: 200,
-        color: Some("green"),
-        backend: Some("127.0.0.1:49153".parse().expect("addr")),
+    let record = || {
+        Box::new(switchyard::accesslog::Record {
+            start: Instant::now(),
+            client: "192.0.2.7:51234".parse().expect("addr"),
+            host: "wiki.example.org".into(),
+            method: Method::GET,
+            path: "/wiki/Main_Page?action=history".into(),
+            status: 200,
+            color: Some("green"),
+            backend: Some("127.0.0.1:49153".parse().expect("addr")),
+        })
     };
     // What the request path does: finish the record (on the log thread it is formatted).
     c.bench_function("access-log record finish (request path)", |b| {

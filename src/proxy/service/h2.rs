@@ -360,30 +360,3 @@ fn pipe(
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn size3<A, B, C, F>(_: fn(A, B, C) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-    fn size2<A, B, F>(_: fn(A, B) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-
-    #[test]
-    fn future_sizes() {
-        eprintln!("stream {}", size3(stream));
-        eprintln!("handle {}", size2(super::super::handle));
-        eprintln!("forward {}", size3(super::super::forward));
-        fn size4<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
-            std::mem::size_of::<F>()
-        }
-        eprintln!("via_raw {}", size4(super::super::via_raw));
-        eprintln!("via_hyper {}", size4(super::super::via_hyper));
-        eprintln!("RespBody {}", std::mem::size_of::<RespBody>());
-        eprintln!("InBody {}", std::mem::size_of::<InBody>());
-        eprintln!("Request<InBody> {}", std::mem::size_of::<Request<InBody>>());
-    }
-}
