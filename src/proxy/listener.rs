@@ -519,7 +519,8 @@ macro_rules! delegate_write {
     };
 }
 
-/// A connection handed from the fast path to hyper: the bytes the fast path read come first.
+/// A connection handed on from the fast path (or read to choose its protocol): the bytes already
+/// read come first.
 struct Prefixed<IO> {
     prefix: BytesMut,
     inner: IO,

@@ -1,5 +1,5 @@
 //! One request, whichever front end brought it (`fast.rs` for plain HTTP/1.1, `service/` for
-//! hyper's HTTP/2 and HTTP/1.1): where it goes ([`decide`]: an ACME HTTP-01 answer, site,
+//! HTTP/2 and hyper's HTTP/1.1): where it goes ([`decide`]: an ACME HTTP-01 answer, site,
 //! HTTPS redirect, body limit, read-only gate, preview host), what it counts (the connection's requests in flight, the
 //! writes the rollback guard reads), and its bookkeeping when the response ends (metrics, access
 //! log). The table is loaded once and its guard dropped before anything awaits; no lock is taken.
@@ -106,7 +106,7 @@ impl Exchange {
 }
 
 /// Counts a request into its connection's activity until dropped. A guard, not a decrement at
-/// the end: hyper drops the handler future when an HTTP/2 client resets the stream (or the
+/// the end: the h2 server drops the handler future when an HTTP/2 client resets the stream (or the
 /// connection goes away) before the answer is ready, and the watchdog must not see that request
 /// as in flight forever.
 struct Inflight(Arc<Conn>);

@@ -30,6 +30,27 @@ async fn status_of(p: &Proxy, bytes: &[u8]) -> u16 {
     r.response().await.status()
 }
 
+/// An HTTP/2 connection with prior knowledge on the plain listener (its I/O driven by a task).
+async fn h2c(p: &Proxy) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = tokio::net::TcpStream::connect(p.http.unwrap())
+        .await
+        .unwrap();
+    let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    h2
+}
+
+/// Reads an h2 response body whole, giving the window back as it goes.
+async fn h2_body(mut body: h2::RecvStream) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    bytes
+}
+
 /// See: issue 16. Requests whose Host or target is ambiguous or invalid get 400 (CONNECT 501)
 /// and never reach a backend, on a fresh connection and after a fast-path request on the same one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,11 +199,7 @@ async fn issue_16_h2_authority_and_host_must_agree() {
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
     let p = two_sites(&a, &b, "");
-    let tcp = tokio::net::TcpStream::connect(p.http.unwrap())
-        .await
-        .unwrap();
-    let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
+    let h2 = h2c(&p).await;
     let status = |host: &'static str| {
         let mut h2 = h2.clone();
         async move {
@@ -214,11 +231,7 @@ async fn issue_22_h2_head_joins_cookies_and_drops_what_the_edge_owns() {
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
     let p = two_sites(&a, &b, "");
-    let tcp = tokio::net::TcpStream::connect(p.http.unwrap())
-        .await
-        .unwrap();
-    let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
+    let h2 = h2c(&p).await;
     let req = http::Request::get("http://a.test/headers?q=1")
         .header("cookie", "a=1")
         .header("cookie", "b=2")
@@ -246,17 +259,6 @@ async fn issue_22_h2_head_joins_cookies_and_drops_what_the_edge_owns() {
     );
 }
 
-/// Reads an h2 response body whole, giving the window back as it goes.
-async fn h2_body(mut body: h2::RecvStream) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        let _ = body.flow_control().release_capacity(chunk.len());
-        bytes.extend_from_slice(&chunk);
-    }
-    bytes
-}
-
 /// See: issue 22. An HTTP/2 request with a small body of declared length is read whole and sent
 /// with its head (the raw path, as on HTTP/1.1's fast path): the backend gets every byte, in
 /// order, from several DATA frames. A body that stops arriving is refused with 400 once the
@@ -266,11 +268,7 @@ async fn issue_22_h2_small_bodies_go_whole_and_a_stalled_one_is_refused() {
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
     let p = two_sites(&a, &b, "header_timeout = \"500ms\"");
-    let tcp = tokio::net::TcpStream::connect(p.http.unwrap())
-        .await
-        .unwrap();
-    let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
+    let h2 = h2c(&p).await;
     let mut h2 = h2.ready().await.unwrap();
 
     let body: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();

@@ -10,10 +10,10 @@
 //! connection task is held back: the task is woken again and the buffer goes out at the first
 //! flush of the next pass, together with everything written until then. h2 flushes at the end of
 //! every pass, so nothing waits for more than one trip through the worker's run queue, and the
-//! other streams' tasks that run in between add their responses to the same record.
+//! streams that answer in between add their responses to the same record.
 //!
-//! A pass is one poll of hyper's connection future; `listener::serve`, its only poller, counts
-//! them in the `Passes` it shares with the `Gather`. `Gather` reports itself as not vectored (h2 then copies DATA payloads
+//! A pass is one poll of the HTTP/2 connection (`h2.rs`, its only poller, counts them in the
+//! `Passes` it shares with the `Gather`); the streams that can go on run inside that poll. `Gather` reports itself as not vectored (h2 then copies DATA payloads
 //! under 1 KiB into its own buffer rather than keeping them aside).
 
 use std::io;
