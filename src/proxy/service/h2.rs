@@ -111,7 +111,8 @@ where
     }
 }
 
-/// The connection, the streams it serves, and how a new stream is served.
+/// The connection, the streams it serves, and how a new stream is served (a closure, because
+/// the stream future's type has no name to put in a field).
 struct Serving<IO, F, N> {
     h2: Connection<IO, Bytes>,
     streams: FuturesUnordered<F>,

@@ -1,5 +1,6 @@
-//! The front end for what the fast path does not take: HTTP/2 (the `h2` crate's server, `h2.rs`)
-//! and HTTP/1.1 from the first request the fast path hands over (hyper's server). One request: route and gate it (`request.rs`), rewrite its headers
+//! The front end for what the fast path does not take: HTTP/2 (the `h2` crate's server,
+//! `h2.rs`) and HTTP/1.1 from the first request the fast path hands over (hyper's server). One
+//! request: route and gate it (`request.rs`), rewrite its headers
 //! (`headers.rs`), send it (`upstream::send`: a bodiless request on a raw connection, one with a
 //! body through hyper's client, an upgrade on a connection of its own), stream the answer back
 //! (`body.rs`). Only `Arc`s of the site and backend are held across the upstream call.
@@ -61,8 +62,9 @@ pub async fn handle(conn: Arc<Conn>, req: Request<InBody>) -> Response<RespBody>
     let body_may_stay_unread =
         req.version() < Version::HTTP_2 && !http_body::Body::is_end_stream(req.body());
     // Boxed: the forwarding state (request parts, the upstream exchange, the timer) is several
-    // KiB, and hyper moves the handler's future at least twice (into its stream future, then
-    // into a spawned task): one allocation is cheaper than copying it each time.
+    // KiB, and the handler's future is moved before it is first polled (by hyper's HTTP/1.1
+    // dispatcher; into the h2 connection's set of streams): one allocation is cheaper than
+    // copying it each time.
     let mut resp = match Box::pin(forward(&conn, req, &mut x)).await {
         Ok(r) => r,
         Err(e) => {

@@ -20,7 +20,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -74,8 +74,9 @@ impl Body for ReqBody {
                 inner,
                 remaining,
                 limit,
-            } => match Pin::new(inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
+            } => {
+                let polled = ready!(Pin::new(inner).poll_frame(cx));
+                if let Some(Ok(frame)) = &polled {
                     if let Some(d) = frame.data_ref() {
                         let n = d.len() as u64;
                         if n > *remaining {
@@ -83,12 +84,9 @@ impl Body for ReqBody {
                         }
                         *remaining -= n;
                     }
-                    Poll::Ready(Some(Ok(frame)))
                 }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
+                Poll::Ready(polled)
+            }
         }
     }
 
