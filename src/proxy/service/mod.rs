@@ -1,7 +1,7 @@
 //! The front end for what the fast path does not take: HTTP/2 (the `h2` crate's server,
 //! `h2.rs`) and HTTP/1.1 from the first request the fast path hands over (hyper's server). One
-//! request: route and gate it (`request.rs`), rewrite its headers
-//! (`headers.rs`), send it (`upstream::send`: a bodiless request on a raw connection, one with a
+//! request: route and gate it (`request.rs`), rewrite its headers (`headers.rs`), send it
+//! (`upstream::send`: a request without a body or with a small one on a raw connection, a larger
 //! body through hyper's client, an upgrade on a connection of its own), stream the answer back
 //! (`body.rs`). Only `Arc`s of the site and backend are held across the upstream call.
 //!
