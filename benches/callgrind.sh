@@ -15,7 +15,8 @@
 # Prints "route instructions/request" lines (Ir of every thread, summed) and a Markdown row.
 # Knobs: N=3000 (measured requests per route), WARM=500, ROUTES="h1 https h2 h2post", KEEP_TMP=1,
 # PROXY=haproxy (measure haproxy instead, same upstream and loads, configured by compare.py: the
-# reference for what a request costs elsewhere).
+# reference for what a request costs elsewhere), PROXY=floor (measure examples/h2_floor.rs, the
+# least an HTTP/2 proxy on switchyard's crates does, given as the path: h2 routes only).
 # All traffic on 127.0.0.1.
 set -uo pipefail
 
@@ -35,7 +36,9 @@ PROXY=${PROXY:-switchyard}
 case $PROXY in
   switchyard) [[ -x $BIN ]] || die "no binary at $BIN (cargo build --profile dist)" ;;
   haproxy) command -v haproxy >/dev/null || die "missing haproxy (apt-get install -y haproxy)" ;;
-  *) die "PROXY is switchyard or haproxy" ;;
+  floor) [[ -x $BIN ]] || die "no floor at $BIN (cargo build --profile dist --example h2_floor)"
+    [[ $ROUTES == *h1* || $ROUTES == *https* ]] && die "the floor serves HTTP/2 only: ROUTES=\"h2 h2post\"" ;;
+  *) die "PROXY is switchyard, haproxy or floor" ;;
 esac
 
 TMP=$(mktemp -d /tmp/switchyard-callgrind.XXXXXX)
@@ -126,6 +129,12 @@ for route in $ROUTES; do
       $HAPROXY_CMD >"$TMP/serve.$route.log" 2>&1 &
     pid=$!
     { wait_port $HTTP $pid 60 && wait_port $HTTPS $pid 60; } || die "haproxy did not start under valgrind (see $TMP/serve.$route.log)"
+  elif [[ $PROXY == floor ]]; then
+    valgrind --tool=callgrind ${CG_OPTS:-} --callgrind-out-file="$TMP/cg.$route.%p" \
+      "$BIN" "$L:$HTTPS" "$L:$UP" "$TMP/certs" >"$TMP/serve.$route.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 600); do grep -q "h2_floor ready" "$TMP/serve.$route.log" && break; kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+    grep -q "h2_floor ready" "$TMP/serve.$route.log" || die "h2_floor did not start under valgrind (see $TMP/serve.$route.log)"
   else
     SWITCHYARD_WORKERS=2 valgrind --tool=callgrind ${CG_OPTS:-} --callgrind-out-file="$TMP/cg.$route.%p" \
       "$BIN" serve --config "$TMP/switchyard.toml" >"$TMP/serve.$route.log" 2>&1 &
@@ -147,5 +156,6 @@ for route in $ROUTES; do
   [[ ${KEEP_TMP:-0} == 1 ]] || rm -f "$TMP"/cg.$route.$pid*
 done
 if [[ $PROXY == haproxy ]]; then label="haproxy $(haproxy -v | awk 'NR==1 {print $3}')"
+elif [[ $PROXY == floor ]]; then label="h2_floor"
 else label=$(git -C "$(dirname "$0")" rev-parse --short HEAD 2>/dev/null || echo build); fi
 echo "| $label$row |"

@@ -13,7 +13,8 @@ at /, and in front of it, each on its own ports and started ONCE for the whole r
 own process group): haproxy (1 process, 2 threads), nginx (2 workers), every `--sy NAME=PATH`
 binary (config as ../shared/bench/switchyard-candidate.sh: access log to stdout, which goes to a
 file that is emptied after each load) and, with --relay, benches/relay.c (a zero-work TCP relay,
-h1 only: the floor of floor.py). A round runs every (test, candidate) pair once:
+h1 only: the floor of floor.py), with --floor PATH, examples/h2_floor.rs (the least an HTTP/2
+proxy on switchyard's crates does; h2 only). A round runs every (test, candidate) pair once:
   h1        wrk -t2 -c64 keep-alive, http://           (plus "direct": wrk straight to the upstream)
   https     wrk -t2 -c64 keep-alive, https://          (ALPN http/1.1)
   h2        h2load -t2 -c32 -m10, https://             (ALPN h2)
@@ -693,6 +694,11 @@ def run(args):
         names.append((n, 'switchyard', p))
     if args.relay:
         names.append(('relay', 'relay', None))
+    if args.floor:
+        p = os.path.abspath(args.floor)
+        if not os.access(p, os.X_OK):
+            die(f'--floor: no executable at {p} (cargo build --profile dist --example h2_floor)')
+        names.append(('floor', 'floor', p))
     seen = set()
     for i, (n, kind, p) in enumerate(names):
         if n in seen or n == 'direct' or not re.fullmatch(r'[A-Za-z0-9_.-]+', n):
@@ -756,10 +762,13 @@ def measure(cfg):
             if r.returncode:
                 die('cannot build relay.c: ' + r.stderr)
             cmd = [relay_bin, str(c.http), str(up_port), '2']
+        elif c.kind == 'floor':
+            cmd = [c.path, f'{LOOP}:{c.https}', f'{LOOP}:{up_port}', f'{tmp}/certs']
         else:
             cmd = switchyard_cmd(tmp, c.name, c.path, c.http, c.https, up_port, g('access_log'))
         c.proc = start(cmd, c.log)
-        ok = wait_port(c.http, c.proc) and (c.https is None or wait_port(c.https, c.proc, 5))
+        ok = (c.kind == 'floor' or wait_port(c.http, c.proc)) and \
+            (c.https is None or wait_port(c.https, c.proc, 5))
         if not ok:
             die(f'{c.name} did not listen: ' + open(c.log, errors='replace').read()[-800:])
         if c.kind == 'switchyard':   # ready = everything started (the TLS ticketer's entropy too)
@@ -767,7 +776,7 @@ def measure(cfg):
             while time.monotonic() < deadline and 'switchyard ready' not in \
                     open(c.log, errors='replace').read(65536):
                 time.sleep(0.1)
-        got = curl(f'http://{LOOP}:{c.http}/')
+        got = curl(f'http://{LOOP}:{c.http}/') if c.kind != 'floor' else f'200 {BODY_BYTES}'
         if not got.startswith(f'200 {BODY_BYTES}'):
             die(f'{c.name}: plain sanity check failed: {got!r}')
         if c.https:
@@ -781,7 +790,8 @@ def measure(cfg):
             f', pgid {c.proc.pid}')
 
     def cands_for(test):
-        cs = [c for c in cands if (c.tls or test == 'h1') and (c.kind != 'relay' or test == 'h1')]
+        cs = [c for c in cands if (c.tls or test == 'h1') and (c.kind != 'relay' or test == 'h1')
+              and (c.kind != 'floor' or test == 'h2')]
         if test == 'h1':
             cs = [Cand('direct', 'direct', up_port)] + cs
         return cs
@@ -971,6 +981,8 @@ def pairs_for(test, names, kinds):
     out += [(n, sy[0]) for n in sy[1:]]
     if 'relay' in names:
         out += [(n, 'relay') for n in sy]
+    if 'floor' in names:
+        out += [(n, 'floor') for n in sy]
     if 'direct' in names:
         out += [(n, 'direct') for n in names if n != 'direct']
     return out
@@ -1380,6 +1392,8 @@ def main():
                          'build for "A vs B")')
     ap.add_argument('--relay', action='store_true',
                     help='also the zero-work TCP relay (benches/relay.c) on h1: the floor')
+    ap.add_argument('--floor', metavar='PATH',
+                    help='also examples/h2_floor.rs (built with --profile dist) on h2: the floor')
     ap.add_argument('--no-haproxy', action='store_true')
     ap.add_argument('--no-nginx', action='store_true')
     ap.add_argument('--selftest', action='store_true', help='check the statistics and exit')

@@ -2,6 +2,7 @@
 
 pub mod accesslog; // the access log writer thread
 pub mod acme; // certificates from an ACME CA: order, store, renew (control plane)
+pub mod alloc; // mimalloc through its C API, the global allocator of the binary
 pub mod cli; // command line: parse, one call, print
 pub mod cluster; // several edges as one: the state in etcd, watch, acks, barriers
 pub mod config; // the TOML contract: raw → validated, every problem with file:line

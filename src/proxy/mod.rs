@@ -42,3 +42,6 @@ pub use edge::{Conn, Edge};
 pub use error_page::ProxyError;
 /// Public for the fuzz targets in `fuzz/` (the request target routes only hosts it accepts).
 pub use request::valid_host;
+/// For `examples/h2_floor.rs`, which gathers its writes as the HTTP/2 server does.
+#[doc(hidden)]
+pub use service::gather;

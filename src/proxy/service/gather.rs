@@ -25,11 +25,11 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Polls of one connection future, counted by its poller.
-pub(crate) type Passes = Arc<AtomicU64>;
+pub type Passes = Arc<AtomicU64>;
 
 /// Counts a pass: the poller is the only writer, so no read-modify-write is needed.
 #[inline]
-pub(crate) fn next_pass(passes: &Passes) {
+pub fn next_pass(passes: &Passes) {
     passes.store(
         passes.load(Ordering::Relaxed).wrapping_add(1),
         Ordering::Relaxed,
@@ -41,7 +41,7 @@ const RECORD: usize = 16 * 1024;
 /// The buffer is written out before it grows past this.
 const LIMIT: usize = 4 * RECORD;
 
-pub(crate) struct Gather<IO: AsyncWrite + Unpin> {
+pub struct Gather<IO: AsyncWrite + Unpin> {
     inner: IO,
     /// None: every call goes straight to `inner` (HTTP/1 connections handed to hyper, whose
     /// upgraded tunnels must not wait for a flush).
@@ -55,7 +55,7 @@ pub(crate) struct Gather<IO: AsyncWrite + Unpin> {
 
 impl<IO: AsyncWrite + Unpin> Gather<IO> {
     /// Gathers when `passes` is given (HTTP/2 connections).
-    pub(crate) fn new(inner: IO, passes: Option<Passes>) -> Gather<IO> {
+    pub fn new(inner: IO, passes: Option<Passes>) -> Gather<IO> {
         Gather {
             inner,
             passes,

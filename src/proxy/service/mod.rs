@@ -11,7 +11,7 @@
 //! - `tunnel.rs`: upgraded connections (WebSocket), copied both ways.
 
 mod body;
-pub(crate) mod gather;
+pub mod gather;
 pub(crate) mod h2;
 mod tunnel;
 
