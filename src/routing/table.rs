@@ -274,8 +274,12 @@ pub fn strip_port(host: &str) -> &str {
             None => host,
         };
     }
-    match host.rfind(':') {
-        Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
+    // The digits at the end, then a colon before them: a byte loop (this runs two or three
+    // times per request; `rfind` costs several times more on names this short).
+    let b = host.as_bytes();
+    let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
+    match b.len().checked_sub(digits + 1) {
+        Some(i) if b[i] == b':' => &host[..i],
         _ => host,
     }
 }
@@ -284,6 +288,24 @@ pub fn strip_port(host: &str) -> &str {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn ports_are_stripped() {
+        for (with, without) in [
+            ("a.test", "a.test"),
+            ("a.test:8443", "a.test"),
+            ("a.test:", "a.test"),
+            ("127.0.0.1:80", "127.0.0.1"),
+            ("[::1]", "[::1]"),
+            ("[::1]:443", "[::1]"),
+            ("a.test:x1", "a.test:x1"),
+            ("1234", "1234"),
+            (":80", ""),
+            ("", ""),
+        ] {
+            assert_eq!(strip_port(with), without, "{with}");
+        }
+    }
 
     fn table() -> RoutingTable {
         let cfg = crate::config::parse_config(

@@ -13,7 +13,7 @@
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -304,8 +304,11 @@ fn respond(
 }
 
 /// Sends the response body as the client's window allows: a chunk waits until the stream has
-/// some capacity, then h2 sends it in as many frames as the window takes. A body that breaks
-/// resets the stream; the client resetting it ends the body (dropped, so counted incomplete).
+/// some capacity, then h2 sends it in as many frames as the window takes. The last chunk goes to
+/// h2 at once (h2 holds it until the window opens): nothing more is read from the backend after
+/// it, so there is nothing to hold back. A body that breaks resets the stream; the client
+/// resetting it ends the body (dropped, so counted incomplete): noticed whenever the stream waits,
+/// and by the next send.
 fn pipe(
     send: &mut SendStream<Bytes>,
     body: &mut RespBody,
@@ -313,15 +316,12 @@ fn pipe(
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), ()>> {
     loop {
-        if send.poll_reset(cx).is_ready() {
-            return Poll::Ready(Err(()));
-        }
         if let Some((data, eos)) = waiting.take() {
             while send.capacity() == 0 {
                 match send.poll_capacity(cx) {
                     Poll::Pending => {
                         *waiting = Some((data, eos));
-                        return Poll::Pending;
+                        return parked(send, cx);
                     }
                     Poll::Ready(Some(Ok(_))) => {}
                     Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(Err(())),
@@ -333,18 +333,20 @@ fn pipe(
             }
             continue;
         }
-        match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+        let Poll::Ready(frame) = Pin::new(&mut *body).poll_frame(cx) else {
+            return parked(send, cx);
+        };
+        match frame {
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     let eos = body.is_end_stream();
-                    if data.is_empty() {
-                        if eos {
-                            return Poll::Ready(send.send_data(data, true).map_err(drop));
-                        }
-                        continue;
+                    if eos {
+                        return Poll::Ready(send.send_data(data, true).map_err(drop));
                     }
-                    send.reserve_capacity(data.len());
-                    *waiting = Some((data, eos));
+                    if !data.is_empty() {
+                        send.reserve_capacity(data.len());
+                        *waiting = Some((data, false));
+                    }
                 }
                 Err(frame) => {
                     if let Ok(t) = frame.into_trailers() {
@@ -359,5 +361,14 @@ fn pipe(
             }
             None => return Poll::Ready(send.send_data(Bytes::new(), true).map_err(drop)),
         }
+    }
+}
+
+/// The stream is about to wait (for window, or for the backend): a reset from the client ends
+/// it instead.
+fn parked(send: &mut SendStream<Bytes>, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+    match send.poll_reset(cx) {
+        Poll::Ready(_) => Poll::Ready(Err(())),
+        Poll::Pending => Poll::Pending,
     }
 }
