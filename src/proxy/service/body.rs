@@ -24,6 +24,9 @@ pub struct RespBody {
     inner: Inner,
     bytes: u64,
     done: bool,
+    /// The head the body goes with has a Date, and a Content-Length when the length is known:
+    /// the backend's own head, forwarded as it came (the HTTP/2 server then adds neither).
+    framed_head: bool,
     /// The request, ended once with the byte count. Inline, not boxed: no allocation per request.
     exchange: Option<Exchange>,
 }
@@ -34,6 +37,7 @@ impl RespBody {
             inner,
             bytes: 0,
             done: false,
+            framed_head: false,
             exchange: None,
         }
     }
@@ -42,8 +46,16 @@ impl RespBody {
         RespBody::new(Inner::Full(Some(b)))
     }
 
-    pub fn raw(b: RawBody) -> RespBody {
-        RespBody::new(Inner::Raw(b))
+    /// A backend's body off a raw connection; `framed_head`: see [`RespBody::framed_head`].
+    pub fn raw(b: RawBody, framed_head: bool) -> RespBody {
+        let mut r = RespBody::new(Inner::Raw(b));
+        r.framed_head = framed_head;
+        r
+    }
+
+    /// Whether the head already has its Date, and its Content-Length when the length is known.
+    pub fn framed_head(&self) -> bool {
+        self.framed_head
     }
 
     pub fn upstream(b: UpBody) -> RespBody {

@@ -274,23 +274,26 @@ fn content_length(h: &http::HeaderMap) -> Option<u64> {
 }
 
 /// Sends the response head: with a Date when the backend sent none (RFC 9110 6.6.1), and a
-/// Content-Length when the body's length is known. Returns the stream and the body when a body
+/// Content-Length when the body's length is known (a backend's head forwarded as it came has
+/// both already: not looked up again). Returns the stream and the body when a body
 /// follows.
 fn respond(
     tx: &mut SendResponse<Bytes>,
     resp: Response<RespBody>,
 ) -> Option<(SendStream<Bytes>, RespBody)> {
     let (mut head, body) = resp.into_parts();
-    if !head.headers.contains_key(DATE) {
-        if let Ok(v) = HeaderValue::from_bytes(&h1::http_date()) {
-            head.headers.insert(DATE, v);
-        }
-    }
     let end = body.is_end_stream();
-    if let (false, Some(n)) = (end, body.size_hint().exact()) {
-        head.headers
-            .entry(CONTENT_LENGTH)
-            .or_insert_with(|| HeaderValue::from(n));
+    if !body.framed_head() {
+        if !head.headers.contains_key(DATE) {
+            if let Ok(v) = HeaderValue::from_bytes(&h1::http_date()) {
+                head.headers.insert(DATE, v);
+            }
+        }
+        if let (false, Some(n)) = (end, body.size_hint().exact()) {
+            head.headers
+                .entry(CONTENT_LENGTH)
+                .or_insert_with(|| HeaderValue::from(n));
+        }
     }
     match tx.send_response(Response::from_parts(head, ()), end) {
         Ok(send) if !end => Some((send, body)),

@@ -53,9 +53,15 @@ pub fn builder(edge: &Edge) -> http1::Builder {
 
 /// Serves one request.
 pub async fn handle(conn: Arc<Conn>, req: Request<InBody>) -> Response<RespBody> {
-    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let host = req_host(&req).unwrap_or("");
-    let mut x = Exchange::begin(&conn, req.method(), host.as_bytes(), target.as_bytes());
+    let target_path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    // Where the request is routed by, found once: the log records that host (or, for a
+    // request refused for its target, the Host or authority it came with).
+    let named = target(&req);
+    let host = match &named {
+        Ok((h, _)) => h.as_bytes(),
+        Err(_) => req_host(&req).unwrap_or("").as_bytes(),
+    };
+    let mut x = Exchange::begin(&conn, req.method(), host, target_path.as_bytes());
     let json = wants_json(req.headers().get(ACCEPT).map(HeaderValue::as_bytes));
     // An HTTP/1 request whose body the edge may leave unread: hyper then closes the connection
     // after the answer, so the answer must say so, or a client reuses it and loses its next request.
@@ -65,7 +71,7 @@ pub async fn handle(conn: Arc<Conn>, req: Request<InBody>) -> Response<RespBody>
     // KiB, and the handler's future is moved before it is first polled (by hyper's HTTP/1.1
     // dispatcher; into the h2 connection's set of streams): one allocation is cheaper than
     // copying it each time.
-    let mut resp = match Box::pin(forward(&conn, req, &mut x)).await {
+    let mut resp = match Box::pin(forward(&conn, req, named, &mut x)).await {
         Ok(r) => r,
         Err(e) => {
             x.error(&e);
@@ -89,12 +95,14 @@ fn req_host<B>(req: &Request<B>) -> Option<&str> {
     }
 }
 
+/// Forwards a request whose target `named` was read already (see [`target`]).
 async fn forward(
     conn: &Arc<Conn>,
     req: Request<InBody>,
+    named: Result<(HeaderValue, bool), ProxyError>,
     x: &mut Exchange,
 ) -> Result<Response<RespBody>, ProxyError> {
-    let (host_value, asterisk) = target(&req)?;
+    let (host_value, asterisk) = named?;
     let host = host_value
         .to_str()
         .map_err(|_| ProxyError::BadRequest("the Host header is not a valid host[:port]"))?;
@@ -483,29 +491,37 @@ async fn exchange_raw(
         },
     )
     .await?;
-    let Some((status, headers)) = head else {
+    let Some((status, headers, framed)) = head else {
         return Err(Failed::broken(
             "the backend closed the connection or sent an invalid response",
         ));
     };
-    let mut resp = Response::new(RespBody::raw(RawBody::new(answer, settings.idle_timeout)));
+    let body = RawBody::new(answer, settings.idle_timeout);
+    let mut resp = Response::new(RespBody::raw(body, framed));
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     Ok(resp)
 }
 
 /// The backend's response head as hyper's side sends it on (hop-by-hop headers left out; hyper
-/// frames the body itself).
-fn response_head(h: &h1::RespHead<'_, '_>) -> Result<(StatusCode, HeaderMap), h1::BadResponse> {
+/// frames the body itself), and whether it is framed as it came: with a Date, and its
+/// Content-Length kept.
+fn response_head(
+    h: &h1::RespHead<'_, '_>,
+) -> Result<(StatusCode, HeaderMap, bool), h1::BadResponse> {
     let bad = || h1::BadResponse("the backend sent an invalid header");
     let status = StatusCode::from_u16(h.status).map_err(|_| bad())?;
     let mut map = HeaderMap::with_capacity(h.headers.len());
+    let (mut dated, mut lost_length) = (false, false);
     for x in h.headers {
         if h.hop_by_hop(x.name) || x.name.eq_ignore_ascii_case("transfer-encoding") {
+            // A Content-Length named in Connection is dropped: then the head is not as framed.
+            lost_length |= x.name.eq_ignore_ascii_case("content-length");
             continue;
         }
+        dated |= x.name.eq_ignore_ascii_case("date");
         let n = http::HeaderName::from_bytes(x.name.as_bytes()).map_err(|_| bad())?;
         map.append(n, HeaderValue::from_bytes(x.value).map_err(|_| bad())?);
     }
-    Ok((status, map))
+    Ok((status, map, dated && !lost_length))
 }
