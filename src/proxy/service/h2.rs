@@ -275,8 +275,7 @@ fn content_length(h: &http::HeaderMap) -> Option<u64> {
 
 /// Sends the response head: with a Date when the backend sent none (RFC 9110 6.6.1), and a
 /// Content-Length when the body's length is known (a backend's head forwarded as it came has
-/// both already: not looked up again). Returns the stream and the body when a body
-/// follows.
+/// both already: not looked up again). Returns the stream and the body when a body follows.
 fn respond(
     tx: &mut SendResponse<Bytes>,
     resp: Response<RespBody>,
