@@ -67,11 +67,22 @@ pub async fn handle(conn: Arc<Conn>, req: Request<InBody>) -> Response<RespBody>
     // after the answer, so the answer must say so, or a client reuses it and loses its next request.
     let body_may_stay_unread =
         req.version() < Version::HTTP_2 && !http_body::Body::is_end_stream(req.body());
-    // Boxed: the forwarding state (request parts, the upstream exchange, the timer) is several
-    // KiB, and the handler's future is moved before it is first polled (by hyper's HTTP/1.1
-    // dispatcher; into the h2 connection's set of streams): one allocation is cheaper than
-    // copying it each time.
-    let mut resp = match Box::pin(forward(&conn, req, named, &mut x)).await {
+    // Only what is still to come is held across the awaits below: the raw path's written head
+    // (and a small body), not the request; hyper's client, whose futures are large, is boxed.
+    // Bound by reference where an await follows: a value bound out of `next` would be a second
+    // copy of it in this future's state.
+    let mut next = prepare(&conn, req, named, &mut x);
+    let forwarded = match next {
+        Ok(Next::Answer(r)) => Ok(r),
+        Ok(Next::Raw(ref r, ref mut raw)) => via_raw(&conn, r, raw, &mut x)
+            .await
+            .map(|a| r.answered(&conn, a)),
+        Ok(Next::Hyper(r, req)) => Box::pin(via_hyper(&conn, &r, req, &mut x))
+            .await
+            .map(|a| r.answered(&conn, a)),
+        Err(e) => Err(e),
+    };
+    let mut resp = match forwarded {
         Ok(r) => r,
         Err(e) => {
             x.error(&e);
@@ -95,13 +106,24 @@ fn req_host<B>(req: &Request<B>) -> Option<&str> {
     }
 }
 
-/// Forwards a request whose target `named` was read already (see [`target`]).
-async fn forward(
-    conn: &Arc<Conn>,
+/// What comes next for a request, decided before anything is sent.
+enum Next<'a> {
+    /// The edge answers it (a redirect, an ACME challenge).
+    Answer(Response<RespBody>),
+    /// To a backend on a raw connection, its head written.
+    Raw(Routed, RawTry<'a>),
+    /// To a backend through hyper's client.
+    Hyper(Routed, Request<InBody>),
+}
+
+/// Routes and gates a request whose target `named` was read already (see [`target`]), and for
+/// the raw path writes its head: everything before the first await.
+fn prepare<'a>(
+    conn: &'a Conn,
     req: Request<InBody>,
     named: Result<(HeaderValue, bool), ProxyError>,
     x: &mut Exchange,
-) -> Result<Response<RespBody>, ProxyError> {
+) -> Result<Next<'a>, ProxyError> {
     let (host_value, asterisk) = named?;
     let host = host_value
         .to_str()
@@ -117,9 +139,12 @@ async fn forward(
     let r = match decided {
         Decision::Redirect(port) => {
             let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            return Ok(request::redirect(host, port, target).map(RespBody::full));
+            let page = request::redirect(host, port, target).map(RespBody::full);
+            return Ok(Next::Answer(page));
         }
-        Decision::Challenge(ka) => return Ok(request::challenge(&ka).map(RespBody::full)),
+        Decision::Challenge(ka) => {
+            return Ok(Next::Answer(request::challenge(&ka).map(RespBody::full)))
+        }
         Decision::Forward {
             site,
             color,
@@ -128,34 +153,26 @@ async fn forward(
         } => Routed {
             site,
             color,
+            is_write: !super::gate::is_safe(req.method()),
             host: host_value,
             asterisk,
             mark_read_only,
             trusted,
         },
     };
-    let is_write = !super::gate::is_safe(req.method());
-    let mut resp = if inline_h2(&req, &conn.edge) {
-        via_raw(conn, &r, req, x).await?
-    } else {
-        // Boxed: hyper's client futures are large; inline they would grow (and be copied with)
-        // every request's future, the common bodiless HTTP/2 one too.
-        Box::pin(via_hyper(conn, &r, req, x)).await?
-    };
-    if is_write {
-        request::count_write(&r.site, r.color);
+    if !inline_h2(&req, &conn.edge) {
+        return Ok(Next::Hyper(r, req));
     }
-    if let (Some(v), true) = (&r.site.hsts, conn.https) {
-        resp.headers_mut()
-            .insert(http::header::STRICT_TRANSPORT_SECURITY, v.clone());
-    }
-    Ok(resp)
+    let raw = raw_request(conn, &r, req);
+    Ok(Next::Raw(r, raw))
 }
 
 /// Where a forwarded request goes, and what the edge adds to it.
 struct Routed {
     site: Arc<SiteRoute>,
     color: Color,
+    /// Not GET, HEAD, OPTIONS or TRACE: counted for the rollback guard once answered.
+    is_write: bool,
     /// The Host it was routed by and is forwarded with.
     host: HeaderValue,
     /// `OPTIONS *`.
@@ -166,6 +183,18 @@ struct Routed {
 }
 
 impl Routed {
+    /// The backend answered: the write counted, HSTS added on HTTPS.
+    fn answered(&self, conn: &Conn, mut resp: Response<RespBody>) -> Response<RespBody> {
+        if self.is_write {
+            request::count_write(&self.site, self.color);
+        }
+        if let (Some(v), true) = (&self.site.hsts, conn.https) {
+            resp.headers_mut()
+                .insert(http::header::STRICT_TRANSPORT_SECURITY, v.clone());
+        }
+        resp
+    }
+
     /// The origin-form target the backend gets.
     fn target<'a>(&self, uri: &'a Uri) -> &'a str {
         match uri.path_and_query() {
@@ -192,16 +221,10 @@ fn inline_h2(req: &Request<InBody>, edge: &Edge) -> bool {
 }
 
 /// The common HTTP/2 request: its head written straight from the h2 request's headers (nothing
-/// rewritten in the map, no request rebuilt for a retry), a small body read whole after it, all
-/// sent in one write on a raw connection. HTTP/2 has no `Connection` header to name more
-/// hop-by-hop ones.
-async fn via_raw(
-    conn: &Arc<Conn>,
-    r: &Routed,
-    req: Request<InBody>,
-    x: &mut Exchange,
-) -> Result<Response<RespBody>, ProxyError> {
-    let edge = &*conn.edge;
+/// rewritten in the map, no request rebuilt for a retry), to be sent with a small body, read
+/// whole after it, in one write on a raw connection. HTTP/2 has no `Connection` header to name
+/// more hop-by-hop ones.
+fn raw_request<'a>(conn: &'a Conn, r: &Routed, req: Request<InBody>) -> RawTry<'a> {
     let add = h1::Added {
         ip: conn.ip_value().as_bytes(),
         https: conn.https,
@@ -209,38 +232,48 @@ async fn via_raw(
         read_only: r.mark_read_only,
     };
     let mut head = Vec::with_capacity(512);
-    let target = r.target(req.uri());
     h1::write_h2_head(
         &mut head,
         req.method(),
-        target,
+        r.target(req.uri()),
         r.host.as_bytes(),
         req.headers(),
         &add,
     );
     let (parts, body) = req.into_parts();
     let has_body = !http_body::Body::is_end_stream(&body);
-    if has_body {
-        read_whole(body, &mut head, edge.limits.header_timeout).await?;
-    }
-    let retryable = request::retryable(&parts.method, has_body);
-    let mut attempt = RawTry {
-        settings: &edge.upstream,
+    RawTry {
+        settings: &conn.edge.upstream,
         head,
+        retryable: request::retryable(&parts.method, has_body),
         method: parts.method,
+        body: has_body.then_some(body),
         answer: None,
-    };
+    }
+}
+
+/// Sends a request prepared for the raw path: its body read first, when it has one.
+async fn via_raw(
+    conn: &Conn,
+    r: &Routed,
+    raw: &mut RawTry<'_>,
+    x: &mut Exchange,
+) -> Result<Response<RespBody>, ProxyError> {
+    let edge = &*conn.edge;
+    if let Some(body) = raw.body.take() {
+        read_whole(body, &mut raw.head, edge.limits.header_timeout).await?;
+    }
     let pool = r.site.pool(r.color);
     upstream::send(
         &edge.upstream,
         &edge.metrics,
         pool,
-        retryable,
+        raw.retryable,
         &mut x.backend,
-        &mut attempt,
+        raw,
     )
     .await?;
-    attempt.answer.ok_or_else(no_answer)
+    raw.answer.take().ok_or_else(no_answer)
 }
 
 /// Appends a small request body, read whole within `deadline` (the client's body, like its head,
@@ -455,11 +488,14 @@ async fn send_raw(
     exchange_raw(settings, addr, &out, &parts.method).await
 }
 
-/// One try of a bodiless request whose head is written already.
+/// A request for the raw path, its head written already, and its tries.
 struct RawTry<'a> {
     settings: &'a Settings,
     head: Vec<u8>,
     method: Method,
+    /// A small body, still to be read and appended to the head.
+    body: Option<InBody>,
+    retryable: bool,
     answer: Option<Response<RespBody>>,
 }
 

@@ -11,6 +11,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
@@ -27,25 +28,68 @@ thread_local! {
 pub struct Elapsed;
 
 /// Runs `fut` for at most `dur`.
-pub async fn timeout<F: Future>(dur: Duration, fut: F) -> Result<F::Output, Elapsed> {
+///
+/// A future of its own, not an `async fn`: an `async fn` keeps its argument and the copy of it
+/// being polled side by side in its state, which made every request's state larger by one
+/// whole backend exchange (and each move of it slower).
+pub fn timeout<F: Future>(dur: Duration, fut: F) -> Timeout<F> {
     let deadline = Instant::now() + dur;
-    let mut timer = match TIMERS.with(|t| t.borrow_mut().pop()) {
+    let timer = match TIMERS.with(|t| t.borrow_mut().pop()) {
         Some(mut t) => {
             t.as_mut().reset(deadline);
             t
         }
         None => Box::pin(tokio::time::sleep_until(deadline)),
     };
-    let out = tokio::select! {
-        biased;
-        r = fut => Ok(r),
-        _ = timer.as_mut() => Err(Elapsed),
-    };
-    TIMERS.with(|t| {
+    Timeout {
+        fut,
+        timer: Some(timer),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`timeout`]'s future: the inner future first, then the timer.
+    pub struct Timeout<F> {
+        #[pin]
+        fut: F,
+        // Given back to the thread's stock when the future ends or is dropped.
+        timer: Option<Pin<Box<Sleep>>>,
+    }
+
+    impl<F> PinnedDrop for Timeout<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(timer) = this.project().timer.take() {
+                give_back(timer);
+            }
+        }
+    }
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let me = self.project();
+        let out = match me.fut.poll(cx) {
+            Poll::Ready(r) => Ok(r),
+            Poll::Pending => match me.timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+                Some(Poll::Pending) => return Poll::Pending,
+                Some(Poll::Ready(())) | None => Err(Elapsed),
+            },
+        };
+        if let Some(timer) = me.timer.take() {
+            give_back(timer);
+        }
+        Poll::Ready(out)
+    }
+}
+
+/// Keeps an armed timer for the next request (not when the thread is shutting down).
+fn give_back(timer: Pin<Box<Sleep>>) {
+    let _ = TIMERS.try_with(|t| {
         let mut t = t.borrow_mut();
         if t.len() < KEEP {
             t.push(timer);
         }
     });
-    out
 }
