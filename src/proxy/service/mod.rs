@@ -171,7 +171,7 @@ fn prepare<'a>(
 struct Routed {
     site: Arc<SiteRoute>,
     color: Color,
-    /// Not GET, HEAD, OPTIONS or TRACE: counted for the rollback guard once answered.
+    /// Not GET, HEAD or OPTIONS (`gate::is_safe`): counted for the rollback guard once answered.
     is_write: bool,
     /// The Host it was routed by and is forwarded with.
     host: HeaderValue,

@@ -74,6 +74,7 @@ impl<F: Future> Future for Timeout<F> {
             Poll::Ready(r) => Ok(r),
             Poll::Pending => match me.timer.as_mut().map(|t| t.as_mut().poll(cx)) {
                 Some(Poll::Pending) => return Poll::Pending,
+                // The timer fired (no timer: polled again after it ended).
                 Some(Poll::Ready(())) | None => Err(Elapsed),
             },
         };
