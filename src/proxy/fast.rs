@@ -107,7 +107,7 @@ where
         // In a block: the parsed head (and its 2 KiB of header slots) must not live across an
         // await, or it would sit in every connection's future.
         let (x, asked, forward, no_body) = {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_REQ_HEADERS];
+            let mut headers = h1::slots::<MAX_REQ_HEADERS>();
             let req = match h1::parse_request(&buf, &mut headers) {
                 ReqParsed::Head(r) => r,
                 ReqParsed::Partial | ReqParsed::Handoff => return Outcome::Handoff(io, buf),

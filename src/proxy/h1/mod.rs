@@ -25,6 +25,17 @@ pub use response::{
     MAX_RESP_HEADERS,
 };
 
+/// Room for `N` parsed header lines, left uninitialised: httparse writes the lines it finds and
+/// hands back only those. (Filled with `EMPTY_HEADER` instead, the 100 slots of a response
+/// would be 3.2 KB written for every request.)
+pub type Slots<'b, const N: usize> = [std::mem::MaybeUninit<httparse::Header<'b>>; N];
+
+/// Empty [`Slots`].
+#[inline]
+pub const fn slots<'b, const N: usize>() -> Slots<'b, N> {
+    [const { std::mem::MaybeUninit::uninit() }; N]
+}
+
 /// `name` equals the lowercase `lower`, ignoring ASCII case.
 fn is(name: &str, lower: &str) -> bool {
     name.len() == lower.len() && name.eq_ignore_ascii_case(lower)

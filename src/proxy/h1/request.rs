@@ -3,7 +3,7 @@
 
 use http::{HeaderMap, Method};
 
-use super::{is, line, tokens};
+use super::{is, line, tokens, Slots};
 
 /// Request heads with more header lines go to hyper (which takes up to 100).
 pub const MAX_REQ_HEADERS: usize = 64;
@@ -45,10 +45,10 @@ pub enum ReqParsed<'b, 'h> {
 /// Transfer-Encoding, Expect, Upgrade or TE, `Connection` naming nothing but keep-alive/close.
 pub fn parse_request<'b, 'h>(
     buf: &'b [u8],
-    headers: &'h mut [httparse::Header<'b>; MAX_REQ_HEADERS],
+    headers: &'h mut Slots<'b, MAX_REQ_HEADERS>,
 ) -> ReqParsed<'b, 'h> {
-    let mut req = httparse::Request::new(headers);
-    let len = match req.parse(buf) {
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return ReqParsed::Partial,
         Err(_) => return ReqParsed::Handoff,
@@ -358,7 +358,7 @@ mod tests {
     }
 
     fn req_from(raw: &str, trusted: bool) -> Option<(String, u64, bool)> {
-        let mut h = [httparse::EMPTY_HEADER; MAX_REQ_HEADERS];
+        let mut h = crate::proxy::h1::slots();
         match parse_request(raw.as_bytes(), &mut h) {
             ReqParsed::Head(r) => {
                 let mut out = Vec::new();

@@ -2,7 +2,7 @@
 
 use http::Method;
 
-use super::{is, line, tokens};
+use super::{is, line, tokens, Slots};
 
 /// Response heads with more lines are refused (hyper's client takes 100 too).
 pub const MAX_RESP_HEADERS: usize = 100;
@@ -75,11 +75,13 @@ pub struct BadResponse(pub &'static str);
 /// Parses a response head to a request with `method`.
 pub fn parse_response<'b, 'h>(
     buf: &'b [u8],
-    headers: &'h mut [httparse::Header<'b>; MAX_RESP_HEADERS],
+    headers: &'h mut Slots<'b, MAX_RESP_HEADERS>,
     method: &Method,
 ) -> Result<RespParsed<'b, 'h>, BadResponse> {
-    let mut resp = httparse::Response::new(headers);
-    let len = match resp.parse(buf) {
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, headers);
+    let len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(RespParsed::Partial),
         Err(_) => return Err(BadResponse("the backend sent an invalid response head")),
@@ -261,7 +263,7 @@ mod tests {
     use super::*;
 
     fn resp(raw: &str, method: Method) -> Result<(String, Framing, bool), BadResponse> {
-        let mut h = [httparse::EMPTY_HEADER; MAX_RESP_HEADERS];
+        let mut h = crate::proxy::h1::slots();
         match parse_response(raw.as_bytes(), &mut h, &method)? {
             RespParsed::Head(r) => {
                 let mut out = Vec::new();
@@ -315,7 +317,7 @@ mod tests {
         .is_err());
         assert!(resp("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", Method::GET).is_err());
         assert!(resp("HTTP/1.1 101 Switching\r\n\r\n", Method::GET).is_err());
-        let mut h = [httparse::EMPTY_HEADER; MAX_RESP_HEADERS];
+        let mut h = crate::proxy::h1::slots();
         assert!(matches!(
             parse_response(
                 b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200",
@@ -387,7 +389,7 @@ mod tests {
     #[test]
     fn adds_date_if_missing() {
         let client_head = |raw: &[u8]| {
-            let mut h = [httparse::EMPTY_HEADER; MAX_RESP_HEADERS];
+            let mut h = crate::proxy::h1::slots();
             let Ok(RespParsed::Head(r)) = parse_response(raw, &mut h, &Method::GET) else {
                 panic!("a head")
             };

@@ -246,7 +246,8 @@ impl<F: Future<Output = Response<RespBody>>> Future for H2Stream<F> {
                 // Still waiting: a reset from the client ends the stream here.
                 return me.tx.poll_reset(cx).map(drop);
             };
-            let Some((send, body)) = respond(me.tx, resp) else {
+            let (head, body) = resp.into_parts();
+            let Some(send) = respond(me.tx, head, &body) else {
                 return Poll::Ready(());
             };
             me.state.set(State::Sending {
@@ -275,12 +276,13 @@ fn content_length(h: &http::HeaderMap) -> Option<u64> {
 
 /// Sends the response head: with a Date when the backend sent none (RFC 9110 6.6.1), and a
 /// Content-Length when the body's length is known (a backend's head forwarded as it came has
-/// both already: not looked up again). Returns the stream and the body when a body follows.
+/// both already: not looked up again). Returns the stream when a body follows (the body stays
+/// where it is: it is a few hundred bytes).
 fn respond(
     tx: &mut SendResponse<Bytes>,
-    resp: Response<RespBody>,
-) -> Option<(SendStream<Bytes>, RespBody)> {
-    let (mut head, body) = resp.into_parts();
+    mut head: http::response::Parts,
+    body: &RespBody,
+) -> Option<SendStream<Bytes>> {
     let end = body.is_end_stream();
     if !body.framed_head() {
         if !head.headers.contains_key(DATE) {
@@ -295,7 +297,7 @@ fn respond(
         }
     }
     match tx.send_response(Response::from_parts(head, ()), end) {
-        Ok(send) if !end => Some((send, body)),
+        Ok(send) if !end => Some(send),
         Ok(_) => None,
         Err(e) => {
             tracing::debug!(error = %e, "cannot send the response head");

@@ -71,15 +71,15 @@ pub async fn handle(conn: Arc<Conn>, req: Request<InBody>) -> Response<RespBody>
     // (and a small body), not the request; hyper's client, whose futures are large, is boxed.
     // Bound by reference where an await follows: a value bound out of `next` would be a second
     // copy of it in this future's state.
+    // The raw path's answer is taken from its slot only here: returned through `via_raw`'s
+    // future, it would be copied once more.
     let mut next = prepare(&conn, req, named, &mut x);
     let forwarded = match next {
         Ok(Next::Answer(r)) => Ok(r),
         Ok(Next::Raw(ref r, ref mut raw)) => via_raw(&conn, r, raw, &mut x)
             .await
-            .map(|a| r.answered(&conn, a)),
-        Ok(Next::Hyper(r, req)) => Box::pin(via_hyper(&conn, &r, req, &mut x))
-            .await
-            .map(|a| r.answered(&conn, a)),
+            .and_then(|()| raw.answer.take().ok_or_else(no_answer)),
+        Ok(Next::Hyper(r, req)) => Box::pin(via_hyper(&conn, &r, req, &mut x)).await,
         Err(e) => Err(e),
     };
     let mut resp = match forwarded {
@@ -184,7 +184,7 @@ struct Routed {
 
 impl Routed {
     /// The backend answered: the write counted, HSTS added on HTTPS.
-    fn answered(&self, conn: &Conn, mut resp: Response<RespBody>) -> Response<RespBody> {
+    fn answered(&self, conn: &Conn, resp: &mut Response<RespBody>) {
         if self.is_write {
             request::count_write(&self.site, self.color);
         }
@@ -192,7 +192,6 @@ impl Routed {
             resp.headers_mut()
                 .insert(http::header::STRICT_TRANSPORT_SECURITY, v.clone());
         }
-        resp
     }
 
     /// The origin-form target the backend gets.
@@ -252,13 +251,14 @@ fn raw_request<'a>(conn: &'a Conn, r: &Routed, req: Request<InBody>) -> RawTry<'
     }
 }
 
-/// Sends a request prepared for the raw path: its body read first, when it has one.
+/// Sends a request prepared for the raw path: its body read first, when it has one. The answer
+/// is left in `raw.answer`.
 async fn via_raw(
     conn: &Conn,
     r: &Routed,
     raw: &mut RawTry<'_>,
     x: &mut Exchange,
-) -> Result<Response<RespBody>, ProxyError> {
+) -> Result<(), ProxyError> {
     let edge = &*conn.edge;
     if let Some(body) = raw.body.take() {
         read_whole(body, &mut raw.head, edge.limits.header_timeout).await?;
@@ -273,7 +273,10 @@ async fn via_raw(
         raw,
     )
     .await?;
-    raw.answer.take().ok_or_else(no_answer)
+    if let Some(a) = &mut raw.answer {
+        r.answered(conn, a);
+    }
+    Ok(())
 }
 
 /// Appends a small request body, read whole within `deadline` (the client's body, like its head,
@@ -370,6 +373,7 @@ async fn via_hyper(
     } else {
         headers::strip_hop_by_hop(resp.headers_mut(), false);
     }
+    r.answered(conn, &mut resp);
     Ok(resp)
 }
 
@@ -458,18 +462,15 @@ impl Attempt for HyperTry<'_> {
             }
             (None, None) => return Err(Failed::broken("the request cannot be sent again")),
         };
-        let resp = if self.upgrade {
-            client::upgrade(self.settings, addr, req)
-                .await?
-                .map(RespBody::upstream)
+        if self.upgrade {
+            let resp = client::upgrade(self.settings, addr, req).await?;
+            self.answer = Some(resp.map(RespBody::upstream));
         } else if matches!(req.body(), ReqBody::Empty) {
-            send_raw(self.settings, addr, req).await?
+            send_raw(self.settings, addr, req, &mut self.answer).await?;
         } else {
-            client::send(self.settings, addr, req)
-                .await?
-                .map(RespBody::upstream)
-        };
-        self.answer = Some(resp);
+            let resp = client::send(self.settings, addr, req).await?;
+            self.answer = Some(resp.map(RespBody::upstream));
+        }
         Ok(())
     }
 }
@@ -480,12 +481,13 @@ async fn send_raw(
     settings: &Settings,
     addr: SocketAddr,
     req: Request<ReqBody>,
-) -> Result<Response<RespBody>, Failed> {
+    answer: &mut Option<Response<RespBody>>,
+) -> Result<(), Failed> {
     let (parts, _) = req.into_parts();
     let mut out = Vec::with_capacity(512);
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     h1::write_head(&mut out, &parts.method, target, &parts.headers);
-    exchange_raw(settings, addr, &out, &parts.method).await
+    exchange_raw(settings, addr, &out, &parts.method, answer).await
 }
 
 /// A request for the raw path, its head written already, and its tries.
@@ -501,21 +503,29 @@ struct RawTry<'a> {
 
 impl Attempt for RawTry<'_> {
     async fn send(&mut self, addr: SocketAddr, _again: bool) -> Result<(), Failed> {
-        self.answer = Some(exchange_raw(self.settings, addr, &self.head, &self.method).await?);
-        Ok(())
+        exchange_raw(
+            self.settings,
+            addr,
+            &self.head,
+            &self.method,
+            &mut self.answer,
+        )
+        .await
     }
 }
 
 /// Sends a written request head on a raw pooled connection; the response head parsed in place,
-/// the body read straight off the socket.
+/// the body read straight off the socket. The response is written into `answer` (a slot the
+/// caller keeps: returned instead, it would be copied out through each future on the way).
 async fn exchange_raw(
     settings: &Settings,
     addr: SocketAddr,
     out: &[u8],
     method: &Method,
-) -> Result<Response<RespBody>, Failed> {
+    answer: &mut Option<Response<RespBody>>,
+) -> Result<(), Failed> {
     let mut head = None;
-    let answer = raw::exchange(
+    let got = raw::exchange(
         addr,
         out,
         method,
@@ -532,11 +542,11 @@ async fn exchange_raw(
             "the backend closed the connection or sent an invalid response",
         ));
     };
-    let body = RawBody::new(answer, settings.idle_timeout);
-    let mut resp = Response::new(RespBody::raw(body, framed));
+    let body = RawBody::new(got, settings.idle_timeout);
+    let resp = answer.insert(Response::new(RespBody::raw(body, framed)));
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
-    Ok(resp)
+    Ok(())
 }
 
 /// The backend's response head as hyper's side sends it on (hop-by-hop headers left out; hyper

@@ -22,7 +22,8 @@ use crate::proxy::h1::{self, Chunked, Decoded, Framing, RespHead, RespParsed, MA
 /// Read buffer of a backend connection; bodies are relayed through it.
 pub const BUF: usize = 16 * 1024;
 
-/// One connection to a backend.
+/// One connection to a backend. Handed around boxed, allocated once when it is opened: a
+/// request's state then carries a pointer to it, not its hundred bytes, through every move.
 pub struct RawConn {
     pub addr: SocketAddr,
     pub stream: TcpStream,
@@ -31,13 +32,13 @@ pub struct RawConn {
 }
 
 thread_local! {
-    static POOL: RefCell<IdlePool<RawConn>> = const { RefCell::new(IdlePool::new()) };
+    static POOL: RefCell<IdlePool<Box<RawConn>>> = const { RefCell::new(IdlePool::new()) };
 }
 
 impl RawConn {
     /// Back into this thread's pool (only after a response that ended cleanly, with nothing
     /// left over).
-    pub fn release(mut self, idle_timeout: Duration) {
+    pub fn release(mut self: Box<Self>, idle_timeout: Duration) {
         if self.buf.capacity() > 4 * BUF {
             self.buf = BytesMut::new();
         }
@@ -52,13 +53,13 @@ impl RawConn {
     }
 }
 
-fn take(addr: SocketAddr, idle_timeout: Duration) -> Option<RawConn> {
-    POOL.with(|p| p.borrow_mut().take(addr, idle_timeout, RawConn::alive))
+fn take(addr: SocketAddr, idle_timeout: Duration) -> Option<Box<RawConn>> {
+    POOL.with(|p| p.borrow_mut().take(addr, idle_timeout, |c| c.alive()))
 }
 
 /// The response head has been handed to `on_head`; the body follows on `conn`.
 pub struct Answer {
-    pub conn: RawConn,
+    pub conn: Box<RawConn>,
     pub status: u16,
     pub framing: Framing,
     /// The backend connection cannot be reused.
@@ -101,11 +102,11 @@ where
     // Boxed: the connect future is large and rarely needed; inline it would grow (and be
     // copied with) every request's future.
     let stream = Box::pin(connect(addr, settings.connect_timeout)).await?;
-    let conn = RawConn {
+    let conn = Box::new(RawConn {
         addr,
         stream,
         buf: BytesMut::with_capacity(BUF),
-    };
+    });
     match send_on(conn, request, method, settings, on_head).await {
         Try::Answer(a) => Ok(a),
         Try::Failed(f) => Err(f),
@@ -114,7 +115,7 @@ where
 }
 
 async fn send_on<H>(
-    mut conn: RawConn,
+    mut conn: Box<RawConn>,
     request: &[u8],
     method: &Method,
     settings: &Settings,
@@ -131,7 +132,7 @@ where
         if !conn.buf.is_empty() {
             // In a block: the header slots must not live across the read below.
             let parsed = {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_RESP_HEADERS];
+                let mut headers = h1::slots::<MAX_RESP_HEADERS>();
                 match h1::parse_response(&conn.buf, &mut headers, method) {
                     Ok(RespParsed::Partial) => None,
                     Ok(RespParsed::Interim(n)) => Some(Err(n)),
@@ -184,7 +185,7 @@ where
 /// removed, trailers as a trailers frame). The connection goes back to the pool after a clean end.
 pub struct RawBody {
     /// None once the body has ended (the connection pooled or closed).
-    conn: Option<RawConn>,
+    conn: Option<Box<RawConn>>,
     framing: Framing,
     /// Bytes still to come (`Framing::Length`).
     left: u64,
