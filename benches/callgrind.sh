@@ -14,7 +14,7 @@
 #   h2post  h2load -c8 -m10 -d 1KiB https:// (HTTP/2 with a request body: the streamed path)
 # Prints "route instructions/request" lines (Ir of every thread, summed) and a Markdown row.
 # Knobs: N=3000 (measured requests per route), WARM=500, ROUTES="h1 https h2 h2post", KEEP_TMP=1,
-# PROXY=haproxy (measure haproxy instead, same upstream and loads, configured by compare.py: the
+# ACCESS_LOG=off (switchyard without its access log; by default it logs to a file), PROXY=haproxy (measure haproxy instead, same upstream and loads, configured by compare.py: the
 # reference for what a request costs elsewhere), PROXY=floor (measure examples/h2_floor.rs, the
 # least an HTTP/2 proxy on switchyard's crates does, given as the path: h2 routes only).
 # All traffic on 127.0.0.1.
@@ -85,6 +85,8 @@ wait_port $UP $! 10 || die "nginx did not start"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
   -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
   -keyout "$TMP/certs/localhost.key" -out "$TMP/certs/localhost.crt" >/dev/null 2>&1 || die "openssl"
+# The access log to a file, as in use; ACCESS_LOG=off to see what it costs.
+if [[ ${ACCESS_LOG:-file} == off ]]; then ALOG=off; else ALOG="$TMP/access.log"; fi
 cat >"$TMP/switchyard.toml" <<TOML
 [proxy]
 http = "$L:$HTTP"
@@ -92,7 +94,7 @@ https = "$L:$HTTPS"
 certs = "$TMP/certs"
 control = "$TMP/control.sock"
 state = "$TMP/state.json"
-access_log = "$TMP/access.log"
+access_log = "$ALOG"
 
 [[site]]
 name = "bench"

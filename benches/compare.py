@@ -5,6 +5,7 @@ per-round paired ratios and 95 % intervals, so that "5 % faster" can be checked 
 Usage (from the project root):
   benches/compare.py --sy a=/tmp/sy-A --sy b=target/dist/switchyard
   ROUNDS=3 DURATION=3 benches/compare.py --sy a=/tmp/sy-A --sy b=/tmp/sy-A    # A/A check
+  benches/compare.py --sy log=/tmp/sy-A --sy nolog=/tmp/sy-A --log-off nolog  # the log's cost
   benches/compare.py --selftest              # the statistics on synthetic data, no load
   benches/compare.py --report DIR/compare.json   # re-print the tables of a finished run
 
@@ -594,6 +595,7 @@ class Cand:
         self.log = None
         self.tls = https is not None
         self.startup = ''
+        self.access_log = None   # switchyard only: stdout or off
 
 
 def versions(cands):
@@ -692,6 +694,9 @@ def run(args):
         if not os.access(p, os.X_OK):
             die(f'--sy {n}: no executable at {p}')
         names.append((n, 'switchyard', p))
+    for n in args.log_off:
+        if n not in [x[0] for x in names if x[1] == 'switchyard']:
+            die(f'--log-off {n}: no --sy candidate of that name')
     if args.relay:
         names.append(('relay', 'relay', None))
     if args.floor:
@@ -706,6 +711,8 @@ def run(args):
         seen.add(n)
         http = base + 10 + 2 * i
         cands.append(Cand(n, kind, http, None if kind == 'relay' else http + 1, p))
+        if kind == 'switchyard':
+            cands[-1].access_log = 'off' if n in args.log_off else access_log
     if not cands:
         die('no candidates')
     for port in [up_port] + [c.http for c in cands] + [c.https for c in cands if c.https]:
@@ -765,7 +772,7 @@ def measure(cfg):
         elif c.kind == 'floor':
             cmd = [c.path, f'{LOOP}:{c.https}', f'{LOOP}:{up_port}', f'{tmp}/certs']
         else:
-            cmd = switchyard_cmd(tmp, c.name, c.path, c.http, c.https, up_port, g('access_log'))
+            cmd = switchyard_cmd(tmp, c.name, c.path, c.http, c.https, up_port, c.access_log)
         c.proc = start(cmd, c.log)
         ok = (c.kind == 'floor' or wait_port(c.http, c.proc)) and \
             (c.https is None or wait_port(c.https, c.proc, 5))
@@ -821,7 +828,8 @@ def measure(cfg):
                                     'retries', 'seed', 'boot',
                                     'threads', 'conns', 'h2_conns', 'h2_streams', 'key_type',
                                     'access_log', 'tests')},
-        'candidates': [{'name': c.name, 'kind': c.kind, 'path': c.path} for c in cands],
+        'candidates': [{'name': c.name, 'kind': c.kind, 'path': c.path,
+                        'access_log': c.access_log} for c in cands],
         'loadavg_before': open('/proc/loadavg').read().split()[:3],
     }
     meta['idle_before'] = idle_share()
@@ -1106,7 +1114,8 @@ def report(data):
         w('- ' + ', '.join(vs) + '\n')
     for c in meta['candidates']:
         if c['kind'] == 'switchyard':
-            w(f'- switchyard `{c["name"]}` = {v.get(c["name"], c["path"])}\n')
+            off = ', **access log off**' if c.get('access_log') == 'off' else ''
+            w(f'- switchyard `{c["name"]}` = {v.get(c["name"], c["path"])}{off}\n')
     failed = [r for r in runs if r.get('failed')]
     rep_ = sum(1 for r in runs if r.get('discarded'))
     noisy = sum(1 for r in good if r.get('noisy'))
@@ -1390,6 +1399,9 @@ def main():
     ap.add_argument('--sy', action='append', default=[], metavar='NAME=PATH',
                     help='a switchyard binary to compare (repeatable; the first is the reference '
                          'build for "A vs B")')
+    ap.add_argument('--log-off', action='append', default=[], metavar='NAME',
+                    help='run this --sy candidate with its access log off, whatever ACCESS_LOG '
+                         'says (repeatable): one build with and without the log in one run')
     ap.add_argument('--relay', action='store_true',
                     help='also the zero-work TCP relay (benches/relay.c) on h1: the floor')
     ap.add_argument('--floor', metavar='PATH',
