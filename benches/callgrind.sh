@@ -14,7 +14,8 @@
 #   h2post  h2load -c8 -m10 -d 1KiB https:// (HTTP/2 with a request body: the streamed path)
 # Prints "route instructions/request" lines (Ir of every thread, summed) and a Markdown row.
 # Knobs: N=3000 (measured requests per route), WARM=500, ROUTES="h1 https h2 h2post", KEEP_TMP=1,
-# ACCESS_LOG=off (switchyard without its access log; by default it logs to a file), PROXY=haproxy (measure haproxy instead, same upstream and loads, configured by compare.py: the
+# ACCESS_LOG=off (switchyard without its access log; by default it logs to a file),
+# PROXY=haproxy (measure haproxy instead, same upstream and loads, configured by compare.py: the
 # reference for what a request costs elsewhere), PROXY=floor (measure examples/h2_floor.rs, the
 # least an HTTP/2 proxy on switchyard's crates does, given as the path: h2 routes only).
 # All traffic on 127.0.0.1.
