@@ -8,6 +8,7 @@ Usage (from the project root):
   benches/compare.py --sy log=/tmp/sy-A --sy nolog=/tmp/sy-A --log-off nolog  # the log's cost
   benches/compare.py --selftest              # the statistics on synthetic data, no load
   benches/compare.py --report DIR/compare.json   # re-print the tables of a finished run
+  benches/compare.py --report A/compare.json B/compare.json   # several runs pooled as one
 
 Setup (as ../shared/bench/proxy-compare.sh): one upstream, nginx with 1 worker answering 1 KiB
 at /, and in front of it, each on its own ports and started ONCE for the whole run (each in its
@@ -1085,6 +1086,51 @@ def fmt_util(cells):
     return ', '.join(parts) if parts else 'n/a'
 
 
+POOL_KNOBS = ('duration', 'warmup', 'cooldown', 'threads', 'conns', 'h2_conns', 'h2_streams',
+              'key_type')
+
+
+def pool(datas, names):
+    """Several runs as one sample: their rounds renumbered one after another. Each round pairs
+    its candidates seconds apart, so rounds of runs with the same loads and the same binaries
+    are alike. Refuses runs whose loads differ, or where one name stands for different
+    binaries (path, size and modification time, as recorded)."""
+    first = datas[0]['meta']
+    cands, versions, runs, rounds, tests = [], dict(first['versions']), [], 0, []
+    for d, name in zip(datas, names):
+        meta = d['meta']
+        for k in POOL_KNOBS:
+            if meta['knobs'].get(k) != first['knobs'].get(k):
+                die(f'cannot pool {name} with {names[0]}: {k} is {meta["knobs"].get(k)} there '
+                    f'and {first["knobs"].get(k)} here (pool runs of the same loads only)')
+        for c in meta['candidates']:
+            seen = next((x for x in cands if x['name'] == c['name']), None)
+            v = meta['versions'].get(c['name'])
+            if seen is None:
+                cands.append(c)
+                versions[c['name']] = v
+            elif (seen['kind'], seen['path'], seen.get('access_log')) != (
+                    c['kind'], c['path'], c.get('access_log')) or versions[c['name']] != v:
+                was = versions[c['name']] or seen['path']
+                die(f'cannot pool {name}: its candidate {c["name"]} ({v or c["path"]}) is not '
+                    f'the one of the same name in an earlier run ({was}); give different '
+                    'binaries different names')
+        tests += [t for t in meta['knobs']['tests'] if t not in tests]
+        last = max((r['round'] for r in d['runs']), default=0)
+        runs += [dict(r, round=r['round'] + rounds) for r in d['runs']]
+        rounds += last
+    metas = [d['meta'] for d in datas]
+    meta = dict(first, versions=versions, candidates=cands,
+                knobs=dict(first['knobs'], rounds=rounds, tests=tests),
+                pooled=[f'{n} ({m["date"]}, {m["knobs"]["rounds"]} rounds)'
+                        for n, m in zip(names, metas)],
+                loadavg_after=metas[-1].get('loadavg_after', ['?']),
+                idle_after=metas[-1].get('idle_after', float('nan')))
+    if all('elapsed_s' in m for m in metas):
+        meta['elapsed_s'] = sum(m['elapsed_s'] for m in metas)
+    return {'meta': meta, 'runs': runs}
+
+
 def report(data):
     meta, runs = data['meta'], data['runs']
     tests, cells, ratios, kinds = analyse(data)
@@ -1093,6 +1139,9 @@ def report(data):
     out = []
     w = out.append
     w(f'### compare.py run {meta["date"]}\n\n')
+    if meta.get('pooled'):
+        w(f'- **{len(meta["pooled"])} runs pooled** (rounds renumbered in order): '
+          + '; '.join(meta['pooled']) + '\n')
     h = meta['host']
     w(f'- host: {h["cpus"]} CPU ({h["model"]}), kernel {h["kernel"]}; loadavg before '
       f'{" ".join(meta["loadavg_before"])}, after {" ".join(meta.get("loadavg_after", ["?"]))}; '
@@ -1387,6 +1436,18 @@ Application protocol: h2
     s = ratios[('h2', 'b', 'a')]['cap']
     check(1.03 < s['median'] < 1.07, f'CPU-bound req/s of b÷a on h2 follows its CPU: '
           f'{s["median"]:.3f} (39 µs per request against 20/1.1 + 19; expect 1.048)')
+    both = pool([data, data], ['x', 'y'])
+    _, _, pooled, _ = analyse(both)
+    check(pooled[('h2', 'b', 'a')]['rps']['n'] == 2 * ratios[('h2', 'b', 'a')]['rps']['n']
+          and '2 runs pooled' in report(both),
+          'two runs pooled: twice the rounds of one, and the report says so')
+    other = json.loads(json.dumps(data))
+    other['meta']['candidates'][1]['path'] = '/elsewhere'
+    try:
+        pool([data, other], ['x', 'y'])
+        check(False, 'pooling refuses one name for two binaries')
+    except SystemExit:
+        check(True, 'pooling refuses one name for two binaries')
     print(md if os.environ.get('SHOW') else '(SHOW=1 prints the synthetic report)')
     print(f'\n{len(fails)} failed' if fails else '\nall self-checks passed')
     return 1 if fails else 0
@@ -1409,13 +1470,19 @@ def main():
     ap.add_argument('--no-haproxy', action='store_true')
     ap.add_argument('--no-nginx', action='store_true')
     ap.add_argument('--selftest', action='store_true', help='check the statistics and exit')
-    ap.add_argument('--report', metavar='JSON', help='print the tables of a saved compare.json')
+    ap.add_argument('--report', metavar='JSON', nargs='+',
+                    help='print the tables of a saved compare.json; of several, pooled as one '
+                         'run (same loads, and each name the same binary in all)')
     args = ap.parse_args()
     if args.selftest:
         return selftest()
     if args.report:
-        with open(args.report) as fh:
-            print(report(json.load(fh)), end='')
+        datas = []
+        for path in args.report:
+            with open(path) as fh:
+                datas.append(json.load(fh))
+        data = datas[0] if len(datas) == 1 else pool(datas, args.report)
+        print(report(data), end='')
         return 0
     for s in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, lambda *_: sys.exit(130))

@@ -126,12 +126,12 @@ fn access_log(c: &mut Criterion) {
         )
     });
     let line = record().finish(5123, true);
-    let mut clock = switchyard::accesslog::Clock::default();
+    let mut memo = switchyard::accesslog::Memo::default();
     let mut buf = Vec::with_capacity(64 * 1024);
     c.bench_function("access-log line format (log thread)", |b| {
         b.iter(|| {
             buf.clear();
-            line.format_into(&mut buf, &mut clock);
+            line.format_into(&mut buf, &mut memo);
             black_box(buf.len())
         })
     });

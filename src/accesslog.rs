@@ -1,8 +1,8 @@
 //! The access log: one line per request, formatted and written by a dedicated thread.
 //!
-//! Per request the request path only fills a [`Record`] (reference-counted clones of the method,
-//! URI and Host: no allocation, no formatting) and hands it over with `try_send` on a bounded
-//! channel. The writer thread formats everything queued into one buffer and writes it with one
+//! Per request the request path only fills a [`Record`] (the method, copies of the Host and the
+//! target; one allocation, no formatting), reads the clock once at the end, and hands it over
+//! with `try_send` on a bounded channel. The writer thread formats everything queued into one buffer and writes it with one
 //! `write`; under load it then pauses for [`BATCH_EVERY`], so it is not parked while requests flow
 //! and handing a record over rarely costs a wake-up (a futex syscall). If the writer falls behind, records are
 //! dropped and counted rather than slowing requests down.
@@ -83,12 +83,13 @@ impl AccessLog {
 
 fn writer(rx: Receiver<Line>, mut out: Box<dyn Write + Send>, format: LogFormat) {
     let mut buf = Vec::with_capacity(64 * 1024);
-    let mut clock = Clock::default();
-    let mut put = |l: &Line, buf: &mut Vec<u8>| match format {
-        LogFormat::Text => l.format_into(buf, &mut clock),
-        LogFormat::Json => l.json_into(buf, &mut clock),
-    };
+    let mut memo = Memo::default();
     while let Ok(line) = rx.recv() {
+        memo.clock.anchor();
+        let mut put = |l: &Line, buf: &mut Vec<u8>| match format {
+            LogFormat::Text => l.format_into(buf, &mut memo),
+            LogFormat::Json => l.json_into(buf, &mut memo),
+        };
         put(&line, &mut buf);
         let mut n = 1;
         while buf.len() < 60 * 1024 {
@@ -163,12 +164,12 @@ pub struct Record {
 }
 
 impl Record {
-    /// The line, once the body has ended with `bytes` sent.
+    /// The line, once the body has ended with `bytes` sent. One clock read: the wall time is
+    /// the writer's to work out (see [`Clock::wall`]).
     #[inline]
     pub fn finish(self: Box<Self>, bytes: u64, complete: bool) -> Line {
         Line {
-            time: SystemTime::now(),
-            took: self.start.elapsed(),
+            end: Instant::now(),
             rec: self,
             bytes,
             complete,
@@ -180,22 +181,90 @@ impl Record {
 pub struct Line {
     /// Boxed from the request's start: a request's state (and every move of it) stays small.
     rec: Box<Record>,
-    time: SystemTime,
-    took: Duration,
+    /// When the response ended.
+    end: Instant,
     bytes: u64,
     complete: bool,
 }
 
-/// Caches the `YYYY-MM-DDTHH:MM:SS` part of the timestamp for the current second.
+impl Line {
+    fn took(&self) -> Duration {
+        self.end.saturating_duration_since(self.rec.start)
+    }
+}
+
+/// What the writer keeps from line to line, so that most fields of a line are copies: the
+/// clock, and the text of the last client and backend addresses (consecutive lines mostly
+/// share them: a connection's requests come together, and a site has few backends).
+#[derive(Default)]
+pub struct Memo {
+    pub clock: Clock,
+    client: Last<IpAddr>,
+    backend: Last<SocketAddr>,
+}
+
+/// A value and its text, as last formatted.
+struct Last<K> {
+    key: Option<K>,
+    text: Vec<u8>,
+}
+
+impl<K> Default for Last<K> {
+    fn default() -> Self {
+        Last {
+            key: None,
+            text: Vec::new(),
+        }
+    }
+}
+
+impl<K: PartialEq + Copy> Last<K> {
+    #[inline]
+    fn put(&mut self, out: &mut Vec<u8>, key: K, format: fn(&mut Vec<u8>, K)) {
+        if self.key != Some(key) {
+            self.text.clear();
+            format(&mut self.text, key);
+            self.key = Some(key);
+        }
+        out.extend_from_slice(&self.text);
+    }
+}
+
+/// The wall clock as the writer reads it: an anchor (a wall time and an instant read together,
+/// once per batch) turns each line's end instant into its wall time, so the request path reads
+/// one clock, not two. Caches the `YYYY-MM-DDTHH:MM:SS` part of the timestamp for the current
+/// second.
 #[derive(Default)]
 pub struct Clock {
+    anchor: Option<(Instant, Duration)>,
     secs: u64,
     prefix: String,
 }
 
 impl Clock {
-    fn write(&mut self, out: &mut Vec<u8>, t: SystemTime) {
-        let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    /// Reads the clocks now, for the lines that follow.
+    pub fn anchor(&mut self) -> (Instant, Duration) {
+        let wall = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        *self.anchor.insert((Instant::now(), wall))
+    }
+
+    /// The wall time of `at`, since the epoch (anchored now if it never was).
+    fn wall(&mut self, at: Instant) -> Duration {
+        let (i, wall) = match self.anchor {
+            Some(a) => a,
+            None => self.anchor(),
+        };
+        // Most lines ended before their batch's anchor was read.
+        match i.checked_duration_since(at) {
+            Some(ago) => wall.saturating_sub(ago),
+            None => wall + (at - i),
+        }
+    }
+
+    fn write(&mut self, out: &mut Vec<u8>, at: Instant) {
+        let d = self.wall(at);
         if d.as_secs() != self.secs || self.prefix.is_empty() {
             self.secs = d.as_secs();
             let s = humantime::format_rfc3339_seconds(
@@ -250,13 +319,23 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
+fn push_socket_addr(out: &mut Vec<u8>, a: SocketAddr) {
+    if a.is_ipv4() {
+        push_ip(out, a.ip());
+        out.push(b':');
+        push_u64(out, a.port().into());
+    } else {
+        let _ = write!(out, "{a}");
+    }
+}
+
 impl Line {
     /// `time client host method path status bytes duration_s color backend [aborted]\n`
-    pub fn format_into(&self, out: &mut Vec<u8>, clock: &mut Clock) {
+    pub fn format_into(&self, out: &mut Vec<u8>, memo: &mut Memo) {
         let r = &self.rec;
-        clock.write(out, self.time);
+        memo.clock.write(out, self.end);
         out.push(b' ');
-        push_ip(out, r.client.ip());
+        memo.client.put(out, r.client.ip(), push_ip);
         out.push(b' ');
         let host = r.host.as_bytes();
         out.extend_from_slice(if host.is_empty() { b"-" } else { host });
@@ -269,11 +348,13 @@ impl Line {
         out.push(b' ');
         push_u64(out, self.bytes);
         out.push(b' ');
-        // seconds with 4 decimals, rounded
-        let tenths_ms = (self.took.as_nanos() + 50_000) / 100_000;
-        push_u64(out, (tenths_ms / 10_000) as u64);
+        // seconds with 4 decimals, rounded (in u64: `as_nanos` would divide a u128)
+        let took = self.took();
+        let tenths_ms =
+            took.as_secs() * 10_000 + (u64::from(took.subsec_nanos()) + 50_000) / 100_000;
+        push_u64(out, tenths_ms / 10_000);
         out.push(b'.');
-        let frac = (tenths_ms % 10_000) as u64;
+        let frac = tenths_ms % 10_000;
         for d in [1000, 100, 10, 1] {
             out.push(b'0' + (frac / d % 10) as u8);
         }
@@ -281,15 +362,7 @@ impl Line {
         out.extend_from_slice(r.color.unwrap_or("-").as_bytes());
         out.push(b' ');
         match r.backend {
-            Some(b) => {
-                if b.is_ipv4() {
-                    push_ip(out, b.ip());
-                    out.push(b':');
-                    push_u64(out, b.port().into());
-                } else {
-                    let _ = write!(out, "{b}");
-                }
-            }
+            Some(b) => memo.backend.put(out, b, push_socket_addr),
             None => out.push(b'-'),
         }
         if !self.complete {
@@ -300,10 +373,10 @@ impl Line {
 
     /// One JSON object and a newline: the fields of the text line, named (`seconds` a number,
     /// `color` and `backend` null when there was none, `complete` false for an aborted body).
-    pub fn json_into(&self, out: &mut Vec<u8>, clock: &mut Clock) {
+    pub fn json_into(&self, out: &mut Vec<u8>, memo: &mut Memo) {
         let r = &self.rec;
         let mut time = Vec::with_capacity(24);
-        clock.write(&mut time, self.time);
+        memo.clock.write(&mut time, self.end);
         let mut client = Vec::with_capacity(40);
         push_ip(&mut client, r.client.ip());
         let v = serde_json::json!({
@@ -314,7 +387,7 @@ impl Line {
             "path": String::from_utf8_lossy(r.path.as_bytes()),
             "status": r.status,
             "bytes": self.bytes,
-            "seconds": self.took.as_secs_f64(),
+            "seconds": self.took().as_secs_f64(),
             "color": r.color,
             "backend": r.backend.map(|b| b.to_string()),
             "complete": self.complete,
@@ -327,7 +400,7 @@ impl Line {
     /// The line as a String (tests, benchmarks).
     pub fn to_line(&self) -> String {
         let mut v = Vec::with_capacity(160);
-        self.format_into(&mut v, &mut Clock::default());
+        self.format_into(&mut v, &mut Memo::default());
         String::from_utf8_lossy(&v).into_owned()
     }
 }
@@ -350,7 +423,7 @@ mod tests {
         });
         let line = r.finish(12, true);
         let mut j = Vec::new();
-        line.json_into(&mut j, &mut Clock::default());
+        line.json_into(&mut j, &mut Memo::default());
         let v: serde_json::Value = serde_json::from_slice(&j).unwrap();
         assert_eq!(v["host"], "w.test");
         assert_eq!(v["status"], 201);
@@ -407,10 +480,63 @@ mod tests {
             (2_500_049_999, "2.5000"),
             (61_999_960_000, "62.0000"),
         ] {
-            r.took = Duration::from_nanos(ns);
+            r.end = r.rec.start + Duration::from_nanos(ns);
             let l = r.to_line();
             assert_eq!(l.split_whitespace().nth(7).unwrap(), s, "{ns}");
         }
+    }
+
+    #[test]
+    fn one_memo_for_lines_of_different_clients_and_backends() {
+        let mut memo = Memo::default();
+        let mut out = Vec::new();
+        for (client, backend) in [
+            ("10.0.0.1:1", Some("127.0.0.1:81")),
+            ("10.0.0.1:2", Some("127.0.0.1:81")),
+            ("[2001:db8::7]:3", Some("[::1]:82")),
+            ("10.0.0.2:4", None),
+            ("10.0.0.1:5", Some("127.0.0.1:81")),
+        ] {
+            let r = Box::new(Record {
+                start: Instant::now(),
+                client: client.parse().unwrap(),
+                host: "h".into(),
+                method: http::Method::GET,
+                path: "/".into(),
+                status: 200,
+                color: None,
+                backend: backend.map(|b| b.parse().unwrap()),
+            });
+            let line = r.finish(0, true);
+            out.clear();
+            line.format_into(&mut out, &mut memo);
+            let l = String::from_utf8(out.clone()).unwrap();
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let ip = client.parse::<SocketAddr>().unwrap().ip().to_string();
+            assert_eq!(f[1], ip, "{l}");
+            assert_eq!(f[9], backend.unwrap_or("-"), "{l}");
+            assert_eq!(
+                line.to_line()[24..],
+                l[24..],
+                "a fresh memo writes the same"
+            );
+        }
+    }
+
+    #[test]
+    fn the_wall_time_of_an_instant_comes_from_the_anchor() {
+        let mut clock = Clock::default();
+        let before = Instant::now();
+        clock.anchor();
+        let (i, wall) = clock.anchor.unwrap();
+        assert!(
+            wall > Duration::from_secs(1_700_000_000),
+            "{wall:?} since the epoch"
+        );
+        assert_eq!(clock.wall(i), wall);
+        assert_eq!(clock.wall(before), wall - (i - before));
+        let later = i + Duration::from_millis(1500);
+        assert_eq!(clock.wall(later), wall + Duration::from_millis(1500));
     }
 
     #[test]
