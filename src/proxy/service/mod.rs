@@ -8,11 +8,13 @@
 //! - `body.rs`: the response body to the client, which ends the request's bookkeeping.
 //! - `h2.rs`: the HTTP/2 connection, its streams served in its own task.
 //! - `gather.rs`: HTTP/2 writes gathered into one TLS record per pass of the connection.
+//! - `names.rs`: the header names of backend responses, remembered per worker thread.
 //! - `tunnel.rs`: upgraded connections (WebSocket), copied both ways.
 
 mod body;
 pub mod gather;
 pub(crate) mod h2;
+mod names;
 mod tunnel;
 
 use std::net::SocketAddr;
@@ -566,7 +568,7 @@ fn response_head(
             continue;
         }
         dated |= x.name.eq_ignore_ascii_case("date");
-        let n = http::HeaderName::from_bytes(x.name.as_bytes()).map_err(|_| bad())?;
+        let n = names::name(x.name.as_bytes()).map_err(|_| bad())?;
         map.append(n, HeaderValue::from_bytes(x.value).map_err(|_| bad())?);
     }
     Ok((status, map, dated && !lost_length))
