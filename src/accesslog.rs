@@ -2,10 +2,11 @@
 //!
 //! Per request the request path only fills a [`Record`] (the method, copies of the Host and the
 //! target; one allocation, no formatting), reads the clock once at the end, and hands it over
-//! with `try_send` on a bounded channel. The writer thread formats everything queued into one buffer and writes it with one
-//! `write`; under load it then pauses for [`BATCH_EVERY`], so it is not parked while requests flow
-//! and handing a record over rarely costs a wake-up (a futex syscall). If the writer falls behind, records are
-//! dropped and counted rather than slowing requests down.
+//! with `try_send` on a bounded channel. The writer thread formats everything queued into one
+//! buffer and writes it with one `write`; under load it then pauses for [`BATCH_EVERY`], so it
+//! is not parked while requests flow and handing a record over rarely costs a wake-up (a futex
+//! syscall). If the writer falls behind, records are dropped and counted rather than slowing
+//! requests down.
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
